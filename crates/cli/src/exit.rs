@@ -1,0 +1,52 @@
+//! Exit codes (0 ok, 1 a threshold failed, 2 runtime error, 64 usage or configuration
+//! error, 130 interrupted) and how errors turn into them.
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+
+/// A usage or configuration error: the command could not start.
+pub const USAGE: u8 = 64;
+/// A runtime error.
+pub const RUNTIME: u8 = 2;
+
+/// An error that asks for a particular exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    /// The code to exit with.
+    pub code: u8,
+    /// What to print after `error: `.
+    pub message: String,
+}
+
+/// Reports a command-line parse error: help and version go to stdout with exit 0;
+/// anything else is one line on stderr and exit 64.
+pub fn usage(err: &clap::Error) -> ExitCode {
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            ExitCode::from(USAGE)
+        }
+        _ => {
+            let rendered = err.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see --help)");
+            ExitCode::from(USAGE)
+        }
+    }
+}
+
+/// Reports a failed command with its whole context chain and picks the exit code.
+pub fn report(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    let code = err.downcast_ref::<Exit>().map_or(RUNTIME, |e| e.code);
+    ExitCode::from(code)
+}

@@ -1,0 +1,209 @@
+//! What a node is told: its name, address, backends, behaviour and limits.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::Uri;
+
+use crate::behaviour::Behaviour;
+
+/// The seed's port, kept so that seed-style URLs (`...:9080/`) work unchanged.
+pub const DEFAULT_PORT: u16 = 9080;
+
+/// An error in a backend address.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BackendError {
+    /// The entry is not a URL or `host:port`.
+    #[error("invalid backend {0:?}: expected http://HOST:PORT/PATH or HOST:PORT")]
+    Invalid(String),
+    /// The URL uses a scheme the node cannot call.
+    #[error(
+        "invalid backend {0:?}: only http:// is supported (a mesh sidecar terminates TLS for the app)"
+    )]
+    Scheme(String),
+}
+
+/// One backend a node calls on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    uri: Uri,
+}
+
+impl Backend {
+    /// The full URL called, path included.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// `host:port`, as used in metric labels and error reports.
+    pub fn authority(&self) -> &str {
+        self.uri.authority().map_or("", |a| a.as_str())
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.uri)
+    }
+}
+
+impl FromStr for Backend {
+    type Err = BackendError;
+
+    /// Accepts `http://host:port/path`, `http://host:port` (path `/`), and the
+    /// Kubernetes-service style `host:port` (scheme `http`).
+    fn from_str(entry: &str) -> Result<Self, Self::Err> {
+        let invalid = || BackendError::Invalid(entry.to_string());
+        let text = entry.trim();
+        if text.is_empty() || text.chars().any(char::is_whitespace) {
+            return Err(invalid());
+        }
+        let with_scheme = if text.contains("://") {
+            text.to_string()
+        } else {
+            format!("http://{text}")
+        };
+        let uri: Uri = with_scheme.parse().map_err(|_| invalid())?;
+        if uri.scheme_str() != Some("http") {
+            return Err(BackendError::Scheme(entry.to_string()));
+        }
+        let host = uri.host().ok_or_else(invalid)?;
+        if host.is_empty() {
+            return Err(invalid());
+        }
+        let port = uri.port_u16().unwrap_or(80);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(format!(
+                "{}:{port}",
+                uri.authority().map_or(host, |a| a.host())
+            ))
+            .path_and_query(path)
+            .build()
+            .map_err(|_| invalid())?;
+        Ok(Backend { uri })
+    }
+}
+
+/// Parses a comma-separated backend list as `BACKENDS` holds it. Empty entries are
+/// skipped (`"a,,b"` and a trailing comma are common in generated values); an empty
+/// list means a leaf node.
+pub fn parse_backends(list: &str) -> Result<Vec<Backend>, BackendError> {
+    list.split(',')
+        .filter(|e| !e.trim().is_empty())
+        .map(str::parse)
+        .collect()
+}
+
+/// How a node calls its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CallMode {
+    /// All backends at once (the seed's behaviour).
+    #[default]
+    Parallel,
+    /// One after the other, in the listed order; a failure does not stop the rest.
+    Sequential,
+}
+
+impl FromStr for CallMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "parallel" => Ok(CallMode::Parallel),
+            "sequential" | "sequence" => Ok(CallMode::Sequential),
+            other => Err(format!(
+                "invalid call mode {other:?}: expected parallel or sequential"
+            )),
+        }
+    }
+}
+
+/// Bounds that keep a node alive under abuse.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; further connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Longest time one request may take, backend calls included, before a 504.
+    pub request_timeout: Duration,
+    /// Longest time to wait for in-flight requests on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Name reported in bodies and logs (the topology node's name).
+    pub name: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Backends called on every request.
+    pub backends: Vec<Backend>,
+    /// Parallel or sequential calls.
+    pub call_mode: CallMode,
+    /// Timeout of one backend call (connect, response and body).
+    pub call_timeout: Duration,
+    /// Injected latency, errors and response size.
+    pub behaviour: Behaviour,
+    /// Resource bounds.
+    pub limits: Limits,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_accept_urls_and_host_port() {
+        let b: Backend = "http://127.0.0.1:9081/x?y=1".parse().expect("valid");
+        assert_eq!(b.uri().to_string(), "http://127.0.0.1:9081/x?y=1");
+        assert_eq!(b.authority(), "127.0.0.1:9081");
+        let b: Backend = "service-1.tls-e2e.svc.cluster.local:9080"
+            .parse()
+            .expect("valid");
+        assert_eq!(
+            b.uri().to_string(),
+            "http://service-1.tls-e2e.svc.cluster.local:9080/"
+        );
+        let b: Backend = "http://localhost".parse().expect("valid");
+        assert_eq!(b.authority(), "localhost:80");
+    }
+
+    #[test]
+    fn bad_backends_are_rejected_with_the_value() {
+        for bad in [
+            "http://",
+            "a b:80",
+            "https://x:1/",
+            "ftp://x/",
+            "http://:80/",
+        ] {
+            let err = bad.parse::<Backend>().expect_err(bad);
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn backend_lists_skip_empty_entries() {
+        let list = parse_backends("127.0.0.1:1, ,http://127.0.0.1:2/,").expect("valid");
+        assert_eq!(list.len(), 2);
+        assert!(parse_backends("").expect("empty is a leaf").is_empty());
+        assert!(parse_backends("127.0.0.1:1,not a url").is_err());
+    }
+}

@@ -1,0 +1,385 @@
+//! Serving one request: `/health`, `/metrics`, and the fan-out to backends on any other path.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Serialize;
+
+use crate::behaviour::Dice;
+use crate::config::{Backend, CallMode, NodeConfig};
+use crate::metrics::{self, NodeMetrics};
+
+/// Headers that carry a trace or request identity, forwarded to every backend so that a
+/// tracing system (W3C Trace Context, Zipkin B3, Envoy's request id) sees one trace.
+const FORWARDED_HEADERS: [&str; 9] = [
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+/// Largest request body read (and discarded); larger bodies get 413.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+type ResponseBody = Full<Bytes>;
+type BackendClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// A backend call that did not answer 200.
+#[derive(Debug, Serialize)]
+struct Failure {
+    backend: String,
+    reason: String,
+}
+
+/// The JSON body of every answer on the fan-out path.
+#[derive(Debug, Serialize)]
+struct Reply<'a> {
+    node: &'a str,
+    code: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failed: Vec<Failure>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    padding: &'a str,
+}
+
+/// The state shared by every connection of one node.
+#[derive(Debug)]
+pub(crate) struct Node {
+    config: NodeConfig,
+    client: BackendClient,
+    metrics: NodeMetrics,
+    dice: Dice,
+    /// The 200 body, built once: it never changes.
+    ok_body: Bytes,
+}
+
+impl Node {
+    pub(crate) fn new(config: NodeConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.call_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        let ok_body = ok_body(&config.name, config.behaviour.response_size_bytes);
+        let dice = Dice::new(config.behaviour.clone());
+        Node {
+            config,
+            client,
+            metrics: NodeMetrics::new(),
+            dice,
+            ok_body,
+        }
+    }
+
+    /// The node's resource bounds.
+    pub(crate) fn limits(&self) -> &crate::config::Limits {
+        &self.config.limits
+    }
+
+    /// Routes one request. Never fails: every problem becomes a status code.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let response = match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/health") => plain(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/metrics") => self.metrics_response(req.headers()),
+            _ => self.serve(req).await,
+        };
+        Ok(response)
+    }
+
+    /// OpenMetrics for scrapers that ask for it (Prometheus does), else text format 0.0.4.
+    fn metrics_response(&self, headers: &HeaderMap) -> Response<ResponseBody> {
+        let wants_openmetrics = headers.get_all(http::header::ACCEPT).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.contains("application/openmetrics-text"))
+        });
+        let (body, content_type) = if wants_openmetrics {
+            (self.metrics.encode(), metrics::OPENMETRICS_CONTENT_TYPE)
+        } else {
+            (
+                self.metrics.encode_prometheus_text(),
+                metrics::PROMETHEUS_CONTENT_TYPE,
+            )
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+    }
+
+    async fn serve(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let _in_flight = self.metrics.start_request();
+        let (parts, body) = req.into_parts();
+        let response = if Limited::new(body, MAX_BODY_BYTES).collect().await.is_err() {
+            self.reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some("request body too large or broken"),
+                vec![],
+            )
+        } else {
+            let timeout = self.config.limits.request_timeout;
+            match tokio::time::timeout(timeout, self.respond(&parts.headers)).await {
+                Ok(response) => response,
+                Err(_) => self.reply(StatusCode::GATEWAY_TIMEOUT, Some("request timeout"), vec![]),
+            }
+        };
+        self.metrics
+            .observe_request(response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    async fn respond(&self, incoming: &HeaderMap) -> Response<ResponseBody> {
+        if self.dice.is_active() {
+            let fate = self.dice.roll();
+            if !fate.delay.is_zero() {
+                tokio::time::sleep(fate.delay).await;
+            }
+            if fate.fail {
+                let code = StatusCode::from_u16(self.dice.behaviour().error_code)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return self.reply(code, Some("injected error"), vec![]);
+            }
+        }
+        let headers = forwarded(incoming);
+        let failed = self.call_backends(&headers).await;
+        if failed.is_empty() {
+            json(StatusCode::OK, self.ok_body.clone())
+        } else {
+            self.reply(StatusCode::INTERNAL_SERVER_ERROR, None, failed)
+        }
+    }
+
+    async fn call_backends(&self, headers: &HeaderMap) -> Vec<Failure> {
+        let backends = &self.config.backends;
+        let outcomes = match self.config.call_mode {
+            CallMode::Parallel => join_all(backends.iter().map(|b| self.call(b, headers))).await,
+            CallMode::Sequential => {
+                let mut outcomes = Vec::with_capacity(backends.len());
+                for backend in backends {
+                    outcomes.push(self.call(backend, headers).await);
+                }
+                outcomes
+            }
+        };
+        outcomes.into_iter().filter_map(Result::err).collect()
+    }
+
+    /// Calls one backend; `Ok` only for a 200 whose body arrived whole.
+    async fn call(&self, backend: &Backend, headers: &HeaderMap) -> Result<(), Failure> {
+        let started = Instant::now();
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = backend.uri().clone();
+        *req.headers_mut() = headers.clone();
+        let exchange = async {
+            let response = self.client.request(req).await?;
+            let status = response.status();
+            response.into_body().collect().await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status)
+        };
+        let (code, reason) = match tokio::time::timeout(self.config.call_timeout, exchange).await {
+            Ok(Ok(status)) if status == StatusCode::OK => (status.as_str().to_string(), None),
+            Ok(Ok(status)) => (
+                status.as_str().to_string(),
+                Some(format!("status {status}")),
+            ),
+            Ok(Err(err)) => {
+                let kind = error_kind(err.as_ref());
+                (
+                    kind.to_string(),
+                    Some(format!("{kind}: {}", error_chain(err.as_ref()))),
+                )
+            }
+            Err(_) => {
+                let after = humantime::format_duration(self.config.call_timeout);
+                (
+                    "timeout".to_string(),
+                    Some(format!("timeout after {after}")),
+                )
+            }
+        };
+        self.metrics
+            .observe_backend_call(backend.authority(), &code, started.elapsed());
+        match reason {
+            None => Ok(()),
+            Some(reason) => Err(Failure {
+                backend: backend.to_string(),
+                reason,
+            }),
+        }
+    }
+
+    fn reply(
+        &self,
+        code: StatusCode,
+        error: Option<&str>,
+        failed: Vec<Failure>,
+    ) -> Response<ResponseBody> {
+        let reply = Reply {
+            node: &self.config.name,
+            code: code.as_u16(),
+            error,
+            failed,
+            padding: "",
+        };
+        json(code, Bytes::from(to_json(&reply)))
+    }
+}
+
+fn to_json(reply: &Reply<'_>) -> Vec<u8> {
+    serde_json::to_vec(reply).expect("a reply always serializes")
+}
+
+/// The success body, padded with a `padding` field to `size` bytes when asked.
+fn ok_body(name: &str, size: usize) -> Bytes {
+    let mut reply = Reply {
+        node: name,
+        code: 200,
+        error: None,
+        failed: vec![],
+        padding: "",
+    };
+    let bare = to_json(&reply);
+    // `,"padding":"x"` adds 14 bytes for one character of padding.
+    let overhead = r#","padding":"""#.len();
+    if size <= bare.len() + overhead {
+        return Bytes::from(bare);
+    }
+    let pad = "x".repeat(size - bare.len() - overhead);
+    reply.padding = &pad;
+    Bytes::from(to_json(&reply))
+}
+
+fn json(code: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn plain(code: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn forwarded(incoming: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in FORWARDED_HEADERS {
+        for value in incoming.get_all(name) {
+            out.append(HeaderName::from_static(name), value.clone());
+        }
+    }
+    out
+}
+
+/// Names the kind of a failed call from the deepest I/O error in its chain.
+pub(crate) fn error_kind(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    use std::io::ErrorKind;
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                ErrorKind::ConnectionRefused => "refused",
+                ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+                | ErrorKind::UnexpectedEof => "reset",
+                ErrorKind::TimedOut => "timeout",
+                _ => "error",
+            };
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && h.is_incomplete_message()
+        {
+            return "reset";
+        }
+        current = e.source();
+    }
+    "error"
+}
+
+/// `outer: inner: innermost`, as anyhow's `{:#}` prints.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut current = err.source();
+    while let Some(e) = current {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        current = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_body_is_padded_to_the_requested_size() {
+        assert_eq!(ok_body("0", 0).as_ref(), br#"{"node":"0","code":200}"#);
+        // Below the bare document plus the padding field's overhead, no padding fits.
+        assert_eq!(ok_body("node-1", 40).len(), 28);
+        for size in [42, 100, 4096] {
+            let body = ok_body("node-1", size);
+            assert_eq!(body.len(), size);
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
+            assert_eq!(v["node"], "node-1");
+        }
+    }
+
+    #[test]
+    fn only_trace_headers_are_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", HeaderValue::from_static("00-abc-def-01"));
+        h.insert(
+            "b3",
+            HeaderValue::from_static("80f198ee56343ba8-e457b5a2e4d86bd1-1"),
+        );
+        h.insert("x-request-id", HeaderValue::from_static("r1"));
+        h.insert("cookie", HeaderValue::from_static("secret"));
+        let out = forwarded(&h);
+        assert_eq!(out.len(), 3);
+        assert!(out.get("cookie").is_none());
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(error_kind(&refused), "refused");
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(error_kind(&reset), "reset");
+        let other = std::fmt::Error;
+        assert_eq!(error_kind(&other), "error");
+    }
+}

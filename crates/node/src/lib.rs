@@ -1,0 +1,24 @@
+//! The service every meshload topology node runs: the seed's `request_handler.py`, rebuilt
+//! to be fast and observable.
+//!
+//! On any path but `/health` and `/metrics` a node calls each of its backends (in parallel
+//! by default, over pooled keep-alive connections) and answers 200 only if every backend
+//! answered 200; with no backends it answers 200. Latency, errors and response size can
+//! be injected, reproducibly.
+//!
+//! # Layout
+//! - [`config`]: the node's settings, backend addresses and limits.
+//! - [`behaviour`]: injected latency and errors, drawn from a seeded stream.
+//! - [`metrics`]: the Prometheus metrics a node exposes.
+//! - [`process`]: resource samples from `/proc` (also used to watch child nodes).
+//! - [`server`]: the listener, HTTP/1.1 and h2c on one port, graceful shutdown.
+
+pub mod behaviour;
+pub mod config;
+mod handler;
+pub mod metrics;
+pub mod process;
+pub mod server;
+
+pub use config::{Backend, CallMode, Limits, NodeConfig};
+pub use server::{NodeError, Server};
