@@ -21,7 +21,8 @@ use meshload_node::config::{self, Backend, CallMode};
 #[command(after_help = "\
 Examples:
   meshload node --listen 127.0.0.1:9080 --backends 127.0.0.1:9081,127.0.0.1:9082
-  meshload node --help
+  meshload load --qps 1000 -c 8 -t 10s http://127.0.0.1:9080/
+  meshload <command> --help
 
 Exit codes: 0 ok, 1 a threshold failed, 2 runtime error, 64 usage or configuration error,
 130 interrupted.")]
@@ -42,6 +43,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the node service that every topology node runs.
     Node(NodeArgs),
+    /// Run one load test against a URL (like `fortio load`).
+    Load(LoadArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -163,4 +166,155 @@ pub struct NodeArgs {
     /// Longest wait for in-flight requests when stopping.
     #[arg(long, value_name = "DURATION", env = "MESHLOAD_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+}
+
+fn parse_percentiles(s: &str) -> Result<Vec<f64>, String> {
+    s.split(',')
+        .map(|p| {
+            let p = p.trim();
+            match p.parse::<f64>() {
+                Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
+                _ => Err(format!("{p:?} is not a percentile (0 < p <= 100)")),
+            }
+        })
+        .collect()
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a rate (requests per second; 0 for as fast as possible)"
+        )),
+    }
+}
+
+/// A list of percentiles (a newtype: clap would read a `Vec` as a repeated flag).
+#[derive(Debug, Clone)]
+pub struct Percentiles(pub Vec<f64>);
+
+/// `meshload load`: one load test, with Fortio's options.
+#[derive(Debug, Args)]
+#[command(
+    about = "Run one load test against a URL (like `fortio load`)",
+    long_about = "Run one load test against a URL, with the options people know from `fortio load` \
+(Fortio's single-dash spellings such as -qps and -nocatchup are accepted too).
+
+C connections each send one request at a time. With --qps, each connection is paced at QPS/C \
+from due times computed from the start; latency is reported two ways: service time from the \
+actual send (what Fortio reports) and response time from each request's due time (corrected for \
+coordinated omission, as wrk2 does), plus how late requests left (schedule lag). With --qps 0 \
+there is no schedule and the two are the same. Requests that get no HTTP status are counted as \
+code -1, as Fortio does, with a breakdown by kind.
+
+A progress bar shows the live rate, p99 and errors when stderr is a terminal. Ctrl-C stops the \
+test, prints and writes what was measured (marked interrupted) and exits 130.",
+    after_help = "\
+Examples:
+  # 1000 requests per second over 8 connections for 10 seconds
+  meshload load --qps 1000 -c 8 -t 10s http://127.0.0.1:9080/
+
+  # As fast as possible, exactly 100000 requests, Fortio-compatible JSON on stdout
+  meshload load --qps 0 -c 32 -n 100000 --json - http://127.0.0.1:9080/ > result.json
+
+  # POST a file over h2c with a header, percentiles of your choice
+  meshload load --h2 --payload-file body.json -H 'Content-Type: application/json' \\
+      -p 50,99,99.99 http://127.0.0.1:9080/api"
+)]
+pub struct LoadArgs {
+    /// Target URL (http://).
+    pub url: String,
+    /// Total requests per second over all connections; 0 is as fast as possible.
+    #[arg(long, value_name = "QPS", default_value = "8", value_parser = parse_rate)]
+    pub qps: f64,
+    /// Connections (each sends one request at a time).
+    #[arg(short = 'c', value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
+    /// Duration (10s, 1m30s); 0 runs until Ctrl-C.
+    #[arg(short = 't', value_name = "DURATION", default_value = "5s", value_parser = parse_duration_or_zero)]
+    pub duration: Duration,
+    /// Exact number of requests (takes precedence over -t).
+    #[arg(short = 'n', value_name = "N")]
+    pub requests: Option<u64>,
+    /// Percentiles to report, comma-separated.
+    #[arg(short = 'p', value_name = "LIST", default_value = "50,75,90,99,99.9", value_parser = parse_percentile_list)]
+    pub percentiles: Percentiles,
+    /// Stagger the connections evenly within one interval.
+    #[arg(long)]
+    pub uniform: bool,
+    /// Move each due time by up to ±10% of the interval.
+    #[arg(long)]
+    pub jitter: bool,
+    /// Do not send faster than the rate to catch up after falling behind.
+    #[arg(long)]
+    pub nocatchup: bool,
+    /// Extra header `Name: value` (repeatable).
+    #[arg(short = 'H', value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// Body to POST.
+    #[arg(long, value_name = "TEXT", conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+    /// File whose contents are POSTed.
+    #[arg(long, value_name = "PATH")]
+    pub payload_file: Option<std::path::PathBuf>,
+    /// Timeout of one request.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Free-form labels stored in the result.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub labels: String,
+    /// Use HTTP/2 without TLS (h2c, prior knowledge) instead of HTTP/1.1.
+    #[arg(long)]
+    pub h2: bool,
+    /// Write the Fortio-compatible JSON result to FILE (- for stdout; the summary then goes
+    /// to stderr).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+}
+
+fn parse_percentile_list(s: &str) -> Result<Percentiles, String> {
+    parse_percentiles(s).map(Percentiles)
+}
+
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        Ok(Duration::ZERO)
+    } else {
+        parse_duration(s)
+    }
+}
+
+/// Fortio spells long options with one dash (`-qps 100`); clap wants two. Rewrites the
+/// Fortio spellings that `meshload load` knows, and nothing else.
+pub fn fortio_style_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    const LONG: [&str; 10] = [
+        "qps",
+        "uniform",
+        "jitter",
+        "nocatchup",
+        "payload",
+        "payload-file",
+        "timeout",
+        "labels",
+        "h2",
+        "json",
+    ];
+    let mut in_load = false;
+    args.into_iter()
+        .map(|arg| {
+            let Some(text) = arg.to_str() else { return arg };
+            if text == "load" {
+                in_load = true;
+            }
+            let name = text.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
+            let bare = name.map(|n| n.split_once('=').map_or(n, |(k, _)| k));
+            match bare {
+                Some(b) if in_load && LONG.contains(&b) => format!("-{text}").into(),
+                _ => arg,
+            }
+        })
+        .collect()
 }

@@ -20,6 +20,16 @@ pub struct Exit {
     pub message: String,
 }
 
+impl Exit {
+    /// A usage or configuration error (exit 64).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Exit {
+            code: USAGE,
+            message: message.into(),
+        }
+    }
+}
+
 /// Reports a command-line parse error: help and version go to stdout with exit 0;
 /// anything else is one line on stderr and exit 64.
 pub fn usage(err: &clap::Error) -> ExitCode {

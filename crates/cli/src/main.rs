@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::Cli::try_parse_from(cli::fortio_style_args(std::env::args_os())) {
         Ok(cli) => cli,
         Err(err) => return exit::usage(&err),
     };

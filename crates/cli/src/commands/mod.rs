@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod load;
 mod node;
 
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use crate::cli::Command;
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Node(args) => node::run(args),
+        Command::Load(args) => load::run(args),
     }
 }
 

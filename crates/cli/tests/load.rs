@@ -1,0 +1,290 @@
+//! `meshload load` end to end, against real `meshload node` processes on 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{NodeProc, bin, run};
+use serde_json::Value;
+
+/// Runs `meshload load ARGS --json -` and returns the parsed result, checked against the
+/// committed schema.
+fn load_json(args: &[&str]) -> Value {
+    let mut full = vec!["-q", "load", "--json", "-"];
+    full.extend_from_slice(args);
+    let out = run(&full, &[]);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_valid(&value);
+    value
+}
+
+fn assert_valid(value: &Value) {
+    let schema_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../schema/fortio-result.schema.json"
+    );
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "schema violations: {errors:#?}");
+}
+
+fn code(result: &Value, code: &str) -> u64 {
+    result["RetCodes"][code].as_u64().unwrap_or(0)
+}
+
+fn percentile(hist: &Value, p: f64) -> f64 {
+    hist["Percentiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["Percentile"].as_f64() == Some(p))
+        .unwrap()["Value"]
+        .as_f64()
+        .unwrap()
+}
+
+#[test]
+fn the_schema_rejects_a_broken_result() {
+    let node = NodeProc::start(&[]);
+    let mut r = load_json(&["-n", "3", "-c", "1", &node.url()]);
+    r["ActualQPS"] = Value::from("fast");
+    let schema_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../schema/fortio-result.schema.json"
+    );
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    assert!(!jsonschema::validator_for(&schema).unwrap().is_valid(&r));
+}
+
+#[test]
+fn exactly_n_requests_are_sent() {
+    let node = NodeProc::start(&[]);
+    let r = load_json(&["--qps", "0", "-c", "7", "-n", "1003", &node.url()]);
+    assert_eq!(code(&r, "200"), 1003);
+    assert_eq!(r["DurationHistogram"]["Count"], 1003);
+    assert_eq!(r["RequestedQPS"], "max");
+    assert_eq!(r["Exactly"], 1003);
+    assert_eq!(r["NumThreads"], 7);
+    assert_eq!(r["SocketCount"], 7, "keep-alive: one socket per connection");
+    assert!(
+        r["ScheduleLagHistogram"].is_null(),
+        "no schedule at max rate"
+    );
+    let service = &r["DurationHistogram"];
+    let response = &r["ResponseTimeHistogram"];
+    assert_eq!(
+        percentile(service, 99.0),
+        percentile(response, 99.0),
+        "unpaced: response = service"
+    );
+}
+
+#[test]
+fn paced_rate_is_close_to_the_requested_one() {
+    let node = NodeProc::start(&[]);
+    let r = load_json(&["--qps", "50", "-c", "2", "-t", "2s", &node.url()]);
+    let count = code(&r, "200");
+    assert!(
+        (97..=102).contains(&count),
+        "{count} requests at 50/s for 2s"
+    );
+    let qps = r["ActualQPS"].as_f64().unwrap();
+    assert!((45.0..=55.0).contains(&qps), "ActualQPS {qps}");
+    assert_eq!(r["RequestedQPS"], "50");
+    let per_second: u64 = r["PerSecond"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        per_second, count,
+        "the per-second series accounts for every request"
+    );
+    assert!(r["ScheduleLagHistogram"]["Count"].as_u64().unwrap() == count);
+}
+
+#[test]
+fn injected_errors_are_counted_by_code() {
+    let node = NodeProc::start(&["--error-rate", "0.5", "--seed", "3"]);
+    let r = load_json(&["--qps", "0", "-c", "4", "-n", "200", &node.url()]);
+    let (ok, failed) = (code(&r, "200"), code(&r, "500"));
+    assert_eq!(ok + failed, 200);
+    assert!(
+        (60..=140).contains(&failed),
+        "{failed} of 200 at a 50% error rate"
+    );
+    assert_eq!(r["ErrorsDurationHistogram"]["Count"].as_u64(), Some(failed));
+}
+
+#[test]
+fn a_down_target_counts_minus_one_with_its_kind() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let r = load_json(&["--qps", "0", "-c", "2", "-n", "20", &url]);
+    assert_eq!(code(&r, "-1"), 20);
+    assert_eq!(r["ErrorKinds"]["refused"], 20);
+    assert_eq!(r["DurationHistogram"]["Count"], 20);
+}
+
+#[test]
+fn a_stalled_target_shows_far_more_in_corrected_percentiles() {
+    let node = NodeProc::start(&[]);
+    let pid = node.pid().to_string();
+    let url = node.url();
+    let load =
+        std::thread::spawn(move || load_json(&["--qps", "100", "-c", "2", "-t", "3s", &url]));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let r = load.join().unwrap();
+    let service_p90 = percentile(&r["DurationHistogram"], 90.0);
+    let response_p90 = percentile(&r["ResponseTimeHistogram"], 90.0);
+    let lag_p90 = percentile(&r["ScheduleLagHistogram"], 90.0);
+    assert!(service_p90 < 0.05, "service p90 {service_p90}s");
+    assert!(response_p90 > 0.2, "response p90 {response_p90}s");
+    assert!(lag_p90 > 0.2, "lag p90 {lag_p90}s");
+    assert!(response_p90 > 10.0 * service_p90);
+}
+
+#[test]
+fn fortio_single_dash_options_work() {
+    let node = NodeProc::start(&[]);
+    let r = load_json(&[
+        "-qps",
+        "200",
+        "-uniform",
+        "-jitter",
+        "-n",
+        "20",
+        "-c",
+        "2",
+        &node.url(),
+    ]);
+    assert_eq!(code(&r, "200"), 20);
+    assert_eq!(r["Uniform"], true);
+    assert_eq!(r["Jitter"], true);
+}
+
+#[test]
+fn h2c_headers_and_payload_reach_the_node() {
+    let node = NodeProc::start(&[]);
+    let r = load_json(&[
+        "--h2",
+        "--payload",
+        "hello",
+        "-H",
+        "X-Test: 1",
+        "-n",
+        "10",
+        "-c",
+        "1",
+        &node.url(),
+    ]);
+    assert_eq!(code(&r, "200"), 10);
+    assert_eq!(r["H2"], true);
+}
+
+#[test]
+fn text_summary_shows_both_latencies() {
+    let node = NodeProc::start(&[]);
+    let out = run(
+        &["-q", "load", "--qps", "100", "-n", "20", &node.url()],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for needle in [
+        "Achieved",
+        "of requested",
+        "200: 20",
+        "service",
+        "response",
+        "lag",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing in\n{text}");
+    }
+}
+
+#[test]
+fn bad_options_give_one_line_and_exit_64() {
+    let cases: [&[&str]; 6] = [
+        &["load", "--qps", "fast", "http://127.0.0.1:1/"],
+        &["load", "-c", "0", "http://127.0.0.1:1/"],
+        &["load", "ftp://127.0.0.1/"],
+        &["load", "-H", "nocolon", "http://127.0.0.1:1/"],
+        &["load", "-t", "soon", "http://127.0.0.1:1/"],
+        &["load", "-p", "50,101", "http://127.0.0.1:1/"],
+    ];
+    for args in cases {
+        let out = run(args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn ctrl_c_keeps_what_was_measured_and_exits_130() {
+    let node = NodeProc::start(&[]);
+    let dir = std::env::temp_dir().join(format!("meshload-load-int-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("r.json");
+    let mut child = bin()
+        .args(["-q", "load", "--qps", "100", "-t", "30s", "--json"])
+        .arg(&json)
+        .arg(node.url())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_valid(&r);
+    assert_eq!(r["Interrupted"], true);
+    let count = code(&r, "200");
+    assert!(
+        (60..=160).contains(&count),
+        "{count} requests in about 1.2s at 100/s"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

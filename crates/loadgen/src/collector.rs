@@ -1,0 +1,356 @@
+//! One collector receives every request's sample from the connections and keeps the
+//! aggregates: HDR histograms, status codes, error kinds and the per-second series.
+//! Nothing is stored per request, so memory stays bounded however long the run.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::executor::ErrorKind;
+
+/// Largest latency the histograms hold, in nanoseconds (one hour); longer values clamp.
+const MAX_NANOS: u64 = 3_600_000_000_000;
+
+/// A histogram of nanosecond latencies with 3 significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_NANOS, 3).expect("static bounds are valid")
+}
+
+/// A histogram of byte sizes (up to 1 TiB) with 3 significant digits.
+pub(crate) fn size_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds are valid")
+}
+
+/// What a connection reports for each request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    /// HTTP status, or -1.
+    pub code: i32,
+    /// Why there was no status.
+    pub error: Option<ErrorKind>,
+    /// From the actual send to the end of the response.
+    pub service: Duration,
+    /// From the due time to the end of the response (equals `service` when unpaced).
+    pub response: Duration,
+    /// From the due time to the actual send (`None` when unpaced).
+    pub lag: Option<Duration>,
+    /// When the response ended, counted from the start of the run.
+    pub completed: Duration,
+    /// Response size in bytes.
+    pub size_bytes: u64,
+    /// Response head size in bytes.
+    pub header_bytes: u64,
+}
+
+impl Sample {
+    fn is_error(&self) -> bool {
+        !(200..400).contains(&self.code)
+    }
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SecondStats {
+    /// Seconds since the start (the second in which responses completed).
+    pub second: u64,
+    /// Responses completed in that second.
+    pub requests: u64,
+    /// Of which errors (code -1 or a status outside 2xx/3xx).
+    pub errors: u64,
+    /// Median response time (corrected), in seconds.
+    pub p50: f64,
+    /// 99th percentile of response time (corrected), in seconds.
+    pub p99: f64,
+}
+
+/// A second still receiving samples.
+struct OpenSecond {
+    second: u64,
+    requests: u64,
+    errors: u64,
+    response: Histogram<u64>,
+}
+
+impl OpenSecond {
+    fn new(second: u64) -> OpenSecond {
+        // Two significant digits suffice for a per-second p50/p99 and keep this small.
+        let response =
+            Histogram::new_with_bounds(1, MAX_NANOS, 2).expect("static bounds are valid");
+        OpenSecond {
+            second,
+            requests: 0,
+            errors: 0,
+            response,
+        }
+    }
+
+    fn close(&self) -> SecondStats {
+        let q = |p: f64| {
+            if self.requests == 0 {
+                0.0
+            } else {
+                nanos_to_secs(self.response.value_at_quantile(p))
+            }
+        };
+        SecondStats {
+            second: self.second,
+            requests: self.requests,
+            errors: self.errors,
+            p50: q(0.5),
+            p99: q(0.99),
+        }
+    }
+}
+
+/// Figures for a live progress display, refreshed as samples arrive.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveStats {
+    /// Responses so far.
+    pub requests: u64,
+    /// Errors so far.
+    pub errors: u64,
+    /// Responses in the last complete second.
+    pub last_second_requests: u64,
+    /// p99 response time of the last complete second, in seconds.
+    pub last_second_p99: f64,
+}
+
+/// Shared handle to the live figures.
+pub type Live = Arc<Mutex<LiveStats>>;
+
+/// Everything the collector gathered.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    /// Service time (from the actual send), nanoseconds.
+    pub service: Histogram<u64>,
+    /// Response time (from the due time), nanoseconds.
+    pub response: Histogram<u64>,
+    /// Schedule lag (due time to actual send), nanoseconds; empty when unpaced.
+    pub lag: Histogram<u64>,
+    /// Service time of errors only, nanoseconds.
+    pub errors_service: Histogram<u64>,
+    /// Response sizes in bytes.
+    pub sizes: Histogram<u64>,
+    /// Response head sizes in bytes.
+    pub header_sizes: Histogram<u64>,
+    /// Count per status code; -1 for requests that got no status.
+    pub codes: BTreeMap<i32, u64>,
+    /// Count per error kind of the -1s.
+    pub error_kinds: BTreeMap<ErrorKind, u64>,
+    /// One entry per second of the run.
+    pub per_second: Vec<SecondStats>,
+    /// When the last response completed, counted from the start.
+    pub last_completion: Duration,
+}
+
+/// Seconds a second stays open for late samples (samples from different connections
+/// reach the collector slightly out of order).
+const GRACE_SECONDS: u64 = 2;
+
+pub(crate) struct Collector {
+    collected: Collected,
+    open: VecDeque<OpenSecond>,
+    live: Live,
+}
+
+impl Collector {
+    pub(crate) fn new(live: Live) -> Collector {
+        Collector {
+            collected: Collected {
+                service: latency_histogram(),
+                response: latency_histogram(),
+                lag: latency_histogram(),
+                errors_service: latency_histogram(),
+                sizes: size_histogram(),
+                header_sizes: size_histogram(),
+                codes: BTreeMap::new(),
+                error_kinds: BTreeMap::new(),
+                per_second: Vec::new(),
+                last_completion: Duration::ZERO,
+            },
+            open: VecDeque::new(),
+            live,
+        }
+    }
+
+    /// Receives samples until every sender is gone.
+    pub(crate) async fn run(mut self, mut rx: UnboundedReceiver<Sample>) -> Collected {
+        let mut batch = Vec::with_capacity(512);
+        while rx.recv_many(&mut batch, 512).await > 0 {
+            for sample in batch.drain(..) {
+                self.add(&sample);
+            }
+            self.publish();
+        }
+        self.finish()
+    }
+
+    pub(crate) fn add(&mut self, s: &Sample) {
+        let c = &mut self.collected;
+        let nanos = |d: Duration| {
+            u64::try_from(d.as_nanos())
+                .unwrap_or(u64::MAX)
+                .clamp(1, MAX_NANOS)
+        };
+        c.service.saturating_record(nanos(s.service));
+        c.response.saturating_record(nanos(s.response));
+        if let Some(lag) = s.lag {
+            c.lag.saturating_record(nanos(lag));
+        }
+        if s.is_error() {
+            c.errors_service.saturating_record(nanos(s.service));
+        }
+        if s.code >= 0 {
+            c.sizes.saturating_record(s.size_bytes.max(1));
+            c.header_sizes.saturating_record(s.header_bytes.max(1));
+        }
+        *c.codes.entry(s.code).or_default() += 1;
+        if let Some(kind) = s.error {
+            *c.error_kinds.entry(kind).or_default() += 1;
+        }
+        c.last_completion = c.last_completion.max(s.completed);
+        self.add_to_second(s, nanos(s.response));
+    }
+
+    fn add_to_second(&mut self, s: &Sample, response_nanos: u64) {
+        let second = s.completed.as_secs();
+        let error = u64::from(s.is_error());
+        if let Some(closed) = self
+            .collected
+            .per_second
+            .iter_mut()
+            .rev()
+            .find(|x| x.second == second)
+        {
+            // Too late for its second's percentiles; the counts still add up.
+            closed.requests += 1;
+            closed.errors += error;
+            return;
+        }
+        let next = self
+            .open
+            .back()
+            .map_or(self.collected.per_second.len() as u64, |o| o.second + 1);
+        for sec in next..=second {
+            self.open.push_back(OpenSecond::new(sec));
+        }
+        if let Some(open) = self.open.iter_mut().find(|o| o.second == second) {
+            open.requests += 1;
+            open.errors += error;
+            open.response.saturating_record(response_nanos);
+        }
+        while self
+            .open
+            .front()
+            .is_some_and(|o| o.second + GRACE_SECONDS < second)
+        {
+            let done = self.open.pop_front().expect("checked non-empty");
+            self.collected.per_second.push(done.close());
+        }
+    }
+
+    fn publish(&self) {
+        let errors = self
+            .collected
+            .codes
+            .iter()
+            .filter(|(c, _)| !(200..400).contains(*c))
+            .map(|(_, n)| n)
+            .sum();
+        let requests = self.collected.codes.values().sum();
+        // The newest second that has ended: the one before the newest open one.
+        let last = self
+            .open
+            .iter()
+            .rev()
+            .nth(1)
+            .map(OpenSecond::close)
+            .or_else(|| self.collected.per_second.last().cloned());
+        let mut live = self
+            .live
+            .lock()
+            .expect("the live stats lock is never poisoned");
+        live.requests = requests;
+        live.errors = errors;
+        if let Some(last) = last {
+            live.last_second_requests = last.requests;
+            live.last_second_p99 = last.p99;
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> Collected {
+        self.publish();
+        while let Some(open) = self.open.pop_front() {
+            self.collected.per_second.push(open.close());
+        }
+        self.collected
+    }
+}
+
+/// Nanoseconds as seconds.
+pub(crate) fn nanos_to_secs(nanos: u64) -> f64 {
+    nanos as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(code: i32, completed_ms: u64, response_ms: u64) -> Sample {
+        Sample {
+            code,
+            error: (code < 0).then_some(ErrorKind::Refused),
+            service: Duration::from_millis(1),
+            response: Duration::from_millis(response_ms),
+            lag: Some(Duration::from_micros(50)),
+            completed: Duration::from_millis(completed_ms),
+            size_bytes: 100,
+            header_bytes: 40,
+        }
+    }
+
+    #[test]
+    fn aggregates_codes_kinds_and_seconds() {
+        let mut c = Collector::new(Live::default());
+        for i in 0..100 {
+            c.add(&sample(200, i * 10, 2)); // seconds 0..=0.99
+        }
+        c.add(&sample(500, 1500, 3));
+        c.add(&sample(-1, 3200, 1));
+        let out = c.finish();
+        assert_eq!(out.codes[&200], 100);
+        assert_eq!(out.codes[&500], 1);
+        assert_eq!(out.codes[&-1], 1);
+        assert_eq!(out.error_kinds[&ErrorKind::Refused], 1);
+        assert_eq!(
+            out.per_second.iter().map(|s| s.second).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(out.per_second[0].requests, 100);
+        assert_eq!(out.per_second[1].errors, 1);
+        assert_eq!(out.per_second[2].requests, 0);
+        assert!((out.per_second[0].p99 - 0.002).abs() < 0.0001);
+        assert_eq!(out.service.len(), 102);
+        assert_eq!(
+            out.sizes.len(),
+            101,
+            "no size for a request without a response"
+        );
+        assert_eq!(out.last_completion, Duration::from_millis(3200));
+    }
+
+    #[test]
+    fn late_samples_still_count() {
+        let mut c = Collector::new(Live::default());
+        c.add(&sample(200, 100, 1));
+        c.add(&sample(200, 9_000, 1)); // closes seconds 0..=6
+        c.add(&sample(200, 200, 1)); // late for second 0
+        let out = c.finish();
+        assert_eq!(out.per_second[0].requests, 2);
+        assert_eq!(out.per_second.iter().map(|s| s.requests).sum::<u64>(), 3);
+    }
+}

@@ -1,0 +1,317 @@
+//! Orchestration of one load test: resolve, connect, pace, send, collect.
+//!
+//! Pacing: Tokio's timer fires about a millisecond late (see DEPENDENCIES.md), which at
+//! 0.1 ms service times would skew both rate and latency. A dedicated pacer thread sleeps
+//! with `std::thread::sleep` (tens of microseconds late) and *releases* due slots to the
+//! connections; each connection owns a counter of released slots and sends slot `k` once
+//! it is released and the connection is free. Due times come from [`Schedule`], computed
+//! from the start, so lateness never accumulates.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use crate::collector::{Collector, Live, Sample};
+use crate::executor::{Connection, Target};
+use crate::result::LoadResult;
+use crate::schedule::{Schedule, quota};
+use crate::spec::{LoadSpec, Stop};
+
+/// Errors that prevent a run from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The target's host name did not resolve.
+    #[error("cannot resolve {authority}")]
+    Resolve {
+        /// `host:port` of the target.
+        authority: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Longest the pacer sleeps at once, so that a stop is noticed promptly.
+const PACER_MAX_SLEEP: Duration = Duration::from_millis(20);
+
+/// One connection's slot counter, shared with the pacer.
+#[derive(Debug, Default)]
+struct Slots {
+    /// Slots released so far: slot `k` may be sent once `released > k`.
+    released: AtomicU64,
+    /// The pacer releases no more slots.
+    closed: AtomicBool,
+    /// The connection has finished and wants no more slots.
+    finished: AtomicBool,
+    /// Wakes the connection when a slot is released or the pacer closes.
+    notify: Notify,
+}
+
+/// State shared by the pacer and every connection of a run.
+struct Shared {
+    start: Instant,
+    stopping: AtomicBool,
+    slots: Vec<Slots>,
+}
+
+impl Shared {
+    fn close_all(&self) {
+        for s in &self.slots {
+            s.closed.store(true, Ordering::Release);
+            s.notify.notify_one();
+        }
+    }
+}
+
+/// Runs one load test until it ends by itself or `stop` completes (then it is marked
+/// interrupted). `live` receives running figures for a progress display.
+pub async fn run(
+    spec: LoadSpec,
+    stop: impl Future<Output = ()>,
+    live: Live,
+) -> Result<LoadResult, LoadError> {
+    let addr = resolve(&spec.authority).await?;
+    let target = Arc::new(Target::new(&spec, addr));
+    let mut connections: Vec<Connection> = (0..spec.connections)
+        .map(|_| Connection::new(target.clone()))
+        .collect();
+    futures_util::future::join_all(connections.iter_mut().map(Connection::warm_up)).await;
+
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        stopping: AtomicBool::new(false),
+        slots: (0..spec.connections).map(|_| Slots::default()).collect(),
+    });
+    let start_time = SystemTime::now();
+    let (tx, rx) = unbounded_channel();
+    let collector = tokio::spawn(Collector::new(live).run(rx));
+    let schedule = spec
+        .qps
+        .map(|qps| Schedule::new(qps, spec.connections, spec.uniform, spec.jitter));
+    let pacer = schedule
+        .clone()
+        .map(|s| spawn_pacer(s, &spec, shared.clone()));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, conn) in connections.into_iter().enumerate() {
+        let plan = Plan {
+            index: i,
+            quota: quota_of(&spec, i),
+            schedule: schedule.clone(),
+            nocatchup: spec.nocatchup,
+            deadline: deadline_of(&spec),
+        };
+        tasks.spawn(drive(conn, plan, shared.clone(), tx.clone()));
+    }
+    drop(tx);
+    let (sockets, interrupted) = wait_or_stop(&mut tasks, stop, &shared).await;
+    if let Some(pacer) = pacer {
+        shared.stopping.store(true, Ordering::Release);
+        let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+    }
+    let collected = collector.await.expect("the collector does not panic");
+    Ok(LoadResult::new(
+        spec,
+        start_time,
+        shared.start.elapsed(),
+        collected,
+        sockets,
+        interrupted,
+    ))
+}
+
+async fn resolve(authority: &str) -> Result<SocketAddr, LoadError> {
+    let err = |source| LoadError::Resolve {
+        authority: authority.to_string(),
+        source,
+    };
+    let mut addrs = tokio::net::lookup_host(authority).await.map_err(err)?;
+    addrs.next().ok_or_else(|| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no address",
+        ))
+    })
+}
+
+/// Waits for every connection to finish, or for `stop`; returns the sockets opened and
+/// whether the run was stopped.
+async fn wait_or_stop(
+    tasks: &mut tokio::task::JoinSet<u64>,
+    stop: impl Future<Output = ()>,
+    shared: &Shared,
+) -> (u64, bool) {
+    async fn join_all(tasks: &mut tokio::task::JoinSet<u64>) -> u64 {
+        let mut sockets = 0;
+        while let Some(joined) = tasks.join_next().await {
+            sockets += joined.unwrap_or(0);
+        }
+        sockets
+    }
+    let interrupted = tokio::select! {
+        () = stop => {
+            shared.stopping.store(true, Ordering::Release);
+            shared.close_all();
+            true
+        }
+        sockets = join_all(tasks) => return (sockets, false),
+    };
+    (join_all(tasks).await, interrupted)
+}
+
+fn quota_of(spec: &LoadSpec, conn: usize) -> Option<u64> {
+    match spec.stop {
+        Stop::Requests(n) => Some(quota(n, spec.connections, conn)),
+        _ => None,
+    }
+}
+
+fn deadline_of(spec: &LoadSpec) -> Option<Duration> {
+    match spec.stop {
+        Stop::Duration(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// What one connection is to do.
+struct Plan {
+    index: usize,
+    quota: Option<u64>,
+    schedule: Option<Schedule>,
+    nocatchup: bool,
+    deadline: Option<Duration>,
+}
+
+/// Drives one connection to the end of its plan; returns the sockets it opened.
+async fn drive(
+    mut conn: Connection,
+    plan: Plan,
+    shared: Arc<Shared>,
+    tx: UnboundedSender<Sample>,
+) -> u64 {
+    let slots = &shared.slots[plan.index];
+    let mut sent = 0u64;
+    let mut k = 0u64;
+    loop {
+        if shared.stopping.load(Ordering::Acquire) || plan.quota.is_some_and(|q| sent >= q) {
+            break;
+        }
+        let due = match &plan.schedule {
+            Some(schedule) => {
+                if !wait_for_slot(slots, k).await {
+                    break;
+                }
+                if plan.nocatchup {
+                    // Behind by more than one slot: skip to the latest due one.
+                    let now = shared.start.elapsed();
+                    let latest = schedule
+                        .first_slot_at_or_after(plan.index, now)
+                        .saturating_sub(1);
+                    if latest > k {
+                        k = latest;
+                        continue;
+                    }
+                }
+                Some(shared.start + schedule.due(plan.index, k))
+            }
+            None => {
+                if plan.deadline.is_some_and(|d| shared.start.elapsed() >= d) {
+                    break;
+                }
+                None
+            }
+        };
+        let sent_at = Instant::now();
+        let exchange = conn.send().await;
+        let done = Instant::now();
+        let sample = Sample {
+            code: exchange.code,
+            error: exchange.error,
+            service: done - sent_at,
+            response: due.map_or(done - sent_at, |d| done.saturating_duration_since(d)),
+            lag: due.map(|d| sent_at.saturating_duration_since(d)),
+            completed: done - shared.start,
+            size_bytes: exchange.size_bytes,
+            header_bytes: exchange.header_bytes,
+        };
+        if tx.send(sample).is_err() {
+            break;
+        }
+        sent += 1;
+        k += 1;
+    }
+    slots.finished.store(true, Ordering::Release);
+    conn.sockets
+}
+
+/// Waits until slot `k` is released; `false` when the pacer closed first.
+async fn wait_for_slot(slots: &Slots, k: u64) -> bool {
+    loop {
+        let notified = slots.notify.notified();
+        if slots.released.load(Ordering::Acquire) > k {
+            return true;
+        }
+        if slots.closed.load(Ordering::Acquire) {
+            return slots.released.load(Ordering::Acquire) > k;
+        }
+        notified.await;
+    }
+}
+
+/// Starts the pacer thread.
+fn spawn_pacer(
+    schedule: Schedule,
+    spec: &LoadSpec,
+    shared: Arc<Shared>,
+) -> std::thread::JoinHandle<()> {
+    let quotas: Vec<Option<u64>> = (0..spec.connections)
+        .map(|i| {
+            if spec.nocatchup {
+                None
+            } else {
+                quota_of(spec, i)
+            }
+        })
+        .collect();
+    let deadline = deadline_of(spec);
+    std::thread::Builder::new()
+        .name("meshload-pacer".into())
+        .spawn(move || pace(&schedule, &quotas, deadline, &shared))
+        .expect("the pacer thread starts")
+}
+
+/// Releases slots at their due times until the deadline, the quotas, or a stop.
+fn pace(schedule: &Schedule, quotas: &[Option<u64>], deadline: Option<Duration>, shared: &Shared) {
+    let mut heap: BinaryHeap<Reverse<(Duration, usize, u64)>> = (0..quotas.len())
+        .filter(|&i| quotas[i] != Some(0))
+        .map(|i| Reverse((schedule.due(i, 0), i, 0)))
+        .collect();
+    while let Some(&Reverse((due, i, k))) = heap.peek() {
+        if shared.stopping.load(Ordering::Acquire) || deadline.is_some_and(|d| due >= d) {
+            break;
+        }
+        let now = shared.start.elapsed();
+        if due > now {
+            std::thread::sleep((due - now).min(PACER_MAX_SLEEP));
+            continue;
+        }
+        heap.pop();
+        let slots = &shared.slots[i];
+        if slots.finished.load(Ordering::Acquire) {
+            continue;
+        }
+        slots.released.store(k + 1, Ordering::Release);
+        slots.notify.notify_one();
+        if quotas[i].is_none_or(|q| k + 1 < q) {
+            heap.push(Reverse((schedule.due(i, k + 1), i, k + 1)));
+        }
+    }
+    shared.close_all();
+}
