@@ -1,0 +1,455 @@
+//! Expression dispatch, selectors, subqueries and the final clean-up of results.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use promql_parser::label::{MatchOp, Matcher};
+
+use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
+
+use super::{Annotations, QueryError, QueryOptions, QueryResult, RangeSeries, Sample, Value};
+use crate::labels::{Labels, METRIC_NAME};
+use crate::store::{SeriesId, Store, is_stale};
+
+/// Step of subqueries without one: Prometheus's default evaluation interval, 1 minute.
+pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// One sample during evaluation.
+#[derive(Debug, Clone)]
+pub(crate) struct S {
+    pub labels: Labels,
+    pub v: f64,
+    /// Timestamp of the underlying sample (what `timestamp()` returns).
+    pub t: i64,
+    /// `__name__` is to be removed at the end (delayed name removal).
+    pub drop_name: bool,
+}
+
+/// One series of a range vector during evaluation.
+#[derive(Debug, Clone)]
+pub(crate) struct M {
+    pub labels: Labels,
+    pub points: Vec<(i64, f64)>,
+    pub drop_name: bool,
+}
+
+/// A value during evaluation.
+#[derive(Debug, Clone)]
+pub(crate) enum Val {
+    Scalar(f64),
+    Str(String),
+    Vector(Vec<S>),
+    Matrix(Vec<M>),
+}
+
+pub(crate) type EvalResult<T> = Result<T, QueryError>;
+
+pub(crate) fn err<T>(msg: impl Into<String>) -> EvalResult<T> {
+    Err(QueryError::Eval(msg.into()))
+}
+
+/// Evaluates one query.
+pub(crate) struct Evaluator<'a> {
+    pub store: &'a Store,
+    pub query: &'a str,
+    /// Query start and end (what `@ start()` and `@ end()` mean).
+    pub start: i64,
+    pub end: i64,
+    pub opts: QueryOptions,
+    pub annotations: RefCell<Annotations>,
+    selections: RefCell<HashMap<*const VectorSelector, Rc<Vec<SeriesId>>>>,
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(store: &'a Store, query: &'a str, start: i64, end: i64, opts: QueryOptions) -> Self {
+        Evaluator {
+            store,
+            query,
+            start,
+            end,
+            opts,
+            annotations: RefCell::new(Annotations::default()),
+            selections: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn finish(&self, value: super::Value) -> QueryResult {
+        let a = self.annotations.borrow();
+        QueryResult {
+            value,
+            warnings: a.warnings.iter().cloned().collect(),
+            infos: a.infos.iter().cloned().collect(),
+        }
+    }
+
+    pub fn warn(&self, msg: String) {
+        self.annotations
+            .borrow_mut()
+            .warnings
+            .insert(format!("PromQL warning: {msg}"));
+    }
+
+    pub fn info(&self, msg: String) {
+        self.annotations
+            .borrow_mut()
+            .infos
+            .insert(format!("PromQL info: {msg}"));
+    }
+
+    /// An instant query's result.
+    pub fn instant(&self, expr: &Expr, t: i64) -> Result<QueryResult, QueryError> {
+        let value = match self.eval(expr, t)? {
+            Val::Scalar(v) => Value::Scalar(v),
+            Val::Str(s) => Value::String(s),
+            Val::Vector(v) => Value::Vector(
+                finish_vector(v)?
+                    .into_iter()
+                    .map(|s| Sample {
+                        labels: s.labels,
+                        value: s.v,
+                    })
+                    .collect(),
+            ),
+            Val::Matrix(m) => Value::Matrix(finish_matrix(m)?),
+        };
+        Ok(self.finish(value))
+    }
+
+    /// A range query's result: the expression at every step, series joined by labels.
+    pub fn range(
+        &self,
+        expr: &Expr,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<QueryResult, QueryError> {
+        let mut series: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
+        let mut order: Vec<Labels> = Vec::new();
+        let mut t = start;
+        while t <= end {
+            let samples = match self.eval(expr, t)? {
+                Val::Scalar(v) => vec![S {
+                    labels: Labels::default(),
+                    v,
+                    t,
+                    drop_name: false,
+                }],
+                Val::Vector(v) => finish_vector(v)?,
+                Val::Str(_) | Val::Matrix(_) => {
+                    return err(format!(
+                        "invalid expression type {:?} for range query, must be Scalar or instant Vector",
+                        type_name(expr)
+                    ));
+                }
+            };
+            for s in samples {
+                let points = series.entry(s.labels.clone()).or_insert_with(|| {
+                    order.push(s.labels.clone());
+                    Vec::new()
+                });
+                points.push((t, s.v));
+            }
+            t += step;
+        }
+        let matrix = order
+            .into_iter()
+            .map(|labels| {
+                let points = series.remove(&labels).unwrap_or_default();
+                RangeSeries { labels, points }
+            })
+            .collect();
+        Ok(self.finish(Value::Matrix(matrix)))
+    }
+
+    /// Evaluates `expr` at time `t`.
+    pub fn eval(&self, expr: &Expr, t: i64) -> EvalResult<Val> {
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Val::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, t),
+            Expr::Unary(u) => match self.eval(&u.expr, t)? {
+                Val::Scalar(v) => Ok(Val::Scalar(-v)),
+                Val::Vector(v) => Ok(Val::Vector(
+                    v.into_iter()
+                        .map(|s| S {
+                            v: -s.v,
+                            drop_name: true,
+                            ..s
+                        })
+                        .collect(),
+                )),
+                _ => err("unary expression only allowed on expressions of type scalar or vector"),
+            },
+            Expr::VectorSelector(vs) => Ok(Val::Vector(self.select_instant(vs, t)?)),
+            Expr::MatrixSelector(ms) => Ok(Val::Matrix(self.select_range(&ms.vs, ms.range, t)?)),
+            Expr::Subquery(sq) => Ok(Val::Matrix(self.eval_subquery(sq, t)?)),
+            Expr::Call(call) => self.eval_call(call, t),
+            Expr::Aggregate(agg) => self.eval_aggregate(agg, t),
+            Expr::Binary(b) => self.eval_binary(b, t),
+            Expr::Extension(_) => Err(QueryError::Unsupported("extension expressions".into())),
+        }
+    }
+
+    /// Evaluates an expression expected to give a scalar.
+    pub fn eval_scalar(&self, expr: &Expr, t: i64) -> EvalResult<f64> {
+        match self.eval(expr, t)? {
+            Val::Scalar(v) => Ok(v),
+            _ => err(format!("expected scalar, got {}", type_name(expr))),
+        }
+    }
+
+    /// Evaluates an expression expected to give an instant vector.
+    pub fn eval_vector(&self, expr: &Expr, t: i64) -> EvalResult<Vec<S>> {
+        match self.eval(expr, t)? {
+            Val::Vector(v) => Ok(v),
+            _ => err(format!("expected instant vector, got {}", type_name(expr))),
+        }
+    }
+
+    /// Evaluates an expression expected to give a range vector.
+    pub fn eval_matrix(&self, expr: &Expr, t: i64) -> EvalResult<Vec<M>> {
+        match self.eval(expr, t)? {
+            Val::Matrix(m) => Ok(m),
+            _ => err(format!("expected range vector, got {}", type_name(expr))),
+        }
+    }
+
+    /// Evaluates an expression expected to give a string.
+    pub fn eval_string(&self, expr: &Expr, t: i64) -> EvalResult<String> {
+        match self.eval(expr, t)? {
+            Val::Str(s) => Ok(s),
+            _ => err(format!("expected string, got {}", type_name(expr))),
+        }
+    }
+
+    /// The time a selector reads at: `@` replaces `t`, `offset` moves it back.
+    pub fn reference_time(&self, at: &Option<AtModifier>, offset: &Option<Offset>, t: i64) -> i64 {
+        let base = match at {
+            None => t,
+            Some(AtModifier::Start) => self.start,
+            Some(AtModifier::End) => self.end,
+            Some(AtModifier::At(time)) => system_time_ms(time),
+        };
+        match offset {
+            None => base,
+            Some(Offset::Pos(d)) => base - duration_ms(d),
+            Some(Offset::Neg(d)) => base + duration_ms(d),
+        }
+    }
+
+    fn series_for(&self, vs: &VectorSelector) -> EvalResult<Rc<Vec<SeriesId>>> {
+        let key = vs as *const VectorSelector;
+        if let Some(ids) = self.selections.borrow().get(&key) {
+            return Ok(ids.clone());
+        }
+        let mut groups: Vec<Vec<Matcher>> = if vs.matchers.or_matchers.is_empty() {
+            vec![vs.matchers.matchers.clone()]
+        } else {
+            vs.matchers.or_matchers.clone()
+        };
+        if let Some(name) = &vs.name {
+            for g in &mut groups {
+                g.push(Matcher::new(MatchOp::Equal, METRIC_NAME, name));
+            }
+        }
+        let mut ids: Vec<SeriesId> = groups.iter().flat_map(|g| self.store.select(g)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if let Some(&native) = ids.iter().find(|&&id| self.store.get(id).native_histogram) {
+            let name = self.store.get(native).labels.to_string();
+            return Err(QueryError::Unsupported(format!(
+                "native histograms (series {name})"
+            )));
+        }
+        let ids = Rc::new(ids);
+        self.selections.borrow_mut().insert(key, ids.clone());
+        Ok(ids)
+    }
+
+    /// The newest sample of each matching series in `(t - lookback, t]`.
+    pub fn select_instant(&self, vs: &VectorSelector, t: i64) -> EvalResult<Vec<S>> {
+        let rt = self.reference_time(&vs.at, &vs.offset, t);
+        let ids = self.series_for(vs)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids.iter() {
+            let series = self.store.get(id);
+            let r = series.range(rt - self.opts.lookback_ms, rt);
+            if r.is_empty() {
+                continue;
+            }
+            let last = r.end - 1;
+            let v = series.values[last];
+            if is_stale(v) {
+                continue;
+            }
+            out.push(S {
+                labels: series.labels.clone(),
+                v,
+                t: series.timestamps[last],
+                drop_name: false,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The samples of each matching series in `(t - range, t]`, staleness markers dropped.
+    pub fn select_range(&self, vs: &VectorSelector, range: Duration, t: i64) -> EvalResult<Vec<M>> {
+        let rt = self.reference_time(&vs.at, &vs.offset, t);
+        let ids = self.series_for(vs)?;
+        let mut out = Vec::new();
+        for &id in ids.iter() {
+            let series = self.store.get(id);
+            let r = series.range(rt - duration_ms(&range), rt);
+            let points: Vec<(i64, f64)> = series.timestamps[r.clone()]
+                .iter()
+                .zip(&series.values[r])
+                .filter(|(_, v)| !is_stale(**v))
+                .map(|(t, v)| (*t, *v))
+                .collect();
+            if !points.is_empty() {
+                out.push(M {
+                    labels: series.labels.clone(),
+                    points,
+                    drop_name: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// `expr[range:step]`: the inner expression at every step-aligned time in the window.
+    fn eval_subquery(&self, sq: &SubqueryExpr, t: i64) -> EvalResult<Vec<M>> {
+        let rt = self.reference_time(&sq.at, &sq.offset, t);
+        let step = sq
+            .step
+            .as_ref()
+            .map_or(self.opts.default_subquery_step_ms, duration_ms)
+            .max(1);
+        let window_start = rt - duration_ms(&sq.range);
+        // The first step-aligned time after the window's (open) start, as Prometheus does
+        // it (Go's division truncates toward zero, as Rust's does).
+        let mut ts = step * (window_start / step);
+        if ts <= window_start {
+            ts += step;
+        }
+        let mut series: HashMap<Labels, M> = HashMap::new();
+        let mut order = Vec::new();
+        while ts <= rt {
+            let samples = match self.eval(&sq.expr, ts)? {
+                Val::Scalar(v) => vec![S {
+                    labels: Labels::default(),
+                    v,
+                    t: ts,
+                    drop_name: false,
+                }],
+                Val::Vector(v) => v,
+                _ => {
+                    return err("subquery is only allowed on instant vector or scalar expressions");
+                }
+            };
+            for s in samples {
+                let entry = series.entry(s.labels.clone()).or_insert_with(|| {
+                    order.push(s.labels.clone());
+                    M {
+                        labels: s.labels.clone(),
+                        points: Vec::new(),
+                        drop_name: s.drop_name,
+                    }
+                });
+                entry.points.push((ts, s.v));
+            }
+            ts += step;
+        }
+        Ok(order
+            .into_iter()
+            .filter_map(|l| series.remove(&l))
+            .collect())
+    }
+
+    /// The `(start, end)` window a range-vector argument covers at `t` (what `rate`
+    /// extrapolates to).
+    pub fn matrix_window(&self, arg: &Expr, t: i64) -> (i64, i64) {
+        match arg {
+            Expr::MatrixSelector(ms) => {
+                let end = self.reference_time(&ms.vs.at, &ms.vs.offset, t);
+                (end - duration_ms(&ms.range), end)
+            }
+            Expr::Subquery(sq) => {
+                let end = self.reference_time(&sq.at, &sq.offset, t);
+                (end - duration_ms(&sq.range), end)
+            }
+            Expr::Paren(p) => self.matrix_window(&p.expr, t),
+            _ => (t, t),
+        }
+    }
+}
+
+/// Drops to-be-dropped names and rejects duplicate label sets.
+pub(crate) fn finish_vector(mut v: Vec<S>) -> EvalResult<Vec<S>> {
+    let mut any_dropped = false;
+    for s in &mut v {
+        if s.drop_name {
+            s.labels.remove(METRIC_NAME);
+            s.drop_name = false;
+            any_dropped = true;
+        }
+    }
+    if any_dropped {
+        check_unique(v.iter().map(|s| &s.labels))?;
+    }
+    Ok(v)
+}
+
+fn finish_matrix(mut m: Vec<M>) -> EvalResult<Vec<RangeSeries>> {
+    let mut any_dropped = false;
+    for s in &mut m {
+        if s.drop_name {
+            s.labels.remove(METRIC_NAME);
+            any_dropped = true;
+        }
+    }
+    if any_dropped {
+        check_unique(m.iter().map(|s| &s.labels))?;
+    }
+    Ok(m.into_iter()
+        .map(|s| RangeSeries {
+            labels: s.labels,
+            points: s.points,
+        })
+        .collect())
+}
+
+/// Fails when two series share a label set.
+pub(crate) fn check_unique<'l>(labels: impl Iterator<Item = &'l Labels>) -> EvalResult<()> {
+    let mut seen = std::collections::HashSet::new();
+    for l in labels {
+        if !seen.insert(l) {
+            return err("vector cannot contain metrics with the same labelset");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn duration_ms(d: &Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn system_time_ms(t: &std::time::SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => duration_ms(&d),
+        Err(e) => -duration_ms(&e.duration()),
+    }
+}
+
+/// The PromQL type name of an expression, as error messages give it.
+pub(crate) fn type_name(expr: &Expr) -> &'static str {
+    use promql_parser::parser::value::ValueType;
+    match expr.value_type() {
+        ValueType::Vector => "instant vector",
+        ValueType::Scalar => "scalar",
+        ValueType::Matrix => "range vector",
+        ValueType::String => "string",
+    }
+}

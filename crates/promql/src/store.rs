@@ -1,0 +1,354 @@
+//! The in-memory time-series store: samples appended from scrapes (or test scripts),
+//! label strings interned, and an inverted index from label pairs to series.
+//!
+//! # On-disk form
+//! [`Store::write_jsonl`] writes one JSON object per line, one line per series:
+//! `{"labels":{"__name__":"up","job":"node"},"samples":[[1700000000000,1],[1700000001000,"NaN"]]}`
+//! Timestamps are milliseconds since the Unix epoch; values are JSON numbers, or the
+//! strings `"NaN"`, `"+Inf"`, `"-Inf"` and `"stale"` (a Prometheus staleness marker).
+//! A first line `{"format":"meshload-tsdb","version":1}` names the format.
+//! [`Store::read_jsonl`] reads it back, so a stored run can be queried later.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use promql_parser::label::{MatchOp, Matcher};
+
+use crate::labels::{Labels, METRIC_NAME};
+
+/// The bit pattern Prometheus uses to mark a series stale (a NaN that is not the NaN).
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// A staleness marker value.
+pub fn stale_nan() -> f64 {
+    f64::from_bits(STALE_NAN_BITS)
+}
+
+/// Whether `v` is a staleness marker (and not an ordinary NaN).
+pub fn is_stale(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
+
+/// Index of a series in the store.
+pub type SeriesId = usize;
+
+/// One series: its labels and its samples in time order.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// The labels.
+    pub labels: Labels,
+    /// Sample timestamps, milliseconds, increasing.
+    pub timestamps: Vec<i64>,
+    /// Sample values (staleness markers included).
+    pub values: Vec<f64>,
+    /// The series holds native histogram samples, which the engine does not evaluate.
+    pub native_histogram: bool,
+}
+
+impl Series {
+    /// Index range of the samples with `mint < t <= maxt` (Prometheus 3 ranges are left-open).
+    pub fn range(&self, mint: i64, maxt: i64) -> std::ops::Range<usize> {
+        let lo = self.timestamps.partition_point(|&t| t <= mint);
+        let hi = self.timestamps.partition_point(|&t| t <= maxt);
+        lo..hi.max(lo)
+    }
+}
+
+/// Errors reading the on-disk form.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading failed.
+    #[error("cannot read samples")]
+    Io(#[from] std::io::Error),
+    /// A line is not what the format says.
+    #[error("line {line}: {problem}")]
+    Format {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The store.
+#[derive(Debug, Default, Clone)]
+pub struct Store {
+    series: Vec<Series>,
+    by_labels: HashMap<Labels, SeriesId>,
+    postings: HashMap<(Arc<str>, Arc<str>), Vec<SeriesId>>,
+    strings: HashSet<Arc<str>>,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    /// Every series.
+    pub fn series(&self) -> &[Series] {
+        &self.series
+    }
+
+    /// One series.
+    pub fn get(&self, id: SeriesId) -> &Series {
+        &self.series[id]
+    }
+
+    /// Number of samples held.
+    pub fn sample_count(&self) -> usize {
+        self.series.iter().map(|s| s.values.len()).sum()
+    }
+
+    fn intern(&mut self, s: &Arc<str>) -> Arc<str> {
+        if let Some(existing) = self.strings.get(s) {
+            return existing.clone();
+        }
+        self.strings.insert(s.clone());
+        s.clone()
+    }
+
+    /// The id of the series with exactly these labels, created when missing.
+    pub fn series_id(&mut self, labels: &Labels) -> SeriesId {
+        if let Some(&id) = self.by_labels.get(labels) {
+            return id;
+        }
+        let pairs: Vec<(Arc<str>, Arc<str>)> = labels
+            .pairs()
+            .iter()
+            .map(|(n, v)| (self.intern(n), self.intern(v)))
+            .collect();
+        let labels = Labels::from_pairs(pairs);
+        let id = self.series.len();
+        for (n, v) in labels.pairs() {
+            self.postings
+                .entry((n.clone(), v.clone()))
+                .or_default()
+                .push(id);
+        }
+        self.by_labels.insert(labels.clone(), id);
+        self.series.push(Series {
+            labels,
+            timestamps: Vec::new(),
+            values: Vec::new(),
+            native_histogram: false,
+        });
+        id
+    }
+
+    /// Appends a sample; a sample at an existing timestamp replaces it, an out-of-order
+    /// one is inserted in place.
+    pub fn append(&mut self, labels: &Labels, t_ms: i64, value: f64) {
+        let id = self.series_id(labels);
+        self.append_to(id, t_ms, value);
+    }
+
+    /// Appends a sample to a known series.
+    pub fn append_to(&mut self, id: SeriesId, t_ms: i64, value: f64) {
+        let s = &mut self.series[id];
+        match s.timestamps.last() {
+            Some(&last) if last < t_ms => {
+                s.timestamps.push(t_ms);
+                s.values.push(value);
+            }
+            None => {
+                s.timestamps.push(t_ms);
+                s.values.push(value);
+            }
+            Some(_) => match s.timestamps.binary_search(&t_ms) {
+                Ok(i) => s.values[i] = value,
+                Err(i) => {
+                    s.timestamps.insert(i, t_ms);
+                    s.values.insert(i, value);
+                }
+            },
+        }
+    }
+
+    /// Marks a series as holding native histograms (which queries report as unsupported).
+    pub fn mark_native_histogram(&mut self, labels: &Labels) {
+        let id = self.series_id(labels);
+        self.series[id].native_histogram = true;
+    }
+
+    /// Ids of the series that every matcher accepts.
+    pub fn select(&self, matchers: &[Matcher]) -> Vec<SeriesId> {
+        // Start from the smallest posting list of an equality matcher on a non-empty value.
+        let seed = matchers
+            .iter()
+            .filter(|m| m.op == MatchOp::Equal && !m.value.is_empty())
+            .map(|m| {
+                let key: (Arc<str>, Arc<str>) = (m.name.as_str().into(), m.value.as_str().into());
+                self.postings.get(&key).map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|p| p.len());
+        let accept = |id: &SeriesId| {
+            let labels = &self.series[*id].labels;
+            matchers.iter().all(|m| m.is_match(labels.value(&m.name)))
+        };
+        match seed {
+            Some(ids) => ids.iter().copied().filter(accept).collect(),
+            None => (0..self.series.len()).filter(accept).collect(),
+        }
+    }
+
+    /// Writes the documented JSON Lines form.
+    pub fn write_jsonl(&self, w: &mut impl Write) -> std::io::Result<()> {
+        writeln!(w, r#"{{"format":"meshload-tsdb","version":1}}"#)?;
+        for s in &self.series {
+            let labels: serde_json::Map<String, serde_json::Value> = s
+                .labels
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.into()))
+                .collect();
+            let samples: Vec<serde_json::Value> = s
+                .timestamps
+                .iter()
+                .zip(&s.values)
+                .map(|(t, v)| serde_json::json!([t, encode_value(*v)]))
+                .collect();
+            let line = serde_json::json!({"labels": labels, "samples": samples});
+            writeln!(w, "{line}")?;
+        }
+        Ok(())
+    }
+
+    /// Reads the JSON Lines form into a new store.
+    pub fn read_jsonl(r: impl BufRead) -> Result<Store, StoreError> {
+        let mut store = Store::new();
+        for (i, line) in r.lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let bad = |problem: String| StoreError::Format {
+                line: i + 1,
+                problem,
+            };
+            let v: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+            if i == 0 {
+                if v["format"] != "meshload-tsdb" {
+                    return Err(bad("not a meshload-tsdb file (no format line)".into()));
+                }
+                continue;
+            }
+            let labels = v["labels"]
+                .as_object()
+                .ok_or_else(|| bad("no labels object".into()))?;
+            let labels = Labels::from_pairs(
+                labels
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str().unwrap_or_default())),
+            );
+            let id = store.series_id(&labels);
+            for sample in v["samples"]
+                .as_array()
+                .ok_or_else(|| bad("no samples array".into()))?
+            {
+                let t = sample[0]
+                    .as_i64()
+                    .ok_or_else(|| bad(format!("bad timestamp in {sample}")))?;
+                let value = decode_value(&sample[1])
+                    .ok_or_else(|| bad(format!("bad value in {sample}")))?;
+                store.append_to(id, t, value);
+            }
+        }
+        Ok(store)
+    }
+}
+
+fn encode_value(v: f64) -> serde_json::Value {
+    if is_stale(v) {
+        "stale".into()
+    } else if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        (if v > 0.0 { "+Inf" } else { "-Inf" }).into()
+    } else {
+        v.into()
+    }
+}
+
+fn decode_value(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => match s.as_str() {
+            "stale" => Some(stale_nan()),
+            "NaN" => Some(f64::NAN),
+            "+Inf" => Some(f64::INFINITY),
+            "-Inf" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The metric-name label, for callers that build matchers.
+pub fn name_matcher(name: &str) -> Matcher {
+    Matcher::new(MatchOp::Equal, METRIC_NAME, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(pairs: &[(&str, &str)]) -> Labels {
+        Labels::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn selects_by_index_and_matchers() {
+        let mut s = Store::new();
+        s.append(&l(&[("__name__", "up"), ("job", "a")]), 0, 1.0);
+        s.append(&l(&[("__name__", "up"), ("job", "b")]), 0, 0.0);
+        s.append(&l(&[("__name__", "down"), ("job", "a")]), 0, 1.0);
+        assert_eq!(s.select(&[name_matcher("up")]).len(), 2);
+        let not_b = Matcher::new(MatchOp::NotEqual, "job", "b");
+        assert_eq!(s.select(&[name_matcher("up"), not_b]).len(), 1);
+        let missing = Matcher::new(MatchOp::Equal, "zone", "");
+        assert_eq!(
+            s.select(&[missing]).len(),
+            3,
+            "a missing label matches the empty value"
+        );
+    }
+
+    #[test]
+    fn ranges_are_left_open() {
+        let mut s = Store::new();
+        let id = s.series_id(&l(&[("__name__", "x")]));
+        for t in [0, 10, 20, 30] {
+            s.append_to(id, t, t as f64);
+        }
+        assert_eq!(s.get(id).range(10, 30), 2..4);
+        assert_eq!(s.get(id).range(-1, 0), 0..1);
+        s.append_to(id, 15, 1.5);
+        assert_eq!(s.get(id).timestamps, [0, 10, 15, 20, 30]);
+    }
+
+    #[test]
+    fn jsonl_round_trips_special_values() {
+        let mut s = Store::new();
+        let labels = l(&[("__name__", "x"), ("a", "b")]);
+        for (t, v) in [
+            (1, 1.5),
+            (2, f64::NAN),
+            (3, stale_nan()),
+            (4, f64::NEG_INFINITY),
+        ] {
+            s.append(&labels, t, v);
+        }
+        let mut buf = Vec::new();
+        s.write_jsonl(&mut buf).expect("in memory");
+        let back = Store::read_jsonl(buf.as_slice()).expect("valid");
+        let series = &back.series()[0];
+        assert_eq!(series.labels, labels);
+        assert_eq!(series.values[0], 1.5);
+        assert!(series.values[1].is_nan() && !is_stale(series.values[1]));
+        assert!(is_stale(series.values[2]));
+        assert_eq!(series.values[3], f64::NEG_INFINITY);
+        assert!(Store::read_jsonl("{}\n".as_bytes()).is_err());
+    }
+}
