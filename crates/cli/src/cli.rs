@@ -45,6 +45,113 @@ pub enum Command {
     Node(NodeArgs),
     /// Run one load test against a URL (like `fortio load`).
     Load(LoadArgs),
+    /// Evaluate PromQL over a stored run or a live Prometheus.
+    Query(QueryArgs),
+    /// PromQL engine tools (conformance test scripts).
+    #[command(subcommand)]
+    Promql(PromqlCommand),
+}
+
+/// `meshload promql ...`.
+#[derive(Debug, Subcommand)]
+pub enum PromqlCommand {
+    /// Run Prometheus-format PromQL test scripts against the embedded engine.
+    #[command(
+        long_about = "Run PromQL test scripts in Prometheus's promqltest format (load, clear, eval) against \
+the embedded engine, and print per file and in total: N passed, N failed, N skipped.
+
+Cases that need native histograms or features the engine does not evaluate are skipped and \
+counted. Exits 1 when the pass ratio of the non-skipped cases is under --min-pass-ratio \
+(default 1: any failure).",
+        after_help = "\
+Examples:
+  # Prometheus's own scripts (the conformance suite)
+  meshload promql test ../shared/promql-testdata
+
+  # One script, listing skipped cases too, tolerating 2% failures
+  meshload -v promql test --min-pass-ratio 0.98 my.test"
+    )]
+    Test(PromqlTestArgs),
+}
+
+/// `meshload promql test`.
+#[derive(Debug, Args)]
+pub struct PromqlTestArgs {
+    /// Test script files, or directories whose *.test files are run.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// Smallest share of non-skipped cases that must pass for exit 0.
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0)]
+    pub min_pass_ratio: f64,
+}
+
+/// Output formats of `meshload query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueryFormat {
+    /// Human-readable.
+    Table,
+    /// The Prometheus HTTP API response.
+    Json,
+    /// The seed's CSV (range results).
+    Csv,
+}
+
+/// `meshload query`.
+#[derive(Debug, Args)]
+#[command(
+    about = "Evaluate PromQL over a stored run or a live Prometheus",
+    long_about = "Evaluate a PromQL expression with the embedded engine over the samples a run stored \
+(--run), or send it to a Prometheus server (--prometheus).
+
+With --at it is an instant query; with --start/--end (and --step) a range query. Without \
+either, a stored run is queried over its whole time span (step 10s) and a Prometheus server \
+at the current time. Times are RFC 3339 (2026-11-27T17:00:00Z), Unix seconds, `now` or \
+`now-5m`.",
+    after_help = "\
+Examples:
+  # Memory per node over a stored run, as the seed's CSV
+  meshload query --run results/quickstart/20261127170000 --format csv --name memory_MB \\
+      'sum(container_memory_working_set_bytes) by (pod) / (1024*1024)'
+
+  # The same query against a Prometheus server, the last 5 minutes
+  meshload query --prometheus http://127.0.0.1:9090 --start now-5m --end now --step 15s \\
+      'sum(rate(meshload_node_requests_total[1m])) by (code)'"
+)]
+pub struct QueryArgs {
+    /// The PromQL expression.
+    pub expr: String,
+    /// A stored run's folder (or its samples.jsonl file).
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "prometheus",
+        required_unless_present = "prometheus"
+    )]
+    pub run: Option<std::path::PathBuf>,
+    /// A Prometheus server's base URL.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// Evaluation time of an instant query.
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["start", "end"])]
+    pub at: Option<String>,
+    /// Start of a range query.
+    #[arg(long, value_name = "TIME")]
+    pub start: Option<String>,
+    /// End of a range query.
+    #[arg(long, value_name = "TIME")]
+    pub end: Option<String>,
+    /// Step of a range query.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub step: Duration,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: QueryFormat,
+    /// Name of the value column in CSV output.
+    #[arg(long, value_name = "NAME", default_value = "value")]
+    pub name: String,
+    /// Print how long evaluation took on stderr.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -505,7 +505,9 @@ fn check_kind(
     // With only specific expectations, every annotation of the kind must be expected.
     let specific_only = expected.iter().any(|m| !matches!(m, Matcher::Any))
         && !expected.iter().any(|m| matches!(m, Matcher::Any));
-    let unexpected = actual.iter().find(|a| !expected.iter().any(|m| m.matches(a)));
+    let unexpected = actual
+        .iter()
+        .find(|a| !expected.iter().any(|m| m.matches(a)));
     match unexpected {
         Some(extra) if specific_only => Err(format!("unexpected {kind} annotation {extra:?}")),
         _ => Ok(()),

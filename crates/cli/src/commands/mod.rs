@@ -2,6 +2,8 @@
 
 mod load;
 mod node;
+mod promql;
+mod query;
 
 use std::process::ExitCode;
 
@@ -12,6 +14,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Node(args) => node::run(args),
         Command::Load(args) => load::run(args),
+        Command::Query(args) => query::run(args),
+        Command::Promql(crate::cli::PromqlCommand::Test(args)) => promql::test(args),
     }
 }
 

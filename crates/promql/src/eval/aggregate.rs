@@ -100,7 +100,7 @@ pub(crate) fn quantile(phi: f64, values: &mut [f64]) -> f64 {
 }
 
 /// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)`.
-pub(crate) fn go_float(v: f64) -> String {
+pub fn go_float(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
@@ -169,7 +169,14 @@ impl Evaluator<'_> {
         let out = match id {
             T_TOPK | T_BOTTOMK => self.top_bottom(groups, param.number()?, id == T_TOPK)?,
             T_LIMITK => limitk(groups, param.number()?)?,
-            T_LIMIT_RATIO => self.limit_ratio(groups, param.number()?)?,
+            T_LIMIT_RATIO => {
+                let at = agg
+                    .param
+                    .as_deref()
+                    .map(|p| self.position_of(p))
+                    .unwrap_or_default();
+                self.limit_ratio(groups, param.number()?, &at)?
+            }
             T_COUNT_VALUES => count_values(groups, &param.label()?)?,
             _ => {
                 if id == T_QUANTILE {
@@ -224,14 +231,14 @@ impl Evaluator<'_> {
         Ok(out)
     }
 
-    fn limit_ratio(&self, groups: Vec<Group>, ratio: f64) -> EvalResult<Vec<S>> {
+    fn limit_ratio(&self, groups: Vec<Group>, ratio: f64, at: &str) -> EvalResult<Vec<S>> {
         if ratio.is_nan() {
             return err("Ratio value is NaN");
         }
         let capped = ratio.clamp(-1.0, 1.0);
         if capped != ratio {
             self.warn(format!(
-                "ratio value should be between -1 and 1, got {}, capping to {}",
+                "ratio value should be between -1 and 1, got {}, capping to {} {at}",
                 go_float(ratio),
                 go_float(capped)
             ));

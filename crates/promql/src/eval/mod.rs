@@ -14,6 +14,9 @@ mod range_functions;
 
 pub(crate) use functions::almost_equal;
 
+/// A float as Prometheus prints sample values (`1`, `0.5`, `+Inf`, `NaN`).
+pub use aggregate::go_float as format_value;
+
 use std::collections::BTreeSet;
 
 use crate::labels::Labels;

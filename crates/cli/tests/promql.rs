@@ -1,0 +1,162 @@
+//! `meshload promql test` and `meshload query` end to end.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::run;
+
+fn shared_suite() -> String {
+    format!(
+        "{}/../../../shared/promql-testdata",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn own_scripts() -> String {
+    format!("{}/../promql/testdata", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `(passed, failed, skipped)` from a `N passed, N failed, N skipped` line.
+fn counts(line: &str) -> (u64, u64, u64) {
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (n[0], n[1], n[2])
+}
+
+#[test]
+fn the_shipped_conformance_suite_passes_at_98_percent() {
+    let out = run(
+        &[
+            "promql",
+            "test",
+            "--min-pass-ratio",
+            "0.98",
+            &shared_suite(),
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let last = text.lines().last().unwrap();
+    assert!(last.starts_with("total: "), "{last}");
+    let (passed, failed, skipped) = counts(last);
+    assert!(passed as f64 / (passed + failed) as f64 >= 0.98, "{last}");
+    assert!(skipped > 0, "native-histogram cases are counted as skipped");
+    assert_eq!(
+        text.lines().filter(|l| l.contains(".test: ")).count(),
+        11,
+        "one line per file"
+    );
+}
+
+#[test]
+fn scripts_outside_the_shipped_suite_run_too() {
+    let out = run(&["promql", "test", &own_scripts()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let (passed, failed, _) = counts(text.lines().last().unwrap());
+    assert!(passed >= 10 && failed == 0, "{text}");
+}
+
+#[test]
+fn a_failing_case_fails_the_run_and_a_broken_script_is_a_usage_error() {
+    let dir = std::env::temp_dir().join(format!("meshload-promql-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrong = dir.join("wrong.test");
+    std::fs::write(&wrong, "load 1m\n  up 1\n\neval instant at 0m up\n  up 2\n").unwrap();
+    let out = run(&["promql", "test", wrong.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL line 4: up"));
+    let broken = dir.join("broken.test");
+    std::fs::write(&broken, "frobnicate everything\n").unwrap();
+    let out = run(&["promql", "test", broken.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1: invalid command"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn query_over_stored_samples_writes_the_seed_csv_and_api_json() {
+    let dir = std::env::temp_dir().join(format!("meshload-query-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lines = vec![r#"{"format":"meshload-tsdb","version":1}"#.to_string()];
+    for (pod, base) in [("node-0-abc-1", 1048576.0), ("node-1-def-1", 2097152.0)] {
+        let samples: Vec<String> = (0..31)
+            .map(|i| format!("[{},{}]", 1_700_000_000_000i64 + i * 1000, base))
+            .collect();
+        lines.push(format!(
+            r#"{{"labels":{{"__name__":"container_memory_working_set_bytes","pod":"{pod}","container":"app"}},"samples":[{}]}}"#,
+            samples.join(",")
+        ));
+    }
+    std::fs::write(dir.join("samples.jsonl"), lines.join("\n")).unwrap();
+    let q = r#"sum(label_replace(container_memory_working_set_bytes, "replica_set", "$1", "pod", "(node-.*-.*)-.*")) by (replica_set) / (1024*1024)"#;
+    let run_dir = dir.to_str().unwrap();
+    let out = run(
+        &[
+            "query",
+            "--run",
+            run_dir,
+            "--format",
+            "csv",
+            "--name",
+            "memory_MB",
+            q,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows[0],
+        [
+            "metric.replica_set",
+            "timestamp",
+            "memory_MB",
+            "normalized_ts"
+        ]
+    );
+    assert_eq!(rows.len(), 1 + 2 * 4, "two series, steps 0, 10, 20, 30 s");
+    // The seed's analysis: rows whose first column names node-0, value in the third.
+    let node0: Vec<&str> = rows
+        .iter()
+        .filter(|r| r[0].contains("node-0"))
+        .map(|r| r[2])
+        .collect();
+    assert_eq!(node0, ["1", "1", "1", "1"]);
+    assert_eq!(rows[2][3], "10");
+
+    let out = run(
+        &[
+            "query",
+            "--run",
+            run_dir,
+            "--at",
+            "1700000030",
+            "--format",
+            "json",
+            q,
+        ],
+        &[],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["status"], "success");
+    assert_eq!(json["data"]["resultType"], "vector");
+    assert_eq!(json["data"]["result"].as_array().unwrap().len(), 2);
+
+    let out = run(&["query", "--run", run_dir, "sum(("], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a query that does not parse is a usage error"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
