@@ -152,6 +152,9 @@ pub struct QueryArgs {
     /// Print how long evaluation took on stderr.
     #[arg(long)]
     pub stats: bool,
+    /// Evaluate N times (a stored run only); --stats then prints the median time.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

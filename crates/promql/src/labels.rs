@@ -1,16 +1,77 @@
 //! Label sets: sorted `name=value` pairs with cheaply cloned, interned strings.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// The label that holds the metric name.
 pub const METRIC_NAME: &str = "__name__";
 
 /// A set of labels, sorted by name, without duplicates or empty values.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<(Arc<str>, Arc<str>)>);
+///
+/// Cloning is one reference-count increment and hashing writes a hash computed once:
+/// the evaluator clones and hashes label sets at every step of every query.
+#[derive(Clone)]
+pub struct Labels {
+    pairs: Arc<[(Arc<str>, Arc<str>)]>,
+    hash: u64,
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Labels::new(Vec::new())
+    }
+}
+
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && (Arc::ptr_eq(&self.pairs, &other.pairs) || self.pairs == other.pairs)
+    }
+}
+
+impl Eq for Labels {}
+
+impl Hash for Labels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Labels {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.pairs.cmp(&other.pairs)
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
 
 impl Labels {
+    /// Wraps sorted, de-duplicated pairs.
+    fn new(pairs: Vec<(Arc<str>, Arc<str>)>) -> Labels {
+        let mut h = twox_hash::XxHash64::with_seed(0);
+        for (n, v) in &pairs {
+            h.write(n.as_bytes());
+            h.write_u8(0xff);
+            h.write(v.as_bytes());
+            h.write_u8(0xff);
+        }
+        Labels {
+            hash: h.finish(),
+            pairs: pairs.into(),
+        }
+    }
+
     /// Builds a label set from pairs in any order; empty values are dropped (an empty
     /// label value means "no such label" in Prometheus) and a later duplicate wins.
     pub fn from_pairs<N: Into<Arc<str>>, V: Into<Arc<str>>>(
@@ -29,15 +90,21 @@ impl Labels {
                 _ => out.push(pair),
             }
         }
-        Labels(out)
+        Labels::new(out)
+    }
+
+    /// The label set's hash (computed once, when it was built).
+    pub fn hash_value(&self) -> u64 {
+        self.hash
     }
 
     /// The value of label `name`, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        let pairs = &self.pairs;
+        pairs
             .binary_search_by(|(n, _)| n.as_ref().cmp(name))
             .ok()
-            .map(|i| self.0[i].1.as_ref())
+            .map(|i| pairs[i].1.as_ref())
     }
 
     /// The value of `name`, or "" when unset (how matchers see a missing label).
@@ -52,34 +119,37 @@ impl Labels {
 
     /// Iterates the pairs in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
+        self.pairs.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 
     /// The pairs with their shared strings.
     pub fn pairs(&self) -> &[(Arc<str>, Arc<str>)] {
-        &self.0
+        &self.pairs
     }
 
     /// Number of labels.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.pairs.len()
     }
 
     /// Whether there are no labels.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pairs.is_empty()
     }
 
     /// Sets (or, with an empty value, removes) one label.
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.binary_search_by(|(n, _)| n.as_ref().cmp(name)) {
+        let mut pairs = self.pairs.to_vec();
+        match pairs.binary_search_by(|(n, _)| n.as_ref().cmp(name)) {
             Ok(i) if value.is_empty() => {
-                self.0.remove(i);
+                pairs.remove(i);
             }
-            Ok(i) => self.0[i].1 = value.into(),
-            Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, (name.into(), value.into())),
+            Ok(i) if pairs[i].1.as_ref() == value => return,
+            Ok(i) => pairs[i].1 = value.into(),
+            Err(_) if value.is_empty() => return,
+            Err(i) => pairs.insert(i, (name.into(), value.into())),
         }
+        *self = Labels::new(pairs);
     }
 
     /// Removes one label.
@@ -89,37 +159,64 @@ impl Labels {
 
     /// A copy without the metric name.
     pub fn without_name(&self) -> Labels {
-        Labels(
-            self.0
-                .iter()
-                .filter(|(n, _)| n.as_ref() != METRIC_NAME)
-                .cloned()
-                .collect(),
-        )
+        self.filtered(|n| n != METRIC_NAME)
     }
 
     /// Only the listed labels.
     pub fn keep(&self, names: &[String]) -> Labels {
-        Labels(
-            self.0
-                .iter()
-                .filter(|(n, _)| names.iter().any(|k| k.as_str() == n.as_ref()))
-                .cloned()
-                .collect(),
-        )
+        self.filtered(|n| names.iter().any(|k| k == n))
     }
 
     /// All but the listed labels.
     pub fn drop_all(&self, names: &[String]) -> Labels {
-        Labels(
-            self.0
+        self.filtered(|n| !names.iter().any(|k| k == n))
+    }
+}
+
+impl Labels {
+    /// The labels whose names `keep` accepts (the same set, shared, when all are kept).
+    fn filtered(&self, keep: impl Fn(&str) -> bool) -> Labels {
+        if self.pairs.iter().all(|(n, _)| keep(n)) {
+            return self.clone();
+        }
+        Labels::new(
+            self.pairs
                 .iter()
-                .filter(|(n, _)| !names.iter().any(|k| k.as_str() == n.as_ref()))
+                .filter(|(n, _)| keep(n))
                 .cloned()
                 .collect(),
         )
     }
 }
+
+/// A hasher for maps keyed by [`Labels`], whose hash is already computed: it passes that
+/// hash through instead of hashing it again.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LabelsHasher(u64);
+
+impl Hasher for LabelsHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached by keys other than `Labels`; FNV-1a keeps it correct for them.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+}
+
+/// A hash map keyed by label sets.
+pub type LabelsMap<V> =
+    std::collections::HashMap<Labels, V, std::hash::BuildHasherDefault<LabelsHasher>>;
+
+/// A hash set of label sets.
+pub type LabelsSet = std::collections::HashSet<Labels, std::hash::BuildHasherDefault<LabelsHasher>>;
 
 impl fmt::Display for Labels {
     /// Prometheus style: `name{a="1", b="2"}`, or `{...}` without a name.

@@ -38,21 +38,47 @@ pub type SeriesId = usize;
 pub struct Series {
     /// The labels.
     pub labels: Labels,
-    /// Sample timestamps, milliseconds, increasing.
-    pub timestamps: Vec<i64>,
-    /// Sample values (staleness markers included).
-    pub values: Vec<f64>,
+    /// `(timestamp ms, value)` in increasing time order, staleness markers included.
+    /// Pairs rather than two arrays: range functions read them as one slice.
+    pub samples: Vec<(i64, f64)>,
     /// The series holds native histogram samples, which the engine does not evaluate.
     pub native_histogram: bool,
+    /// The series holds staleness markers (most do not, and then range selections can
+    /// borrow its samples without filtering them).
+    pub has_stale: bool,
 }
 
 impl Series {
-    /// Index range of the samples with `mint < t <= maxt` (Prometheus 3 ranges are left-open).
-    pub fn range(&self, mint: i64, maxt: i64) -> std::ops::Range<usize> {
-        let lo = self.timestamps.partition_point(|&t| t <= mint);
-        let hi = self.timestamps.partition_point(|&t| t <= maxt);
-        lo..hi.max(lo)
+    /// The samples with `mint < t <= maxt` (Prometheus 3 ranges are left-open).
+    pub fn range(&self, mint: i64, maxt: i64) -> &[(i64, f64)] {
+        self.range_from(mint, maxt, &mut (0, 0))
     }
+
+    /// As [`Series::range`], starting the search from `hint` (the bounds a previous,
+    /// earlier window found) and leaving the new bounds there. A range query moves its
+    /// window forward step by step, so the bounds usually move by a sample or two.
+    pub fn range_from(&self, mint: i64, maxt: i64, hint: &mut (usize, usize)) -> &[(i64, f64)] {
+        let lo = position(&self.samples, hint.0, mint);
+        let hi = position(&self.samples, hint.1.max(lo), maxt);
+        *hint = (lo, hi);
+        &self.samples[lo..hi]
+    }
+}
+
+/// The number of samples with `t <= bound`, searching forward from `from` when that is
+/// a valid start (everything before it is `<= bound`), else by bisection.
+fn position(samples: &[(i64, f64)], from: usize, bound: i64) -> usize {
+    if from > samples.len() || (from > 0 && samples[from - 1].0 > bound) {
+        return samples.partition_point(|&(t, _)| t <= bound);
+    }
+    let mut i = from;
+    for _ in 0..8 {
+        if i >= samples.len() || samples[i].0 > bound {
+            return i;
+        }
+        i += 1;
+    }
+    i + samples[i..].partition_point(|&(t, _)| t <= bound)
 }
 
 /// Errors reading the on-disk form.
@@ -98,7 +124,7 @@ impl Store {
 
     /// Number of samples held.
     pub fn sample_count(&self) -> usize {
-        self.series.iter().map(|s| s.values.len()).sum()
+        self.series.iter().map(|s| s.samples.len()).sum()
     }
 
     fn intern(&mut self, s: &Arc<str>) -> Arc<str> {
@@ -130,9 +156,9 @@ impl Store {
         self.by_labels.insert(labels.clone(), id);
         self.series.push(Series {
             labels,
-            timestamps: Vec::new(),
-            values: Vec::new(),
+            samples: Vec::new(),
             native_histogram: false,
+            has_stale: false,
         });
         id
     }
@@ -146,23 +172,17 @@ impl Store {
 
     /// Appends a sample to a known series.
     pub fn append_to(&mut self, id: SeriesId, t_ms: i64, value: f64) {
-        let s = &mut self.series[id];
-        match s.timestamps.last() {
-            Some(&last) if last < t_ms => {
-                s.timestamps.push(t_ms);
-                s.values.push(value);
-            }
-            None => {
-                s.timestamps.push(t_ms);
-                s.values.push(value);
-            }
-            Some(_) => match s.timestamps.binary_search(&t_ms) {
-                Ok(i) => s.values[i] = value,
-                Err(i) => {
-                    s.timestamps.insert(i, t_ms);
-                    s.values.insert(i, value);
+        let series = &mut self.series[id];
+        series.has_stale |= is_stale(value);
+        let samples = &mut series.samples;
+        match samples.last() {
+            Some(&(last, _)) if last >= t_ms => {
+                match samples.binary_search_by_key(&t_ms, |s| s.0) {
+                    Ok(i) => samples[i].1 = value,
+                    Err(i) => samples.insert(i, (t_ms, value)),
                 }
-            },
+            }
+            _ => samples.push((t_ms, value)),
         }
     }
 
@@ -203,9 +223,8 @@ impl Store {
                 .map(|(n, v)| (n.to_string(), v.into()))
                 .collect();
             let samples: Vec<serde_json::Value> = s
-                .timestamps
+                .samples
                 .iter()
-                .zip(&s.values)
                 .map(|(t, v)| serde_json::json!([t, encode_value(*v)]))
                 .collect();
             let line = serde_json::json!({"labels": labels, "samples": samples});
@@ -322,10 +341,45 @@ mod tests {
         for t in [0, 10, 20, 30] {
             s.append_to(id, t, t as f64);
         }
-        assert_eq!(s.get(id).range(10, 30), 2..4);
-        assert_eq!(s.get(id).range(-1, 0), 0..1);
+        assert_eq!(s.get(id).range(10, 30), [(20, 20.0), (30, 30.0)]);
+        assert_eq!(s.get(id).range(-1, 0), [(0, 0.0)]);
         s.append_to(id, 15, 1.5);
-        assert_eq!(s.get(id).timestamps, [0, 10, 15, 20, 30]);
+        let times: Vec<i64> = s.get(id).samples.iter().map(|p| p.0).collect();
+        assert_eq!(times, [0, 10, 15, 20, 30]);
+    }
+
+    #[test]
+    fn hinted_ranges_agree_with_bisection() {
+        let mut s = Store::new();
+        let id = s.series_id(&l(&[("__name__", "x")]));
+        for t in 0..100 {
+            s.append_to(id, t * 10, t as f64);
+        }
+        let series = s.get(id);
+        let mut hint = (0, 0);
+        // Forward, backward and far jumps, as range queries, subqueries and @ produce.
+        for (mint, maxt) in [
+            (-5, 5),
+            (0, 50),
+            (5, 55),
+            (300, 400),
+            (10, 20),
+            (995, 2000),
+            (-100, -50),
+        ] {
+            assert_eq!(
+                series.range_from(mint, maxt, &mut hint),
+                series.range(mint, maxt),
+                "({mint}, {maxt}]"
+            );
+            let expected: Vec<(i64, f64)> = series
+                .samples
+                .iter()
+                .copied()
+                .filter(|&(t, _)| t > mint && t <= maxt)
+                .collect();
+            assert_eq!(series.range(mint, maxt), expected.as_slice());
+        }
     }
 
     #[test]
@@ -345,10 +399,11 @@ mod tests {
         let back = Store::read_jsonl(buf.as_slice()).expect("valid");
         let series = &back.series()[0];
         assert_eq!(series.labels, labels);
-        assert_eq!(series.values[0], 1.5);
-        assert!(series.values[1].is_nan() && !is_stale(series.values[1]));
-        assert!(is_stale(series.values[2]));
-        assert_eq!(series.values[3], f64::NEG_INFINITY);
+        let values: Vec<f64> = series.samples.iter().map(|p| p.1).collect();
+        assert_eq!(values[0], 1.5);
+        assert!(values[1].is_nan() && !is_stale(values[1]));
+        assert!(is_stale(values[2]));
+        assert_eq!(values[3], f64::NEG_INFINITY);
         assert!(Store::read_jsonl("{}\n".as_bytes()).is_err());
     }
 }

@@ -33,23 +33,24 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         Some(path) => {
             let store = load_store(path)?;
             let timing = timing(&args, step, Some(&store))?;
-            let opts = QueryOptions::default();
-            let eval_started = Instant::now();
-            let result = match timing {
-                Timing::Instant(t) => instant_query(&store, &args.expr, t, opts),
-                Timing::Range { start, end, step } => {
-                    range_query(&store, &args.expr, start, end, step, opts)
-                }
+            let loaded = started.elapsed();
+            let mut times = Vec::with_capacity(args.repeat as usize);
+            let mut result = None;
+            for _ in 0..args.repeat {
+                let eval_started = Instant::now();
+                result = Some(evaluate(&store, &args.expr, &timing)?);
+                times.push(eval_started.elapsed());
             }
-            .map_err(query_error)?;
             if args.stats {
+                times.sort();
+                let median = times[times.len() / 2];
                 eprintln!(
-                    "loaded {} samples in {:?}; evaluated in {:?}",
+                    "loaded {} samples in {loaded:?}; evaluated in {median:?} (median of {})",
                     store.sample_count(),
-                    eval_started - started,
-                    eval_started.elapsed()
+                    times.len()
                 );
             }
+            let result = result.expect("evaluated at least once");
             (result, timing)
         }
         None => {
@@ -76,6 +77,15 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     };
     print(&args, &result, &timing)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn evaluate(store: &Store, expr: &str, timing: &Timing) -> anyhow::Result<QueryResult> {
+    let opts = QueryOptions::default();
+    match *timing {
+        Timing::Instant(t) => instant_query(store, expr, t, opts),
+        Timing::Range { start, end, step } => range_query(store, expr, start, end, step, opts),
+    }
+    .map_err(query_error)
 }
 
 fn query_error(e: QueryError) -> anyhow::Error {
@@ -126,17 +136,18 @@ fn timing(args: &QueryArgs, step: i64, store: Option<&Store>) -> anyhow::Result<
 
 /// First and last sample times of a store.
 fn sample_span(store: &Store) -> Option<(i64, i64)> {
-    let first = store
-        .series()
+    let series = store.series();
+    let first = series
         .iter()
-        .filter_map(|s| s.timestamps.first())
+        .filter_map(|s| s.samples.first())
+        .map(|p| p.0)
         .min()?;
-    let last = store
-        .series()
+    let last = series
         .iter()
-        .filter_map(|s| s.timestamps.last())
+        .filter_map(|s| s.samples.last())
+        .map(|p| p.0)
         .max()?;
-    Some((*first, *last))
+    Some((first, last))
 }
 
 fn now_ms() -> i64 {

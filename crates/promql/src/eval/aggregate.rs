@@ -9,7 +9,7 @@ use promql_parser::parser::token::{
 use promql_parser::parser::{AggregateExpr, LabelModifier};
 
 use super::evaluator::{EvalResult, Evaluator, S, Val, err};
-use crate::labels::{Labels, METRIC_NAME};
+use crate::labels::{Labels, LabelsMap, METRIC_NAME};
 
 /// Neumaier's improvement of Kahan summation, as Prometheus's `kahanSumInc`.
 pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
@@ -137,11 +137,11 @@ struct Group {
     samples: Vec<S>,
 }
 
-fn groups(samples: Vec<S>, modifier: Option<&LabelModifier>) -> Vec<Group> {
-    let mut index: HashMap<Labels, usize> = HashMap::new();
+fn groups(samples: Vec<S>, key_of: impl Fn(&Labels) -> Labels) -> Vec<Group> {
+    let mut index: LabelsMap<usize> = LabelsMap::default();
     let mut out: Vec<Group> = Vec::new();
     for s in samples {
-        let key = group_labels(&s.labels, modifier);
+        let key = key_of(&s.labels);
         let i = *index.entry(key.clone()).or_insert_with(|| {
             out.push(Group {
                 labels: key,
@@ -154,8 +154,8 @@ fn groups(samples: Vec<S>, modifier: Option<&LabelModifier>) -> Vec<Group> {
     out
 }
 
-impl Evaluator<'_> {
-    pub(crate) fn eval_aggregate(&self, agg: &AggregateExpr, t: i64) -> EvalResult<Val> {
+impl<'a> Evaluator<'a> {
+    pub(crate) fn eval_aggregate(&self, agg: &AggregateExpr, t: i64) -> EvalResult<Val<'a>> {
         let id = agg.op.id();
         let modifier = agg.modifier.as_ref();
         let samples = self.eval_vector(&agg.expr, t)?;
@@ -164,7 +164,9 @@ impl Evaluator<'_> {
             Some(p) => Param::Number(self.eval_scalar(p, t)?),
             None => Param::None,
         };
-        let groups = groups(samples, modifier);
+        let groups = groups(samples, |l| {
+            self.memo(agg, l, |l| group_labels(l, modifier))
+        });
         let keeps_name = matches!(modifier, Some(LabelModifier::Include(by)) if by.labels.iter().any(|l| l == METRIC_NAME));
         let out = match id {
             T_TOPK | T_BOTTOMK => self.top_bottom(groups, param.number()?, id == T_TOPK)?,

@@ -1,7 +1,7 @@
 //! Binary operators: arithmetic, comparisons (filtering or `bool`), set operators, and
 //! vector matching with `on`/`ignoring` and `group_left`/`group_right`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use promql_parser::parser::token::{
     T_ADD, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MOD, T_MUL,
@@ -10,7 +10,7 @@ use promql_parser::parser::token::{
 use promql_parser::parser::{BinModifier, BinaryExpr, LabelModifier, VectorMatchCardinality};
 
 use super::evaluator::{EvalResult, Evaluator, S, Val, err};
-use crate::labels::Labels;
+use crate::labels::{Labels, LabelsMap, LabelsSet};
 
 /// `atan2` has no token constant of its own in the parser; it is matched by name.
 fn is_atan2(op: &promql_parser::parser::token::TokenType) -> bool {
@@ -52,8 +52,8 @@ fn drops_name(b: &BinaryExpr) -> bool {
     !is_comparison(b) || return_bool(b)
 }
 
-impl Evaluator<'_> {
-    pub(crate) fn eval_binary(&self, b: &BinaryExpr, t: i64) -> EvalResult<Val> {
+impl<'a> Evaluator<'a> {
+    pub(crate) fn eval_binary(&self, b: &BinaryExpr, t: i64) -> EvalResult<Val<'a>> {
         let lhs = self.eval(&b.lhs, t)?;
         let rhs = self.eval(&b.rhs, t)?;
         match (lhs, rhs) {
@@ -67,12 +67,16 @@ impl Evaluator<'_> {
             }
             (Val::Vector(l), Val::Scalar(r)) => Ok(Val::Vector(vector_scalar(b, l, r, false))),
             (Val::Scalar(l), Val::Vector(r)) => Ok(Val::Vector(vector_scalar(b, r, l, true))),
-            (Val::Vector(l), Val::Vector(r)) => match b.op.id() {
-                T_LAND => Ok(Val::Vector(and_unless(b, l, &r, true))),
-                T_LUNLESS => Ok(Val::Vector(and_unless(b, l, &r, false))),
-                T_LOR => Ok(Val::Vector(or(b, l, r))),
-                _ => vector_vector(b, l, r).map(Val::Vector),
-            },
+            (Val::Vector(l), Val::Vector(r)) => {
+                let m = b.modifier.as_ref();
+                let sig = |labels: &Labels| self.memo(b, labels, |l| signature(l, m));
+                match b.op.id() {
+                    T_LAND => Ok(Val::Vector(and_unless(l, &r, true, &sig))),
+                    T_LUNLESS => Ok(Val::Vector(and_unless(l, &r, false, &sig))),
+                    T_LOR => Ok(Val::Vector(or(l, r, &sig))),
+                    _ => vector_vector(b, l, r, &sig).map(Val::Vector),
+                }
+            }
             _ => err("binary expression must contain only scalar and instant vector types"),
         }
     }
@@ -115,22 +119,20 @@ fn signature(labels: &Labels, modifier: Option<&BinModifier>) -> Labels {
     }
 }
 
-fn and_unless(b: &BinaryExpr, lhs: Vec<S>, rhs: &[S], keep_matching: bool) -> Vec<S> {
-    let m = b.modifier.as_ref();
-    let right: HashSet<Labels> = rhs.iter().map(|s| signature(&s.labels, m)).collect();
+/// The match signature of a label set (see [`signature`], memoised by the caller).
+type Sig<'s> = &'s dyn Fn(&Labels) -> Labels;
+
+fn and_unless(lhs: Vec<S>, rhs: &[S], keep_matching: bool, sig: Sig<'_>) -> Vec<S> {
+    let right: LabelsSet = rhs.iter().map(|s| sig(&s.labels)).collect();
     lhs.into_iter()
-        .filter(|s| right.contains(&signature(&s.labels, m)) == keep_matching)
+        .filter(|s| right.contains(&sig(&s.labels)) == keep_matching)
         .collect()
 }
 
-fn or(b: &BinaryExpr, lhs: Vec<S>, rhs: Vec<S>) -> Vec<S> {
-    let m = b.modifier.as_ref();
-    let left: HashSet<Labels> = lhs.iter().map(|s| signature(&s.labels, m)).collect();
+fn or(lhs: Vec<S>, rhs: Vec<S>, sig: Sig<'_>) -> Vec<S> {
+    let left: LabelsSet = lhs.iter().map(|s| sig(&s.labels)).collect();
     let mut out = lhs;
-    out.extend(
-        rhs.into_iter()
-            .filter(|s| !left.contains(&signature(&s.labels, m))),
-    );
+    out.extend(rhs.into_iter().filter(|s| !left.contains(&sig(&s.labels))));
     out
 }
 
@@ -143,16 +145,16 @@ fn raw(labels: &Labels) -> String {
     format!("{{{}}}", parts.join(", "))
 }
 
-fn vector_vector(b: &BinaryExpr, lhs: Vec<S>, rhs: Vec<S>) -> EvalResult<Vec<S>> {
+fn vector_vector(b: &BinaryExpr, lhs: Vec<S>, rhs: Vec<S>, sig_of: Sig<'_>) -> EvalResult<Vec<S>> {
     let m = b.modifier.as_ref();
     let card = m.map_or(&VectorMatchCardinality::OneToOne, |m| &m.card);
     let swapped = matches!(card, VectorMatchCardinality::OneToMany(_));
     let (many, one) = if swapped { (rhs, lhs) } else { (lhs, rhs) };
     let one_side = if swapped { "left" } else { "right" };
 
-    let mut one_by_sig: HashMap<Labels, S> = HashMap::new();
+    let mut one_by_sig: LabelsMap<S> = Default::default();
     for s in one {
-        let sig = signature(&s.labels, m);
+        let sig = sig_of(&s.labels);
         if let Some(prev) = one_by_sig.get(&sig) {
             return err(format!(
                 "found duplicate series for the match group {} on the {one_side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
@@ -165,15 +167,15 @@ fn vector_vector(b: &BinaryExpr, lhs: Vec<S>, rhs: Vec<S>) -> EvalResult<Vec<S>>
     }
 
     let mut out = Vec::new();
-    let mut matched: HashMap<Labels, HashSet<Labels>> = HashMap::new();
+    let mut matched: HashMap<Labels, LabelsSet> = Default::default();
     for s in many {
-        let sig = signature(&s.labels, m);
+        let sig = sig_of(&s.labels);
         let Some(o) = one_by_sig.get(&sig) else {
             continue;
         };
         let one_to_one = matches!(card, VectorMatchCardinality::OneToOne);
         // One-to-one matching must be unique even for pairs a comparison filters away.
-        if one_to_one && matched.insert(sig.clone(), HashSet::new()).is_some() {
+        if one_to_one && matched.insert(sig.clone(), LabelsSet::default()).is_some() {
             return err(
                 "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
             );

@@ -1,7 +1,11 @@
 //! Expression dispatch, selectors, subqueries and the final clean-up of results.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use regex::Regex;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -10,7 +14,7 @@ use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 
 use super::{Annotations, QueryError, QueryOptions, QueryResult, RangeSeries, Sample, Value};
-use crate::labels::{Labels, METRIC_NAME};
+use crate::labels::{Labels, LabelsHasher, LabelsMap, METRIC_NAME};
 use crate::store::{SeriesId, Store, is_stale};
 
 /// Step of subqueries without one: Prometheus's default evaluation interval, 1 minute.
@@ -27,21 +31,22 @@ pub(crate) struct S {
     pub drop_name: bool,
 }
 
-/// One series of a range vector during evaluation.
+/// One series of a range vector during evaluation. Points are borrowed from the store
+/// when a selector reads them (no copy per step), owned when computed (subqueries).
 #[derive(Debug, Clone)]
-pub(crate) struct M {
+pub(crate) struct M<'a> {
     pub labels: Labels,
-    pub points: Vec<(i64, f64)>,
+    pub points: Cow<'a, [(i64, f64)]>,
     pub drop_name: bool,
 }
 
 /// A value during evaluation.
 #[derive(Debug, Clone)]
-pub(crate) enum Val {
+pub(crate) enum Val<'a> {
     Scalar(f64),
     Str(String),
     Vector(Vec<S>),
-    Matrix(Vec<M>),
+    Matrix(Vec<M<'a>>),
 }
 
 pub(crate) type EvalResult<T> = Result<T, QueryError>;
@@ -59,7 +64,45 @@ pub(crate) struct Evaluator<'a> {
     pub end: i64,
     pub opts: QueryOptions,
     pub annotations: RefCell<Annotations>,
-    selections: RefCell<HashMap<*const VectorSelector, Rc<Vec<SeriesId>>>>,
+    selections: RefCell<HashMap<*const VectorSelector, Rc<Selection>>>,
+    /// Label sets with their name removed, remembered across steps.
+    nameless: RefCell<LabelsMap<Labels>>,
+    /// Label sets computed by an expression node from an input label set (grouping
+    /// keys, match signatures, relabelling), remembered across steps: the same series
+    /// come through every step of a range query.
+    memo: RefCell<HashMap<MemoKey, Labels, BuildHasherDefault<LabelsHasher>>>,
+    /// Compiled regular expressions by pattern.
+    regexes: RefCell<HashMap<String, Regex>>,
+}
+
+/// The series a selector matches (sorted by labels, as Prometheus's storage returns
+/// them), with each series' last search bounds.
+struct Selection {
+    ids: Vec<SeriesId>,
+    hints: Vec<std::cell::Cell<(usize, usize)>>,
+}
+
+impl Selection {
+    /// The samples of the `i`-th series in `(mint, maxt]`.
+    fn range<'s>(&self, store: &'s Store, i: usize, mint: i64, maxt: i64) -> &'s [(i64, f64)] {
+        let mut hint = self.hints[i].get();
+        let samples = store.get(self.ids[i]).range_from(mint, maxt, &mut hint);
+        self.hints[i].set(hint);
+        samples
+    }
+}
+
+/// A memo key: an expression node (by address) and an input label set.
+#[derive(PartialEq, Eq)]
+struct MemoKey {
+    node: usize,
+    labels: Labels,
+}
+
+impl Hash for MemoKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.labels.hash_value() ^ (self.node as u64).rotate_left(29));
+    }
 }
 
 impl<'a> Evaluator<'a> {
@@ -72,6 +115,9 @@ impl<'a> Evaluator<'a> {
             opts,
             annotations: RefCell::new(Annotations::default()),
             selections: RefCell::new(HashMap::new()),
+            nameless: RefCell::new(LabelsMap::default()),
+            memo: RefCell::new(HashMap::default()),
+            regexes: RefCell::new(HashMap::new()),
         }
     }
 
@@ -104,7 +150,7 @@ impl<'a> Evaluator<'a> {
             Val::Scalar(v) => Value::Scalar(v),
             Val::Str(s) => Value::String(s),
             Val::Vector(v) => Value::Vector(
-                finish_vector(v)?
+                self.finish_vector(v)?
                     .into_iter()
                     .map(|s| Sample {
                         labels: s.labels,
@@ -125,7 +171,7 @@ impl<'a> Evaluator<'a> {
         end: i64,
         step: i64,
     ) -> Result<QueryResult, QueryError> {
-        let mut series: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
+        let mut series: LabelsMap<Vec<(i64, f64)>> = LabelsMap::default();
         let mut order: Vec<Labels> = Vec::new();
         let mut t = start;
         while t <= end {
@@ -136,7 +182,7 @@ impl<'a> Evaluator<'a> {
                     t,
                     drop_name: false,
                 }],
-                Val::Vector(v) => finish_vector(v)?,
+                Val::Vector(v) => self.finish_vector(v)?,
                 Val::Str(_) | Val::Matrix(_) => {
                     return err(format!(
                         "invalid expression type {:?} for range query, must be Scalar or instant Vector",
@@ -164,7 +210,7 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Evaluates `expr` at time `t`.
-    pub fn eval(&self, expr: &Expr, t: i64) -> EvalResult<Val> {
+    pub fn eval(&self, expr: &Expr, t: i64) -> EvalResult<Val<'a>> {
         match expr {
             Expr::NumberLiteral(n) => Ok(Val::Scalar(n.val)),
             Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),
@@ -209,7 +255,7 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Evaluates an expression expected to give a range vector.
-    pub fn eval_matrix(&self, expr: &Expr, t: i64) -> EvalResult<Vec<M>> {
+    pub fn eval_matrix(&self, expr: &Expr, t: i64) -> EvalResult<Vec<M<'a>>> {
         match self.eval(expr, t)? {
             Val::Matrix(m) => Ok(m),
             _ => err(format!("expected range vector, got {}", type_name(expr))),
@@ -239,7 +285,7 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn series_for(&self, vs: &VectorSelector) -> EvalResult<Rc<Vec<SeriesId>>> {
+    fn series_for(&self, vs: &VectorSelector) -> EvalResult<Rc<Selection>> {
         let key = vs as *const VectorSelector;
         if let Some(ids) = self.selections.borrow().get(&key) {
             return Ok(ids.clone());
@@ -257,37 +303,39 @@ impl<'a> Evaluator<'a> {
         let mut ids: Vec<SeriesId> = groups.iter().flat_map(|g| self.store.select(g)).collect();
         ids.sort_unstable();
         ids.dedup();
+        ids.sort_by(|a, b| self.store.get(*a).labels.cmp(&self.store.get(*b).labels));
         if let Some(&native) = ids.iter().find(|&&id| self.store.get(id).native_histogram) {
             let name = self.store.get(native).labels.to_string();
             return Err(QueryError::Unsupported(format!(
                 "native histograms (series {name})"
             )));
         }
-        let ids = Rc::new(ids);
-        self.selections.borrow_mut().insert(key, ids.clone());
-        Ok(ids)
+        let hints = ids.iter().map(|_| std::cell::Cell::new((0, 0))).collect();
+        let selection = Rc::new(Selection { ids, hints });
+        self.selections.borrow_mut().insert(key, selection.clone());
+        Ok(selection)
     }
 
     /// The newest sample of each matching series in `(t - lookback, t]`.
     pub fn select_instant(&self, vs: &VectorSelector, t: i64) -> EvalResult<Vec<S>> {
         let rt = self.reference_time(&vs.at, &vs.offset, t);
-        let ids = self.series_for(vs)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for &id in ids.iter() {
+        let sel = self.series_for(vs)?;
+        let mut out = Vec::with_capacity(sel.ids.len());
+        for (i, &id) in sel.ids.iter().enumerate() {
             let series = self.store.get(id);
-            let r = series.range(rt - self.opts.lookback_ms, rt);
-            if r.is_empty() {
+            let Some(&(ts, v)) = sel
+                .range(self.store, i, rt - self.opts.lookback_ms, rt)
+                .last()
+            else {
                 continue;
-            }
-            let last = r.end - 1;
-            let v = series.values[last];
+            };
             if is_stale(v) {
                 continue;
             }
             out.push(S {
                 labels: series.labels.clone(),
                 v,
-                t: series.timestamps[last],
+                t: ts,
                 drop_name: false,
             });
         }
@@ -295,19 +343,31 @@ impl<'a> Evaluator<'a> {
     }
 
     /// The samples of each matching series in `(t - range, t]`, staleness markers dropped.
-    pub fn select_range(&self, vs: &VectorSelector, range: Duration, t: i64) -> EvalResult<Vec<M>> {
+    pub fn select_range(
+        &self,
+        vs: &VectorSelector,
+        range: Duration,
+        t: i64,
+    ) -> EvalResult<Vec<M<'a>>> {
         let rt = self.reference_time(&vs.at, &vs.offset, t);
-        let ids = self.series_for(vs)?;
-        let mut out = Vec::new();
-        for &id in ids.iter() {
+        let sel = self.series_for(vs)?;
+        let mut out = Vec::with_capacity(sel.ids.len());
+        for (i, &id) in sel.ids.iter().enumerate() {
             let series = self.store.get(id);
-            let r = series.range(rt - duration_ms(&range), rt);
-            let points: Vec<(i64, f64)> = series.timestamps[r.clone()]
-                .iter()
-                .zip(&series.values[r])
-                .filter(|(_, v)| !is_stale(**v))
-                .map(|(t, v)| (*t, *v))
-                .collect();
+            let slice = sel.range(self.store, i, rt - duration_ms(&range), rt);
+            // Borrow the store's samples unless staleness markers must be dropped.
+            let points: Cow<'a, [(i64, f64)]> =
+                if series.has_stale && slice.iter().any(|(_, v)| is_stale(*v)) {
+                    Cow::Owned(
+                        slice
+                            .iter()
+                            .filter(|(_, v)| !is_stale(*v))
+                            .copied()
+                            .collect(),
+                    )
+                } else {
+                    Cow::Borrowed(slice)
+                };
             if !points.is_empty() {
                 out.push(M {
                     labels: series.labels.clone(),
@@ -320,7 +380,7 @@ impl<'a> Evaluator<'a> {
     }
 
     /// `expr[range:step]`: the inner expression at every step-aligned time in the window.
-    fn eval_subquery(&self, sq: &SubqueryExpr, t: i64) -> EvalResult<Vec<M>> {
+    fn eval_subquery(&self, sq: &SubqueryExpr, t: i64) -> EvalResult<Vec<M<'a>>> {
         let rt = self.reference_time(&sq.at, &sq.offset, t);
         let step = sq
             .step
@@ -334,7 +394,7 @@ impl<'a> Evaluator<'a> {
         if ts <= window_start {
             ts += step;
         }
-        let mut series: HashMap<Labels, M> = HashMap::new();
+        let mut series: HashMap<Labels, (M<'a>, Vec<(i64, f64)>)> = HashMap::new();
         let mut order = Vec::new();
         while ts <= rt {
             let samples = match self.eval(&sq.expr, ts)? {
@@ -352,20 +412,76 @@ impl<'a> Evaluator<'a> {
             for s in samples {
                 let entry = series.entry(s.labels.clone()).or_insert_with(|| {
                     order.push(s.labels.clone());
-                    M {
+                    let m = M {
                         labels: s.labels.clone(),
-                        points: Vec::new(),
+                        points: Cow::Borrowed(&[]),
                         drop_name: s.drop_name,
-                    }
+                    };
+                    (m, Vec::new())
                 });
-                entry.points.push((ts, s.v));
+                entry.1.push((ts, s.v));
             }
             ts += step;
         }
         Ok(order
             .into_iter()
             .filter_map(|l| series.remove(&l))
+            .map(|(m, points)| M {
+                points: Cow::Owned(points),
+                ..m
+            })
             .collect())
+    }
+
+    /// `f(labels)` for expression node `node`, computed once per input label set.
+    pub(crate) fn memo<N>(
+        &self,
+        node: &N,
+        labels: &Labels,
+        f: impl FnOnce(&Labels) -> Labels,
+    ) -> Labels {
+        let key = MemoKey {
+            node: node as *const N as usize,
+            labels: labels.clone(),
+        };
+        if let Some(found) = self.memo.borrow().get(&key) {
+            return found.clone();
+        }
+        let value = f(labels);
+        self.memo.borrow_mut().insert(key, value.clone());
+        value
+    }
+
+    /// The compiled, anchored form of a PromQL regular expression, compiled once.
+    pub(crate) fn regex(&self, pattern: &str) -> Result<Regex, regex::Error> {
+        if let Some(re) = self.regexes.borrow().get(pattern) {
+            return Ok(re.clone());
+        }
+        let re = Regex::new(&format!("^(?s:{pattern})$"))?;
+        self.regexes
+            .borrow_mut()
+            .insert(pattern.to_string(), re.clone());
+        Ok(re)
+    }
+
+    /// Drops to-be-dropped names and rejects duplicate label sets.
+    pub(crate) fn finish_vector(&self, mut v: Vec<S>) -> EvalResult<Vec<S>> {
+        let mut any_dropped = false;
+        let mut nameless = self.nameless.borrow_mut();
+        for s in &mut v {
+            if s.drop_name {
+                let without = nameless
+                    .entry(s.labels.clone())
+                    .or_insert_with(|| s.labels.without_name());
+                s.labels = without.clone();
+                s.drop_name = false;
+                any_dropped = true;
+            }
+        }
+        if any_dropped {
+            check_unique(v.iter().map(|s| &s.labels))?;
+        }
+        Ok(v)
     }
 
     /// The `(start, end)` window a range-vector argument covers at `t` (what `rate`
@@ -386,23 +502,7 @@ impl<'a> Evaluator<'a> {
     }
 }
 
-/// Drops to-be-dropped names and rejects duplicate label sets.
-pub(crate) fn finish_vector(mut v: Vec<S>) -> EvalResult<Vec<S>> {
-    let mut any_dropped = false;
-    for s in &mut v {
-        if s.drop_name {
-            s.labels.remove(METRIC_NAME);
-            s.drop_name = false;
-            any_dropped = true;
-        }
-    }
-    if any_dropped {
-        check_unique(v.iter().map(|s| &s.labels))?;
-    }
-    Ok(v)
-}
-
-fn finish_matrix(mut m: Vec<M>) -> EvalResult<Vec<RangeSeries>> {
+fn finish_matrix(mut m: Vec<M<'_>>) -> EvalResult<Vec<RangeSeries>> {
     let mut any_dropped = false;
     for s in &mut m {
         if s.drop_name {
@@ -416,16 +516,19 @@ fn finish_matrix(mut m: Vec<M>) -> EvalResult<Vec<RangeSeries>> {
     Ok(m.into_iter()
         .map(|s| RangeSeries {
             labels: s.labels,
-            points: s.points,
+            points: s.points.into_owned(),
         })
         .collect())
 }
 
 /// Fails when two series share a label set.
-pub(crate) fn check_unique<'l>(labels: impl Iterator<Item = &'l Labels>) -> EvalResult<()> {
-    let mut seen = std::collections::HashSet::new();
+pub(crate) fn check_unique<'l>(
+    labels: impl ExactSizeIterator<Item = &'l Labels>,
+) -> EvalResult<()> {
+    let mut seen =
+        crate::labels::LabelsSet::with_capacity_and_hasher(labels.len(), Default::default());
     for l in labels {
-        if !seen.insert(l) {
+        if !seen.insert(l.clone()) {
             return err("vector cannot contain metrics with the same labelset");
         }
     }

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
-use regex::Regex;
 
 use super::aggregate::{go_float, is_valid_label_name};
 use super::evaluator::{EvalResult, Evaluator, S, Val, err};
@@ -25,8 +24,8 @@ const UNSUPPORTED: [&str; 9] = [
     "integral",
 ];
 
-impl Evaluator<'_> {
-    pub(crate) fn eval_call(&self, call: &Call, t: i64) -> EvalResult<Val> {
+impl<'a> Evaluator<'a> {
+    pub(crate) fn eval_call(&self, call: &Call, t: i64) -> EvalResult<Val<'a>> {
         let name = call.func.name;
         let args: Vec<&Expr> = call.args.args.iter().map(|b| b.as_ref()).collect();
         if UNSUPPORTED.contains(&name) {
@@ -35,7 +34,7 @@ impl Evaluator<'_> {
             )));
         }
         if let Some(result) = self.eval_range_function(name, &args, t)? {
-            return self.checked(result);
+            return Ok(result);
         }
         let result = match name {
             "time" => Val::Scalar(t as f64 / 1000.0),
@@ -62,8 +61,9 @@ impl Evaluator<'_> {
             "sort_by_label" | "sort_by_label_desc" => {
                 self.sort_by_label(&args, t, name == "sort_by_label_desc")?
             }
-            "label_replace" => self.label_replace(&args, t)?,
-            "label_join" => self.label_join(&args, t)?,
+            // Only relabelling can make two series' labels equal.
+            "label_replace" => self.checked(self.label_replace(&args, t)?)?,
+            "label_join" => self.checked(self.label_join(&args, t)?)?,
             "histogram_quantile" => self.histogram_quantile(&args, t)?,
             "round" => {
                 let to_nearest = match args.get(1) {
@@ -96,13 +96,13 @@ impl Evaluator<'_> {
                 None => return Err(QueryError::Unsupported(format!("function {name}()"))),
             },
         };
-        self.checked(result)
+        Ok(result)
     }
 
     /// Rejects an output vector with two series of the same labels, as Prometheus checks
     /// every function's output (names still pending removal count: with delayed name
     /// removal, a later `label_replace` may still tell such series apart).
-    fn checked(&self, v: Val) -> EvalResult<Val> {
+    fn checked(&self, v: Val<'a>) -> EvalResult<Val<'a>> {
         if let Val::Vector(samples) = &v {
             super::evaluator::check_unique(samples.iter().map(|s| &s.labels))?;
         }
@@ -110,7 +110,7 @@ impl Evaluator<'_> {
     }
 
     /// Applies `f` to every value of a vector argument; the metric name is dropped.
-    fn map_values(&self, arg: &Expr, t: i64, f: impl Fn(f64) -> f64) -> EvalResult<Val> {
+    fn map_values(&self, arg: &Expr, t: i64, f: impl Fn(f64) -> f64) -> EvalResult<Val<'a>> {
         let v = self.eval_vector(arg, t)?;
         Ok(Val::Vector(
             v.into_iter()
@@ -123,7 +123,7 @@ impl Evaluator<'_> {
         ))
     }
 
-    fn timestamp(&self, arg: &Expr, t: i64) -> EvalResult<Val> {
+    fn timestamp(&self, arg: &Expr, t: i64) -> EvalResult<Val<'a>> {
         // Only a plain selector has the samples' own timestamps; anything computed is
         // stamped with the evaluation time.
         let from_selector = matches!(unwrap_parens(arg), Expr::VectorSelector(_));
@@ -144,7 +144,7 @@ impl Evaluator<'_> {
 
     /// `absent()` and `absent_over_time()`: 1 with the labels of the selector's equality
     /// matchers when nothing matched.
-    pub(crate) fn absent(&self, arg: &Expr, empty: bool, t: i64) -> Val {
+    pub(crate) fn absent(&self, arg: &Expr, empty: bool, t: i64) -> Val<'a> {
         if !empty {
             return Val::Vector(Vec::new());
         }
@@ -161,7 +161,7 @@ impl Evaluator<'_> {
         }])
     }
 
-    fn sort_by_label(&self, args: &[&Expr], t: i64, desc: bool) -> EvalResult<Val> {
+    fn sort_by_label(&self, args: &[&Expr], t: i64, desc: bool) -> EvalResult<Val<'a>> {
         let mut v = self.eval_vector(args[0], t)?;
         let names: Vec<String> = args[1..]
             .iter()
@@ -182,13 +182,13 @@ impl Evaluator<'_> {
         Ok(Val::Vector(v))
     }
 
-    fn label_replace(&self, args: &[&Expr], t: i64) -> EvalResult<Val> {
+    fn label_replace(&self, args: &[&Expr], t: i64) -> EvalResult<Val<'a>> {
         let v = self.eval_vector(args[0], t)?;
         let dst = self.eval_string(args[1], t)?;
         let replacement = self.eval_string(args[2], t)?;
         let src = self.eval_string(args[3], t)?;
         let pattern = self.eval_string(args[4], t)?;
-        let re = Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| {
+        let re = self.regex(&pattern).map_err(|e| {
             QueryError::Eval(format!(
                 "invalid regular expression in label_replace(): {e}"
             ))
@@ -200,21 +200,26 @@ impl Evaluator<'_> {
         }
         let mut out = Vec::with_capacity(v.len());
         for mut s in v {
-            if let Some(caps) = re.captures(s.labels.value(&src)) {
-                let mut value = String::new();
-                // Go's template syntax ($1, ${1}, $name) is the regex crate's too.
-                caps.expand(&replacement, &mut value);
-                s.labels.set(&dst, &value);
-                if dst == METRIC_NAME {
-                    s.drop_name = false;
+            // The new labels depend only on the old ones: computed once per series.
+            s.labels = self.memo(args[0], &s.labels, |l| {
+                let mut l = l.clone();
+                if let Some(caps) = re.captures(l.value(&src)) {
+                    let mut value = String::new();
+                    // Go's template syntax ($1, ${1}, $name) is the regex crate's too.
+                    caps.expand(&replacement, &mut value);
+                    l.set(&dst, &value);
                 }
+                l
+            });
+            if dst == METRIC_NAME && re.is_match(s.labels.value(&src)) {
+                s.drop_name = false;
             }
             out.push(s);
         }
         Ok(Val::Vector(out))
     }
 
-    fn label_join(&self, args: &[&Expr], t: i64) -> EvalResult<Val> {
+    fn label_join(&self, args: &[&Expr], t: i64) -> EvalResult<Val<'a>> {
         let v = self.eval_vector(args[0], t)?;
         let dst = self.eval_string(args[1], t)?;
         let sep = self.eval_string(args[2], t)?;
@@ -242,7 +247,7 @@ impl Evaluator<'_> {
         Ok(Val::Vector(out))
     }
 
-    fn date_function(&self, name: &str, args: &[&Expr], t: i64) -> EvalResult<Val> {
+    fn date_function(&self, name: &str, args: &[&Expr], t: i64) -> EvalResult<Val<'a>> {
         let f = move |secs: f64| {
             if !secs.is_finite() {
                 return f64::NAN;
@@ -270,7 +275,7 @@ impl Evaluator<'_> {
         }
     }
 
-    fn histogram_quantile(&self, args: &[&Expr], t: i64) -> EvalResult<Val> {
+    fn histogram_quantile(&self, args: &[&Expr], t: i64) -> EvalResult<Val<'a>> {
         let phi = self.eval_scalar(args[0], t)?;
         let v = self.eval_vector(args[1], t)?;
         if !(0.0..=1.0).contains(&phi) {

@@ -8,57 +8,30 @@ use super::evaluator::{EvalResult, Evaluator, M, S, Val, err};
 use super::functions::unwrap_parens;
 
 /// Whether a function keeps the metric name of its input series.
-fn keeps_name(name: &str) -> bool {
-    matches!(name, "last_over_time" | "first_over_time")
+fn keeps_name(f: RangeFn) -> bool {
+    matches!(f, RangeFn::LastOverTime | RangeFn::FirstOverTime)
 }
 
-impl Evaluator<'_> {
+impl<'a> Evaluator<'a> {
     /// Evaluates `name` if it is a range-vector function; `None` otherwise.
     pub(crate) fn eval_range_function(
         &self,
         name: &str,
         args: &[&Expr],
         t: i64,
-    ) -> EvalResult<Option<Val>> {
-        let matrix_arg = match name {
-            "quantile_over_time" => 1,
-            "rate"
-            | "increase"
-            | "delta"
-            | "irate"
-            | "idelta"
-            | "deriv"
-            | "predict_linear"
-            | "changes"
-            | "resets"
-            | "avg_over_time"
-            | "min_over_time"
-            | "max_over_time"
-            | "sum_over_time"
-            | "count_over_time"
-            | "last_over_time"
-            | "first_over_time"
-            | "stddev_over_time"
-            | "stdvar_over_time"
-            | "present_over_time"
-            | "absent_over_time"
-            | "mad_over_time"
-            | "ts_of_min_over_time"
-            | "ts_of_max_over_time"
-            | "ts_of_last_over_time"
-            | "ts_of_first_over_time"
-            | "double_exponential_smoothing"
-            | "holt_winters" => 0,
-            _ => return Ok(None),
+    ) -> EvalResult<Option<Val<'a>>> {
+        let Some(f) = RangeFn::from_name(name) else {
+            return Ok(None);
         };
+        let matrix_arg = usize::from(f == RangeFn::QuantileOverTime);
         let arg = args[matrix_arg];
         let matrix = self.eval_matrix(arg, t)?;
-        if name == "absent_over_time" {
+        if f == RangeFn::AbsentOverTime {
             return Ok(Some(self.absent(arg, matrix.is_empty(), t)));
         }
         let scalar = |i: usize| -> EvalResult<f64> { self.eval_scalar(args[i], t) };
-        let op = match name {
-            "quantile_over_time" => {
+        let op = match f {
+            RangeFn::QuantileOverTime => {
                 let phi = scalar(0)?;
                 if !(0.0..=1.0).contains(&phi) {
                     self.warn(format!(
@@ -69,8 +42,8 @@ impl Evaluator<'_> {
                 }
                 Op::Quantile(phi)
             }
-            "predict_linear" => Op::PredictLinear(scalar(1)?),
-            "double_exponential_smoothing" | "holt_winters" => {
+            RangeFn::PredictLinear => Op::PredictLinear(scalar(1)?),
+            RangeFn::DoubleExponentialSmoothing => {
                 let (sf, tf) = (scalar(1)?, scalar(2)?);
                 if !(sf > 0.0 && sf < 1.0) {
                     return err(format!(
@@ -86,7 +59,7 @@ impl Evaluator<'_> {
             }
             _ => Op::Plain,
         };
-        if matches!(name, "rate" | "increase") {
+        if matches!(f, RangeFn::Rate | RangeFn::Increase) {
             self.note_non_counters(&matrix, arg);
         }
         let (window_start, window_end) = self.matrix_window(arg, t);
@@ -97,8 +70,8 @@ impl Evaluator<'_> {
                 end: window_end,
                 eval: t,
             };
-            if let Some(v) = apply(name, &op, &series.points, w) {
-                let drop_name = series.drop_name || !keeps_name(name);
+            if let Some(v) = apply(f, &op, &series.points, w) {
+                let drop_name = series.drop_name || !keeps_name(f);
                 out.push(S {
                     labels: series.labels,
                     v,
@@ -112,7 +85,7 @@ impl Evaluator<'_> {
 
     /// Prometheus's info annotation for `rate`/`increase` over a metric whose name does
     /// not look like a counter's.
-    fn note_non_counters(&self, matrix: &[M], arg: &Expr) {
+    fn note_non_counters(&self, matrix: &[M<'a>], arg: &Expr) {
         for series in matrix {
             let Some(name) = series.labels.name() else {
                 continue;
@@ -127,6 +100,73 @@ impl Evaluator<'_> {
                 ));
             }
         }
+    }
+}
+
+/// The range-vector functions, resolved from the name once per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeFn {
+    Rate,
+    Increase,
+    Delta,
+    Irate,
+    Idelta,
+    Deriv,
+    PredictLinear,
+    Changes,
+    Resets,
+    AvgOverTime,
+    MinOverTime,
+    MaxOverTime,
+    SumOverTime,
+    CountOverTime,
+    LastOverTime,
+    FirstOverTime,
+    StddevOverTime,
+    StdvarOverTime,
+    PresentOverTime,
+    AbsentOverTime,
+    MadOverTime,
+    TsOfMinOverTime,
+    TsOfMaxOverTime,
+    TsOfLastOverTime,
+    TsOfFirstOverTime,
+    DoubleExponentialSmoothing,
+    QuantileOverTime,
+}
+
+impl RangeFn {
+    fn from_name(name: &str) -> Option<RangeFn> {
+        Some(match name {
+            "rate" => RangeFn::Rate,
+            "increase" => RangeFn::Increase,
+            "delta" => RangeFn::Delta,
+            "irate" => RangeFn::Irate,
+            "idelta" => RangeFn::Idelta,
+            "deriv" => RangeFn::Deriv,
+            "predict_linear" => RangeFn::PredictLinear,
+            "changes" => RangeFn::Changes,
+            "resets" => RangeFn::Resets,
+            "avg_over_time" => RangeFn::AvgOverTime,
+            "min_over_time" => RangeFn::MinOverTime,
+            "max_over_time" => RangeFn::MaxOverTime,
+            "sum_over_time" => RangeFn::SumOverTime,
+            "count_over_time" => RangeFn::CountOverTime,
+            "last_over_time" => RangeFn::LastOverTime,
+            "first_over_time" => RangeFn::FirstOverTime,
+            "stddev_over_time" => RangeFn::StddevOverTime,
+            "stdvar_over_time" => RangeFn::StdvarOverTime,
+            "present_over_time" => RangeFn::PresentOverTime,
+            "absent_over_time" => RangeFn::AbsentOverTime,
+            "mad_over_time" => RangeFn::MadOverTime,
+            "ts_of_min_over_time" => RangeFn::TsOfMinOverTime,
+            "ts_of_max_over_time" => RangeFn::TsOfMaxOverTime,
+            "ts_of_last_over_time" => RangeFn::TsOfLastOverTime,
+            "ts_of_first_over_time" => RangeFn::TsOfFirstOverTime,
+            "quantile_over_time" => RangeFn::QuantileOverTime,
+            "double_exponential_smoothing" | "holt_winters" => RangeFn::DoubleExponentialSmoothing,
+            _ => return None,
+        })
     }
 }
 
@@ -148,21 +188,21 @@ struct Window {
     eval: i64,
 }
 
-fn apply(name: &str, op: &Op, points: &[(i64, f64)], w: Window) -> Option<f64> {
+fn apply(f: RangeFn, op: &Op, points: &[(i64, f64)], w: Window) -> Option<f64> {
     let values = || points.iter().map(|p| p.1);
     let last = points.last()?;
-    Some(match name {
-        "rate" => extrapolated(points, w, true, true)?,
-        "increase" => extrapolated(points, w, true, false)?,
-        "delta" => extrapolated(points, w, false, false)?,
-        "irate" | "idelta" => instant_delta(points, name == "irate")?,
-        "deriv" => {
+    Some(match f {
+        RangeFn::Rate => extrapolated(points, w, true, true)?,
+        RangeFn::Increase => extrapolated(points, w, true, false)?,
+        RangeFn::Delta => extrapolated(points, w, false, false)?,
+        RangeFn::Irate | RangeFn::Idelta => instant_delta(points, f == RangeFn::Irate)?,
+        RangeFn::Deriv => {
             if points.len() < 2 {
                 return None;
             }
             linear_regression(points, points[0].0).0
         }
-        "predict_linear" => {
+        RangeFn::PredictLinear => {
             if points.len() < 2 {
                 return None;
             }
@@ -172,26 +212,30 @@ fn apply(name: &str, op: &Op, points: &[(i64, f64)], w: Window) -> Option<f64> {
             let (slope, intercept) = linear_regression(points, w.eval);
             slope * secs + intercept
         }
-        "changes" => points
+        RangeFn::Changes => points
             .windows(2)
             .filter(|p| !(p[0].1 == p[1].1 || (p[0].1.is_nan() && p[1].1.is_nan())))
             .count() as f64,
-        "resets" => points.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64,
-        "avg_over_time" => mean(&values().collect::<Vec<_>>()),
-        "sum_over_time" => kahan_sum(values()),
-        "min_over_time" => values().fold(f64::NAN, |a, v| if a.is_nan() || v < a { v } else { a }),
-        "max_over_time" => values().fold(f64::NAN, |a, v| if a.is_nan() || v > a { v } else { a }),
-        "count_over_time" => points.len() as f64,
-        "last_over_time" => last.1,
-        "first_over_time" => points[0].1,
-        "present_over_time" => 1.0,
-        "stdvar_over_time" => variance_compensated(values()),
-        "stddev_over_time" => variance_compensated(values()).sqrt(),
-        "quantile_over_time" => {
+        RangeFn::Resets => points.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64,
+        RangeFn::AvgOverTime => mean(&values().collect::<Vec<_>>()),
+        RangeFn::SumOverTime => kahan_sum(values()),
+        RangeFn::MinOverTime => {
+            values().fold(f64::NAN, |a, v| if a.is_nan() || v < a { v } else { a })
+        }
+        RangeFn::MaxOverTime => {
+            values().fold(f64::NAN, |a, v| if a.is_nan() || v > a { v } else { a })
+        }
+        RangeFn::CountOverTime => points.len() as f64,
+        RangeFn::LastOverTime => last.1,
+        RangeFn::FirstOverTime => points[0].1,
+        RangeFn::PresentOverTime => 1.0,
+        RangeFn::StdvarOverTime => variance_compensated(values()),
+        RangeFn::StddevOverTime => variance_compensated(values()).sqrt(),
+        RangeFn::QuantileOverTime => {
             let Op::Quantile(phi) = op else { return None };
             quantile(*phi, &mut values().collect::<Vec<_>>())
         }
-        "mad_over_time" => {
+        RangeFn::MadOverTime => {
             // A NaN sample makes the result NaN rather than being silently dropped.
             if values().any(f64::is_nan) {
                 return Some(f64::NAN);
@@ -201,17 +245,17 @@ fn apply(name: &str, op: &Op, points: &[(i64, f64)], w: Window) -> Option<f64> {
             let mut deviations: Vec<f64> = v.iter().map(|x| (x - median).abs()).collect();
             quantile(0.5, &mut deviations)
         }
-        "ts_of_last_over_time" => last.0 as f64 / 1000.0,
-        "ts_of_first_over_time" => points[0].0 as f64 / 1000.0,
-        "ts_of_max_over_time" => extreme_time(points, |v, best| v >= best),
-        "ts_of_min_over_time" => extreme_time(points, |v, best| v <= best),
-        "double_exponential_smoothing" | "holt_winters" => {
+        RangeFn::TsOfLastOverTime => last.0 as f64 / 1000.0,
+        RangeFn::TsOfFirstOverTime => points[0].0 as f64 / 1000.0,
+        RangeFn::TsOfMaxOverTime => extreme_time(points, |v, best| v >= best),
+        RangeFn::TsOfMinOverTime => extreme_time(points, |v, best| v <= best),
+        RangeFn::DoubleExponentialSmoothing => {
             let Op::Smoothing(sf, tf) = op else {
                 return None;
             };
             smoothing(points, *sf, *tf)?
         }
-        _ => return None,
+        RangeFn::AbsentOverTime => return None,
     })
 }
 
