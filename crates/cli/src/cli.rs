@@ -45,6 +45,8 @@ pub enum Command {
     Node(NodeArgs),
     /// Run one load test against a URL (like `fortio load`).
     Load(LoadArgs),
+    /// Check a config file and print the plan.
+    Validate(ValidateArgs),
     /// Evaluate PromQL over a stored run or a live Prometheus.
     Query(QueryArgs),
     /// PromQL engine tools (conformance test scripts).
@@ -273,6 +275,16 @@ pub struct NodeArgs {
     /// Longest time one request may take, backend calls included, before a 504.
     #[arg(long, value_name = "DURATION", env = "MESHLOAD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Pin a backend's HOST:PORT to addresses (its replicas), called round-robin with the
+    /// name kept as Host, like a Kubernetes Service: HOST:PORT=ADDR[,ADDR...] (repeatable;
+    /// in the environment, entries are separated by `;`).
+    #[arg(
+        long,
+        value_name = "HOST:PORT=ADDRS",
+        env = "MESHLOAD_RESOLVE",
+        value_delimiter = ';'
+    )]
+    pub resolve: Vec<meshload_node::Resolve>,
     /// Longest wait for in-flight requests when stopping.
     #[arg(long, value_name = "DURATION", env = "MESHLOAD_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -427,4 +439,24 @@ pub fn fortio_style_args(
             }
         })
         .collect()
+}
+
+/// `meshload validate`.
+#[derive(Debug, Args)]
+#[command(
+    about = "Check a config file and print the plan",
+    long_about = "Check a config file (JSON, or YAML by its .yaml/.yml extension) and print the plan: \
+nodes, replicas, edges, depth, entry points, and how many backend requests one request to each \
+node causes; then the load tests and metrics.
+
+Every problem is reported at once with its JSON path and the bad value, and the command exits \
+64. Unknown keys and unsupported Fortio options are warnings.",
+    after_help = "\
+Examples:
+  meshload validate examples/quickstart.json
+  meshload validate ../shared/seed-example/config.json"
+)]
+pub struct ValidateArgs {
+    /// The config file.
+    pub config: std::path::PathBuf,
 }

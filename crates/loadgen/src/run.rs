@@ -77,10 +77,16 @@ pub async fn run(
     stop: impl Future<Output = ()>,
     live: Live,
 ) -> Result<LoadResult, LoadError> {
-    let addr = resolve(&spec.authority).await?;
-    let target = Arc::new(Target::new(&spec, addr));
+    let addrs = match spec.options.connect_to.as_slice() {
+        [] => vec![resolve(&spec.authority).await?],
+        pinned => pinned.to_vec(),
+    };
+    let targets: Vec<Arc<Target>> = addrs
+        .iter()
+        .map(|a| Arc::new(Target::new(&spec, *a)))
+        .collect();
     let mut connections: Vec<Connection> = (0..spec.connections)
-        .map(|_| Connection::new(target.clone()))
+        .map(|i| Connection::new(targets[i % targets.len()].clone()))
         .collect();
     futures_util::future::join_all(connections.iter_mut().map(Connection::warm_up)).await;
 

@@ -38,6 +38,10 @@ pub struct LoadOptions {
     pub labels: String,
     /// Use HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
     pub h2: bool,
+    /// Connect to these addresses instead of resolving the URL's host (connection `i`
+    /// uses address `i mod n`), keeping the URL's authority as `Host`: how the local
+    /// backend spreads load over a service's replicas.
+    pub connect_to: Vec<std::net::SocketAddr>,
 }
 
 impl Default for LoadOptions {
@@ -58,6 +62,7 @@ impl Default for LoadOptions {
             timeout: Duration::from_secs(3),
             labels: String::new(),
             h2: false,
+            connect_to: Vec::new(),
         }
     }
 }

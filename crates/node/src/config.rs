@@ -26,15 +26,54 @@ pub enum BackendError {
 }
 
 /// One backend a node calls on every request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Backend {
     uri: Uri,
+    /// Where the backend's service name resolves to (its replicas), when pinned with
+    /// `--resolve`; empty means DNS. Calls go round-robin over these endpoints, as a
+    /// Kubernetes Service spreads them over its pods.
+    endpoints: Vec<SocketAddr>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+impl PartialEq for Backend {
+    fn eq(&self, other: &Self) -> bool {
+        self.uri == other.uri && self.endpoints == other.endpoints
+    }
+}
+
+impl Eq for Backend {}
 
 impl Backend {
     /// The full URL called, path included.
     pub fn uri(&self) -> &Uri {
         &self.uri
+    }
+
+    /// The replicas this backend's name resolves to (empty: DNS).
+    pub fn endpoints(&self) -> &[SocketAddr] {
+        &self.endpoints
+    }
+
+    /// Pins the backend's name to these addresses.
+    pub fn resolve_to(&mut self, endpoints: Vec<SocketAddr>) {
+        self.endpoints = endpoints;
+    }
+
+    /// The URI of the next call: the next replica's address when resolved by `--resolve`,
+    /// else the backend's own URI. The caller keeps the backend's authority as `Host`.
+    pub fn next_uri(&self) -> Uri {
+        if self.endpoints.is_empty() {
+            return self.uri.clone();
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.endpoints.len();
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        Uri::builder()
+            .scheme("http")
+            .authority(self.endpoints[i].to_string())
+            .path_and_query(path)
+            .build()
+            .unwrap_or_else(|_| self.uri.clone())
     }
 
     /// `host:port`, as used in metric labels and error reports.
@@ -84,7 +123,50 @@ impl FromStr for Backend {
             .path_and_query(path)
             .build()
             .map_err(|_| invalid())?;
-        Ok(Backend { uri })
+        Ok(Backend {
+            uri,
+            endpoints: Vec::new(),
+            next: Default::default(),
+        })
+    }
+}
+
+/// One `--resolve HOST:PORT=ADDR[,ADDR...]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolve {
+    /// `host:port` as backends name it.
+    pub authority: String,
+    /// The addresses it resolves to.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl FromStr for Resolve {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid resolve entry {s:?}: expected HOST:PORT=ADDR[,ADDR...]");
+        let (authority, addrs) = s.split_once('=').ok_or_else(bad)?;
+        let addrs: Vec<SocketAddr> = addrs
+            .split(',')
+            .map(|a| a.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad())?;
+        if authority.trim().is_empty() || addrs.is_empty() {
+            return Err(bad());
+        }
+        Ok(Resolve {
+            authority: authority.trim().to_string(),
+            addrs,
+        })
+    }
+}
+
+/// Pins every backend whose `host:port` has a resolve entry to that entry's addresses.
+pub fn apply_resolves(backends: &mut [Backend], resolves: &[Resolve]) {
+    for b in backends {
+        if let Some(r) = resolves.iter().find(|r| r.authority == b.authority()) {
+            b.resolve_to(r.addrs.clone());
+        }
     }
 }
 
@@ -197,6 +279,27 @@ mod tests {
             let err = bad.parse::<Backend>().expect_err(bad);
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
+    }
+
+    #[test]
+    fn resolved_backends_go_round_robin_over_replicas() {
+        let mut backends =
+            parse_backends("http://service-1.ns.svc.cluster.local:9080/x").expect("valid");
+        let resolve: Resolve = "service-1.ns.svc.cluster.local:9080=127.0.0.1:1,127.0.0.1:2"
+            .parse()
+            .expect("valid");
+        apply_resolves(&mut backends, &[resolve]);
+        let uris: Vec<String> = (0..3).map(|_| backends[0].next_uri().to_string()).collect();
+        assert_eq!(
+            uris,
+            [
+                "http://127.0.0.1:1/x",
+                "http://127.0.0.1:2/x",
+                "http://127.0.0.1:1/x"
+            ]
+        );
+        assert!("nonsense".parse::<Resolve>().is_err());
+        assert!("a:1=notanaddr".parse::<Resolve>().is_err());
     }
 
     #[test]

@@ -191,8 +191,14 @@ impl Node {
     async fn call(&self, backend: &Backend, headers: &HeaderMap) -> Result<(), Failure> {
         let started = Instant::now();
         let mut req = Request::new(Empty::new());
-        *req.uri_mut() = backend.uri().clone();
+        *req.uri_mut() = backend.next_uri();
         *req.headers_mut() = headers.clone();
+        if !backend.endpoints().is_empty()
+            && let Ok(host) = HeaderValue::from_str(backend.authority())
+        {
+            // Called by address, but named as the service, as behind a Kubernetes Service.
+            req.headers_mut().insert(http::header::HOST, host);
+        }
         let exchange = async {
             let response = self.client.request(req).await?;
             let status = response.status();

@@ -20,5 +20,5 @@ pub mod metrics;
 pub mod process;
 pub mod server;
 
-pub use config::{Backend, CallMode, Limits, NodeConfig};
+pub use config::{Backend, CallMode, Limits, NodeConfig, Resolve};
 pub use server::{NodeError, Server};

@@ -55,6 +55,7 @@ fn spec(args: LoadArgs) -> anyhow::Result<LoadSpec> {
         timeout: args.timeout,
         labels: args.labels,
         h2: args.h2,
+        connect_to: Vec::new(),
     };
     LoadSpec::try_new(options).map_err(|errors| Exit::usage(errors.to_string()).into())
 }

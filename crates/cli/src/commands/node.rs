@@ -17,10 +17,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
 
 fn config(args: NodeArgs) -> NodeConfig {
     let seed = args.seed.unwrap_or_else(rand_seed);
+    let mut backends = args.backends.0;
+    meshload_node::config::apply_resolves(&mut backends, &args.resolve);
     NodeConfig {
         name: args.name,
         listen: args.listen,
-        backends: args.backends.0,
+        backends,
         call_mode: args.call_mode,
         call_timeout: args.timeout,
         behaviour: Behaviour {
@@ -62,7 +64,34 @@ fn runtime_serve(config: NodeConfig) -> anyhow::Result<ExitCode> {
         stdout.flush().context("cannot write to stdout")?;
         drop(stdout);
         tracing::info!(node = %name, %addr, ?backends, seed, "node serving");
-        server.run(super::shutdown_signal()).await?;
+        server.run(stop_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The environment variable through which a parent (the local backend) asks its node to
+/// exit when it dies: the node watches its parent process id.
+pub const PARENT_PID_ENV: &str = "MESHLOAD_PARENT_PID";
+
+/// SIGINT, SIGTERM, or the death of the parent named in `MESHLOAD_PARENT_PID`.
+async fn stop_signal() {
+    let parent: Option<u32> = std::env::var(PARENT_PID_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let orphaned = async move {
+        let Some(parent) = parent else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if std::os::unix::process::parent_id() != parent {
+                tracing::warn!(parent, "parent process is gone; stopping");
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = super::shutdown_signal() => {}
+        () = orphaned => {}
+    }
 }

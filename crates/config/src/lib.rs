@@ -1,0 +1,103 @@
+//! meshload's config file: the seed's `config.json` (string numbers and all) plus optional,
+//! additive extensions, in JSON or YAML.
+//!
+//! Loading is two stages, as ripgrep and Vector do it: the text becomes a JSON value, then
+//! [`parse::config`] reads that value into the validated [`Config`], collecting every
+//! problem with its JSON path and bad value (`load_tests[2].qps: "fast" is not a number`)
+//! and warnings for unknown keys. Nothing here does I/O beyond [`load`] reading the file.
+//!
+//! # Layout
+//! - [`model`]: the validated types the rest of meshload takes.
+//! - [`parse`]: value to config, with every problem reported.
+//! - [`reader`]: path-tracking helpers and Go-style durations.
+//! - [`topology`]: cycles, entry points, depth, fan-out, start order.
+
+pub mod model;
+pub mod parse;
+pub mod reader;
+pub mod topology;
+
+use std::path::Path;
+
+pub use model::{Behaviour, Config, LoadTest, NodeSpec, PrometheusSetting, Slo};
+pub use reader::ConfigError;
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not JSON or YAML.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// The content has problems: every one of them.
+    #[error("{} problem(s) in {path}:\n  {}", .errors.len(), .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Every problem.
+        errors: Vec<ConfigError>,
+    },
+}
+
+/// A validated config and the warnings reading it raised.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The config.
+    pub config: Config,
+    /// Unknown keys, unsupported options.
+    pub warnings: Vec<String>,
+}
+
+/// Reads and validates a config file (`.yaml`/`.yml` as YAML, anything else as JSON).
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    from_str(&text, yaml, &shown)
+}
+
+/// Validates config text; `name` is used in messages.
+pub fn from_str(text: &str, yaml: bool, name: &str) -> Result<Loaded, LoadError> {
+    let value: serde_json::Value = if yaml {
+        serde_saphyr::from_str(text).map_err(|e| LoadError::Syntax {
+            path: name.to_string(),
+            message: e.to_string(),
+        })?
+    } else {
+        serde_json::from_str(text).map_err(|e| LoadError::Syntax {
+            path: name.to_string(),
+            message: e.to_string(),
+        })?
+    };
+    let mut reader = reader::Reader::default();
+    let config = parse::config(&value, &mut reader);
+    match config {
+        Some(config) if reader.errors.is_empty() => Ok(Loaded {
+            config,
+            warnings: reader.warnings,
+        }),
+        _ => Err(LoadError::Invalid {
+            path: name.to_string(),
+            errors: reader.errors,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! The validated configuration that the rest of meshload takes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Injected behaviour of a node (the node service's knobs), as the config gives them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Behaviour {
+    /// Added latency specification (`10ms`, `uniform:5ms..15ms`, ...), checked by the node.
+    pub latency: Option<String>,
+    /// Fraction of requests failing with `error_code`.
+    pub error_rate: Option<f64>,
+    /// Status of injected errors.
+    pub error_code: Option<u16>,
+    /// Padded size of successful bodies in bytes.
+    pub response_size: Option<u64>,
+    /// Per backend call timeout.
+    pub timeout: Option<Duration>,
+    /// `parallel` or `sequential`.
+    pub call_mode: Option<String>,
+}
+
+/// One node of the topology.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    /// Backends it calls (node names), in order.
+    pub backends: Vec<String>,
+    /// Replicas (processes or pods).
+    pub replicas: u32,
+    /// Injected behaviour.
+    pub behaviour: Behaviour,
+}
+
+/// Where a load test sends its load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadTest {
+    /// `test_name`: the results folder's name.
+    pub name: String,
+    /// The node the URL (or `target`) names.
+    pub target: String,
+    /// The URL as written (Kubernetes form), or one built from `target`.
+    pub url: String,
+    /// Path and query of the URL.
+    pub path: String,
+    /// Requests per second; `None` is as fast as possible.
+    pub qps: Option<f64>,
+    /// Duration.
+    pub duration: Duration,
+    /// Connections.
+    pub connections: u32,
+    /// Exact request count, if given.
+    pub requests: Option<u64>,
+    /// Fortio's `uniform`.
+    pub uniform: bool,
+    /// Fortio's `jitter`.
+    pub jitter: bool,
+    /// Fortio's `nocatchup`.
+    pub nocatchup: bool,
+    /// Per-request timeout.
+    pub timeout: Option<Duration>,
+    /// Extra headers, `Name: value`.
+    pub headers: Vec<String>,
+    /// POST body.
+    pub payload: Option<String>,
+    /// Labels stored with the result.
+    pub labels: String,
+    /// Thresholds that fail the run (exit 1) when missed.
+    pub slo: Slo,
+}
+
+/// Thresholds checked after each test.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slo {
+    /// Largest acceptable p99 of response time (corrected), in milliseconds.
+    pub p99_ms: Option<f64>,
+    /// Largest acceptable share of errors (0..1).
+    pub error_ratio: Option<f64>,
+    /// Smallest acceptable achieved/requested rate (0..1).
+    pub min_rate_ratio: Option<f64>,
+}
+
+impl Slo {
+    /// Per-test values override the global ones.
+    pub fn overlay(&self, over: &Slo) -> Slo {
+        Slo {
+            p99_ms: over.p99_ms.or(self.p99_ms),
+            error_ratio: over.error_ratio.or(self.error_ratio),
+            min_rate_ratio: over.min_rate_ratio.or(self.min_rate_ratio),
+        }
+    }
+
+    /// Whether any threshold is set.
+    pub fn is_empty(&self) -> bool {
+        self.p99_ms.is_none() && self.error_ratio.is_none() && self.min_rate_ratio.is_none()
+    }
+}
+
+/// Which Prometheus answers the metric queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrometheusSetting {
+    /// The embedded engine over the samples meshload collects (the default).
+    Embedded,
+    /// Start the `prometheus` binary with a generated scrape config.
+    Spawn,
+    /// An existing server.
+    Url(String),
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The seed's `IsTLSEnabled`.
+    pub tls: bool,
+    /// The seed's `IsmTLSEnabled`.
+    pub mtls: bool,
+    /// Requests per service in the connectivity check (`ConnectivityCheckPerURL`).
+    pub connectivity_checks: u32,
+    /// The nodes by name.
+    pub nodes: BTreeMap<String, NodeSpec>,
+    /// The load tests, in order.
+    pub tests: Vec<LoadTest>,
+    /// Metric queries by name, in file order.
+    pub metrics: Vec<(String, String)>,
+    /// Pause between tests.
+    pub sleep_between_tests: Duration,
+    /// How often samples are collected during a test.
+    pub scrape_interval: Duration,
+    /// Step of the metric range queries.
+    pub metrics_step: Duration,
+    /// Where results go (`None`: the command's default).
+    pub store: Option<String>,
+    /// Who answers the metric queries.
+    pub prometheus: PrometheusSetting,
+    /// The Kubernetes namespace the URLs name (`tls-e2e` in the seed).
+    pub namespace: String,
+    /// The whole file as read, stored with every run.
+    pub raw: serde_json::Value,
+}

@@ -1,0 +1,151 @@
+use std::time::Duration;
+
+use super::*;
+
+fn seed_text() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/seed.json");
+    std::fs::read_to_string(path).expect("examples/seed.json is committed")
+}
+
+fn errors_of(text: &str) -> Vec<String> {
+    match from_str(text, false, "test.json") {
+        Err(LoadError::Invalid { errors, .. }) => errors.iter().map(ToString::to_string).collect(),
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_seed_config_parses_unchanged() {
+    let loaded = from_str(&seed_text(), false, "seed.json").expect("the seed's config is valid");
+    let c = loaded.config;
+    assert!(c.tls && !c.mtls);
+    assert_eq!(c.connectivity_checks, 400);
+    assert_eq!(c.nodes.len(), 1);
+    assert_eq!(c.nodes["0"].replicas, 1);
+    let t = &c.tests[0];
+    assert_eq!(t.name, "experiment16-qps50000-t10-c400");
+    assert_eq!((t.target.as_str(), t.path.as_str()), ("0", "/"));
+    assert_eq!(
+        (t.qps, t.duration, t.connections),
+        (Some(50000.0), Duration::from_secs(10), 400)
+    );
+    assert_eq!(c.metrics.len(), 6);
+    assert_eq!(
+        c.metrics[0].0, "envoy_ingress_rate_by_replica_set",
+        "metrics keep file order"
+    );
+    assert_eq!(c.sleep_between_tests, Duration::from_secs(10));
+    assert_eq!(c.metrics_step, Duration::from_secs(10));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let text = r#"{
+      "backends_map": {"0": ["1"], "1": ["2"], "2": ["0"]},
+      "load_tests": [
+        {"test_name": "a", "url": "http://service-9.ns.svc.cluster.local:9080/", "qps": "10", "t": "10s", "c": "4"},
+        {"test_name": "b", "target": "0", "qps": "fast", "t": "soon", "c": 0}
+      ],
+      "metrics": {"bad": "sum(rate(x[5m]) by (", "ok": "up"},
+      "slo": {"error_ratio": 2}
+    }"#;
+    let errors = errors_of(text);
+    let expect = [
+        "backends_map: cycle 0 -> 1 -> 2 -> 0: a request would loop forever",
+        r#"load_tests[0].url: "http://service-9.ns.svc.cluster.local:9080/" names no node"#,
+        r#"load_tests[1].qps: "fast" is not a number"#,
+        r#"load_tests[1].t: "soon" is not a duration"#,
+        "load_tests[1].c: 0 is not a whole number from 1 to 100000",
+        r#"metrics.bad: "sum(rate(x[5m]) by (" does not parse"#,
+        "slo.error_ratio: 2 is out of range",
+    ];
+    for e in expect {
+        assert!(
+            errors.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+}
+
+#[test]
+fn an_empty_topology_is_an_error() {
+    let errors = errors_of(r#"{"backends_map": {}}"#);
+    assert!(
+        errors[0].starts_with("backends_map: {} is empty"),
+        "{errors:?}"
+    );
+    let errors = errors_of(r#"{"load_tests": []}"#);
+    assert!(errors[0].starts_with("backends_map: missing"), "{errors:?}");
+}
+
+#[test]
+fn extensions_and_yaml() {
+    let yaml = r#"
+backends_map:
+  "0": ["1", "2"]
+  "1": []
+ReplicasPerVirtualNode: 2
+defaults: {latency: 1ms}
+nodes:
+  "1": {replicas: 3, error_rate: 0.01, latency: "uniform:1ms..2ms"}
+load_tests:
+  - {test_name: t1, target: "0", qps: max, t: 2s, c: 2, jitter: true, compression: true}
+sleep_between_tests: 0
+scrape_interval: 500ms
+slo: {p99_ms: 50}
+prometheus: spawn
+frobnicate: 1
+"#;
+    let loaded = from_str(yaml, true, "c.yaml").expect("valid");
+    let c = &loaded.config;
+    assert_eq!(c.nodes["0"].replicas, 2);
+    assert_eq!(c.nodes["1"].replicas, 3);
+    assert_eq!(
+        c.nodes["2"].behaviour.latency.as_deref(),
+        Some("1ms"),
+        "defaults apply"
+    );
+    assert_eq!(
+        c.nodes["1"].behaviour.latency.as_deref(),
+        Some("uniform:1ms..2ms"),
+        "nodes override defaults"
+    );
+    assert_eq!(c.tests[0].qps, None, "qps max");
+    assert!(c.tests[0].jitter);
+    assert_eq!(c.tests[0].slo.p99_ms, Some(50.0));
+    assert_eq!(c.sleep_between_tests, Duration::ZERO);
+    assert_eq!(c.prometheus, PrometheusSetting::Spawn);
+    let w = loaded.warnings.join("\n");
+    assert!(w.contains("frobnicate") && w.contains("compression"), "{w}");
+}
+
+#[test]
+fn urls_map_to_nodes() {
+    let nodes: std::collections::BTreeMap<String, NodeSpec> = ["0", "frontend"]
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                NodeSpec {
+                    backends: vec![],
+                    replicas: 1,
+                    behaviour: Default::default(),
+                },
+            )
+        })
+        .collect();
+    let ok = |u: &str| parse::node_of_url(u, &nodes).expect(u);
+    assert_eq!(
+        ok("http://service-0.tls-e2e.svc.cluster.local:9080/"),
+        ("0".into(), "/".into())
+    );
+    assert_eq!(
+        ok("http://node-frontend:9080/api?x=1"),
+        ("frontend".into(), "/api?x=1".into())
+    );
+    assert_eq!(ok("http://frontend"), ("frontend".into(), "/".into()));
+    assert!(parse::node_of_url("http://127.0.0.1:9080/", &nodes).is_err());
+    assert!(parse::node_of_url("https://service-0/", &nodes).is_err());
+}
