@@ -20,6 +20,8 @@ use meshload_node::config::{self, Backend, CallMode};
 )]
 #[command(after_help = "\
 Examples:
+  meshload run examples/quickstart.json
+  meshload validate examples/seed.json
   meshload node --listen 127.0.0.1:9080 --backends 127.0.0.1:9081,127.0.0.1:9082
   meshload load --qps 1000 -c 8 -t 10s http://127.0.0.1:9080/
   meshload <command> --help
@@ -45,6 +47,8 @@ pub enum Command {
     Node(NodeArgs),
     /// Run one load test against a URL (like `fortio load`).
     Load(LoadArgs),
+    /// Bring a topology up, run every load test, measure, store, tear down (the main job).
+    Run(RunArgs),
     /// Check a config file and print the plan.
     Validate(ValidateArgs),
     /// Evaluate PromQL over a stored run or a live Prometheus.
@@ -459,4 +463,44 @@ Examples:
 pub struct ValidateArgs {
     /// The config file.
     pub config: std::path::PathBuf,
+}
+
+/// `meshload run`.
+#[derive(Debug, Args)]
+#[command(
+    about = "Bring a topology up, run every load test, measure, store, tear down",
+    long_about = "The main job. Reads the config (the seed's config.json works unchanged), starts every \
+replica of every node as a local `meshload node` process on loopback, waits until each answers \
+/health, runs the connectivity check, then runs each load test with the built-in load generator \
+while scraping every replica's /metrics and sampling its process (memory, CPU) every \
+scrape_interval. After each test the configured metric queries are evaluated over the test's \
+window and the run is stored as <store>/<test_name>/<YYYYMMDDHHMMSS>/ (config.json, fortio.json, \
+<metric>.csv, metadata.json, per_second.csv, samples.jsonl). Nodes are always stopped at the end.
+
+Exit codes: 0 every test ran and met its SLOs; 1 an SLO was missed; 2 a runtime error; 64 a \
+bad config (nothing is started); 130 interrupted by Ctrl-C (what was measured is stored, \
+marked interrupted).",
+    after_help = "\
+Examples:
+  # The quick start: a small tree of nodes, two short tests, results in ./results
+  meshload run examples/quickstart.json
+
+  # The seed's config, unchanged, without pauses between tests, a JSON summary on stdout
+  meshload run examples/seed.json --sleep-between-tests 0 --json > summary.json
+
+  # Look at a stored run afterwards
+  meshload query --run results/<test_name>/<run> 'sum(container_memory_working_set_bytes) by (pod)'"
+)]
+pub struct RunArgs {
+    /// The config file (JSON, or YAML with a .yaml/.yml extension).
+    pub config: std::path::PathBuf,
+    /// Where runs are stored: a folder or file://PATH (default: the config's store, else ./results).
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<String>,
+    /// Pause between tests (default: the config's sleep_between_tests, else 10s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub sleep_between_tests: Option<Duration>,
+    /// Print the summary as JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
 }

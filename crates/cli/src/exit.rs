@@ -9,6 +9,10 @@ use clap::error::ErrorKind;
 pub const USAGE: u8 = 64;
 /// A runtime error.
 pub const RUNTIME: u8 = 2;
+/// A run finished but a threshold (SLO) was missed.
+pub const THRESHOLD: u8 = 1;
+/// Stopped by Ctrl-C (128 + SIGINT), as shells report it.
+pub const INTERRUPTED: u8 = 130;
 
 /// An error that asks for a particular exit code.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 //! - [`cli`]: the command line (clap types, help texts, examples).
 //! - [`commands`]: one module per command; each returns an [`ExitCode`] or an error.
 //! - [`exit`]: exit codes and how errors become them.
+//! - [`progress`]: the live progress bar of load tests.
 
 // Only the binary prints: libraries log with `tracing` (see STYLE.md).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -11,6 +12,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod progress;
 
 use std::process::ExitCode;
 

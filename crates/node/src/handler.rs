@@ -21,7 +21,8 @@ use crate::metrics::{self, NodeMetrics};
 
 /// Headers that carry a trace or request identity, forwarded to every backend so that a
 /// tracing system (W3C Trace Context, Zipkin B3, Envoy's request id) sees one trace.
-const FORWARDED_HEADERS: [&str; 9] = [
+const FORWARDED_HEADERS: [&str; 10] = [
+    CHECK_HEADER,
     "traceparent",
     "tracestate",
     "x-request-id",
@@ -32,6 +33,11 @@ const FORWARDED_HEADERS: [&str; 9] = [
     "x-b3-sampled",
     "x-b3-flags",
 ];
+
+/// A request carrying this header is a connectivity check: injected latency and errors
+/// are skipped (the check tests the wiring, not the faults), and the header travels on
+/// to the backends.
+pub const CHECK_HEADER: &str = "x-meshload-check";
 
 /// Largest request body read (and discarded); larger bodies get 413.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -152,7 +158,7 @@ impl Node {
     }
 
     async fn respond(&self, incoming: &HeaderMap) -> Response<ResponseBody> {
-        if self.dice.is_active() {
+        if self.dice.is_active() && !incoming.contains_key(CHECK_HEADER) {
             let fate = self.dice.roll();
             if !fate.delay.is_zero() {
                 tokio::time::sleep(fate.delay).await;

@@ -21,4 +21,9 @@ pub mod process;
 pub mod server;
 
 pub use config::{Backend, CallMode, Limits, NodeConfig, Resolve};
+pub use handler::CHECK_HEADER;
 pub use server::{NodeError, Server};
+
+/// The environment variable through which a parent process (the local backend) asks a
+/// node to exit when the parent dies: the node watches its parent's process id.
+pub const PARENT_PID_ENV: &str = "MESHLOAD_PARENT_PID";

@@ -215,15 +215,29 @@ impl Store {
 
     /// Writes the documented JSON Lines form.
     pub fn write_jsonl(&self, w: &mut impl Write) -> std::io::Result<()> {
+        self.write_jsonl_window(w, i64::MIN, i64::MAX)
+    }
+
+    /// Writes the samples with `mint <= t <= maxt` in the JSON Lines form; series without
+    /// samples there are left out.
+    pub fn write_jsonl_window(
+        &self,
+        w: &mut impl Write,
+        mint: i64,
+        maxt: i64,
+    ) -> std::io::Result<()> {
         writeln!(w, r#"{{"format":"meshload-tsdb","version":1}}"#)?;
         for s in &self.series {
+            let window = s.range(mint.saturating_sub(1), maxt);
+            if window.is_empty() {
+                continue;
+            }
             let labels: serde_json::Map<String, serde_json::Value> = s
                 .labels
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.into()))
                 .collect();
-            let samples: Vec<serde_json::Value> = s
-                .samples
+            let samples: Vec<serde_json::Value> = window
                 .iter()
                 .map(|(t, v)| serde_json::json!([t, encode_value(*v)]))
                 .collect();

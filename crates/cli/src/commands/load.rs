@@ -2,7 +2,6 @@
 
 use std::io::Write as _;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use meshload_loadgen::spec::Stop;
@@ -10,9 +9,7 @@ use meshload_loadgen::{FortioResult, Live, LoadOptions, LoadSpec};
 
 use crate::cli::LoadArgs;
 use crate::exit::Exit;
-
-/// Exit code after Ctrl-C (128 + SIGINT), as shells report it.
-const INTERRUPTED: u8 = 130;
+use crate::progress::{Progress, Total};
 
 /// Runs the load test and reports it.
 pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
@@ -23,7 +20,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let fortio = result.to_fortio();
     report(&fortio, json_path.as_deref())?;
     Ok(if result.interrupted {
-        ExitCode::from(INTERRUPTED)
+        ExitCode::from(crate::exit::INTERRUPTED)
     } else {
         ExitCode::SUCCESS
     })
@@ -62,9 +59,14 @@ fn spec(args: LoadArgs) -> anyhow::Result<LoadSpec> {
 
 async fn drive(spec: LoadSpec) -> anyhow::Result<meshload_loadgen::LoadResult> {
     let live = Live::default();
-    let progress = Progress::start(&spec, live.clone());
+    let total = match spec.stop {
+        Stop::Requests(n) => Total::Requests(n),
+        Stop::Duration(d) => Total::Time(d),
+        Stop::Never => Total::Unbounded,
+    };
+    let progress = Progress::start(total, live.clone());
     let outcome = meshload_loadgen::run(spec, super::shutdown_signal(), live).await;
-    progress.finish().await;
+    progress.finish();
     outcome.context("cannot run the load test")
 }
 
@@ -90,66 +92,4 @@ fn report(fortio: &FortioResult, json_path: Option<&std::path::Path>) -> anyhow:
         }
     }
     Ok(())
-}
-
-/// A progress bar on stderr while the test runs, when stderr is a terminal.
-struct Progress {
-    task: Option<(
-        tokio::task::JoinHandle<()>,
-        tokio::sync::oneshot::Sender<()>,
-    )>,
-}
-
-impl Progress {
-    fn start(spec: &LoadSpec, live: Live) -> Progress {
-        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            return Progress { task: None };
-        }
-        let (bar, by_count) = match spec.stop {
-            Stop::Requests(n) => (indicatif::ProgressBar::new(n), true),
-            Stop::Duration(d) => (indicatif::ProgressBar::new(d.as_secs().max(1)), false),
-            Stop::Never => (indicatif::ProgressBar::new_spinner(), false),
-        };
-        let template = if by_count {
-            "{elapsed_precise} [{bar:30}] {pos}/{len} requests  {msg}"
-        } else {
-            "{elapsed_precise} [{bar:30}] {pos}/{len}s  {msg}"
-        };
-        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
-        let started = std::time::Instant::now();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = &mut rx => break,
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-                let stats = live.lock().map(|s| s.clone()).unwrap_or_default();
-                bar.set_position(if by_count {
-                    stats.requests
-                } else {
-                    started.elapsed().as_secs()
-                });
-                bar.set_message(format!(
-                    "{} req/s  p99 {:.2}ms  errors {}",
-                    stats.last_second_requests,
-                    stats.last_second_p99 * 1e3,
-                    stats.errors
-                ));
-            }
-            bar.finish_and_clear();
-        });
-        Progress {
-            task: Some((task, tx)),
-        }
-    }
-
-    async fn finish(self) {
-        if let Some((task, tx)) = self.task {
-            let _ = tx.send(());
-            let _ = task.await;
-        }
-    }
 }

@@ -4,6 +4,7 @@ mod load;
 mod node;
 mod promql;
 mod query;
+mod run;
 mod validate;
 
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Load(args) => load::run(args),
         Command::Query(args) => query::run(args),
         Command::Validate(args) => validate::run(&args),
+        Command::Run(args) => run::run(args),
         Command::Promql(crate::cli::PromqlCommand::Test(args)) => promql::test(args),
     }
 }

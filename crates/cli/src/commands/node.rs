@@ -69,13 +69,9 @@ fn runtime_serve(config: NodeConfig) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The environment variable through which a parent (the local backend) asks its node to
-/// exit when it dies: the node watches its parent process id.
-pub const PARENT_PID_ENV: &str = "MESHLOAD_PARENT_PID";
-
 /// SIGINT, SIGTERM, or the death of the parent named in `MESHLOAD_PARENT_PID`.
 async fn stop_signal() {
-    let parent: Option<u32> = std::env::var(PARENT_PID_ENV)
+    let parent: Option<u32> = std::env::var(meshload_node::PARENT_PID_ENV)
         .ok()
         .and_then(|v| v.parse().ok());
     let orphaned = async move {

@@ -1,0 +1,235 @@
+//! Metric collection during a run: every scrape interval, each replica's `/metrics` is
+//! scraped into the embedded store (with the target labels Prometheus would add), and
+//! each local replica's process is sampled from `/proc` as cAdvisor does
+//! (`container_memory_working_set_bytes`, `container_cpu_usage_seconds_total`).
+//! A target that stops answering gets `up 0` and staleness markers, as in Prometheus.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshload_promql::Store;
+use meshload_promql::exposition::{self, Format};
+use meshload_promql::labels::{Labels, METRIC_NAME};
+use meshload_promql::store::{SeriesId, stale_nan};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::{Deployment, Replica};
+use crate::http::{HttpClient, client, get};
+
+/// The job label of scraped nodes.
+pub const JOB: &str = "meshload-node";
+/// The container label of the node's process, as a pod's app container.
+pub const CONTAINER: &str = "app";
+
+/// The store shared between the collector and the queries.
+pub type SharedStore = Arc<Mutex<Store>>;
+
+/// A running collector.
+#[derive(Debug)]
+pub struct Collector {
+    store: SharedStore,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Collector {
+    /// Starts scraping every replica of `deployment` every `interval`.
+    pub fn start(deployment: &Deployment, namespace: &str, interval: Duration) -> Collector {
+        let store = SharedStore::default();
+        let (stop, stopped) = watch::channel(false);
+        let scraper = Scraper::new(deployment, namespace, store.clone(), interval);
+        let task = tokio::spawn(scraper.run(stopped));
+        Collector { store, stop, task }
+    }
+
+    /// The samples collected so far.
+    pub fn store(&self) -> SharedStore {
+        self.store.clone()
+    }
+
+    /// Stops collecting.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// One scrape target and what it reported last time.
+struct Target {
+    replica: Replica,
+    /// Labels every sample of this target gets.
+    labels: Vec<(String, String)>,
+    /// Series written by the last successful scrape (to mark stale when they vanish).
+    last_series: Vec<SeriesId>,
+    /// Series of the process samples.
+    process_series: Vec<SeriesId>,
+}
+
+struct Scraper {
+    targets: Vec<Target>,
+    store: SharedStore,
+    interval: Duration,
+    client: HttpClient,
+}
+
+impl Scraper {
+    fn new(
+        deployment: &Deployment,
+        namespace: &str,
+        store: SharedStore,
+        interval: Duration,
+    ) -> Scraper {
+        let targets = deployment
+            .replicas
+            .iter()
+            .map(|r| Target {
+                labels: vec![
+                    ("job".into(), JOB.into()),
+                    ("instance".into(), r.addr.to_string()),
+                    ("namespace".into(), namespace.into()),
+                    ("pod".into(), r.pod.clone()),
+                    ("kubernetes_namespace".into(), namespace.into()),
+                    ("kubernetes_pod_name".into(), r.pod.clone()),
+                    ("node".into(), r.node.clone()),
+                ],
+                replica: r.clone(),
+                last_series: Vec::new(),
+                process_series: Vec::new(),
+            })
+            .collect();
+        Scraper {
+            targets,
+            store,
+            interval,
+            client: client(),
+        }
+    }
+
+    async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.scrape_all().await,
+                _ = stopped.changed() => return,
+            }
+        }
+    }
+
+    async fn scrape_all(&mut self) {
+        let now = now_ms();
+        let timeout = self.interval.min(Duration::from_secs(5));
+        let client = &self.client;
+        let fetches = self.targets.iter().map(|t| {
+            get(
+                client,
+                format!("http://{}/metrics", t.replica.addr),
+                timeout,
+            )
+        });
+        let answers = futures_util::future::join_all(fetches).await;
+        let mut store = self.store.lock().expect("the store lock is never poisoned");
+        for (target, answer) in self.targets.iter_mut().zip(answers) {
+            let scraped = match answer {
+                Ok((200, content_type, body)) => {
+                    let text = String::from_utf8_lossy(&body);
+                    exposition::parse(&text, Format::from_content_type(&content_type))
+                        .map_err(|e| e.to_string())
+                }
+                Ok((status, _, _)) => Err(format!("status {status}")),
+                Err(e) => Err(e),
+            };
+            record_scrape(&mut store, target, scraped, now);
+            record_process(&mut store, target, now);
+        }
+    }
+}
+
+/// Appends one target's scrape (or its failure) at `now`.
+fn record_scrape(
+    store: &mut Store,
+    target: &mut Target,
+    scraped: Result<exposition::Exposition, String>,
+    now: i64,
+) {
+    let up = scraped.is_ok();
+    let mut written = Vec::new();
+    if let Ok(exposition) = scraped {
+        for sample in exposition.samples {
+            let mut pairs: Vec<(String, String)> = sample
+                .labels
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            for (n, v) in &target.labels {
+                // As Prometheus without honor_labels: a clashing exported label is kept
+                // under `exported_<name>`.
+                if let Some(existing) = pairs.iter_mut().find(|(k, _)| k == n) {
+                    existing.0 = format!("exported_{n}");
+                }
+                pairs.push((n.clone(), v.clone()));
+            }
+            let id = store.series_id(&Labels::from_pairs(pairs));
+            store.append_to(id, sample.timestamp_ms.unwrap_or(now), sample.value);
+            written.push(id);
+        }
+    } else {
+        tracing::debug!(pod = %target.replica.pod, "scrape failed");
+    }
+    // Series that vanished since the last scrape (or all, when the target is down).
+    for id in target.last_series.iter().filter(|id| !written.contains(id)) {
+        store.append_to(*id, now, stale_nan());
+    }
+    target.last_series = written;
+    let mut up_labels = target.labels.clone();
+    up_labels.push((METRIC_NAME.into(), "up".into()));
+    store.append(
+        &Labels::from_pairs(up_labels),
+        now,
+        if up { 1.0 } else { 0.0 },
+    );
+}
+
+/// Appends the cAdvisor-like samples of a local replica's process.
+fn record_process(store: &mut Store, target: &mut Target, now: i64) {
+    let Some(pid) = target.replica.pid else {
+        return;
+    };
+    let Some(sample) = meshload_node::process::sample(pid as i32) else {
+        for id in std::mem::take(&mut target.process_series) {
+            store.append_to(id, now, stale_nan());
+        }
+        return;
+    };
+    let series = |name: &str| {
+        let pairs = [
+            (METRIC_NAME, name),
+            ("namespace", target.labels[2].1.as_str()),
+            ("pod", target.replica.pod.as_str()),
+            ("container", CONTAINER),
+        ];
+        Labels::from_pairs(pairs)
+    };
+    let values = [
+        (
+            "container_memory_working_set_bytes",
+            sample.working_set_bytes as f64,
+        ),
+        ("container_memory_rss", sample.resident_bytes as f64),
+        ("container_cpu_usage_seconds_total", sample.cpu_seconds),
+    ];
+    let mut ids = Vec::with_capacity(values.len());
+    for (name, value) in values {
+        let id = store.series_id(&series(name));
+        store.append_to(id, now, value);
+        ids.push(id);
+    }
+    target.process_series = ids;
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

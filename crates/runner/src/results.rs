@@ -1,0 +1,254 @@
+//! What a test produced, its summary and SLO verdict, and the files of its run folder.
+
+use std::time::SystemTime;
+
+use meshload_config::{Config, LoadTest, Slo};
+use meshload_loadgen::FortioResult;
+use meshload_promql::eval::RangeSeries;
+use meshload_store::{RunWriter, StoreError};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::backend::ReplicaExit;
+
+/// One metric query's outcome over a test window.
+#[derive(Debug, Clone)]
+pub struct MetricResult {
+    /// The metric's name (its file is `<name>.csv`).
+    pub name: String,
+    /// The PromQL query.
+    pub query: String,
+    /// The range result, or why there is none.
+    pub series: Result<Vec<RangeSeries>, String>,
+}
+
+impl MetricResult {
+    /// A short note: series count, `no data`, or the error.
+    pub fn note(&self) -> String {
+        match &self.series {
+            Ok(s) if s.is_empty() => "no data".to_string(),
+            Ok(s) => format!("{} series", s.len()),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+}
+
+/// The figures of one test, as printed and stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestSummary {
+    /// The test's name.
+    pub test_name: String,
+    /// Where its run was stored.
+    pub run_dir: String,
+    /// `complete` or `interrupted`.
+    pub status: String,
+    /// Requested rate (`max` for as fast as possible).
+    pub requested_qps: String,
+    /// Achieved rate.
+    pub actual_qps: f64,
+    /// Requests completed.
+    pub requests: u64,
+    /// Requests that failed (no status, or not 2xx/3xx).
+    pub errors: u64,
+    /// `errors / requests`.
+    pub error_ratio: f64,
+    /// Median service time, ms.
+    pub service_p50_ms: f64,
+    /// p99 of service time, ms.
+    pub service_p99_ms: f64,
+    /// Median response time (from the due time), ms.
+    pub response_p50_ms: f64,
+    /// p99 of response time, ms.
+    pub response_p99_ms: f64,
+    /// Thresholds missed, each with its figures.
+    pub slo_failures: Vec<String>,
+    /// Metric name and what its query returned (`3 series`, `no data`).
+    pub metrics: Vec<(String, String)>,
+    /// Replicas that exited during the test.
+    pub node_exits: Vec<String>,
+}
+
+impl TestSummary {
+    /// The summary of a load result.
+    pub fn new(test: &LoadTest, fortio: &FortioResult, interrupted: bool) -> TestSummary {
+        let requests: u64 = fortio.ret_codes.values().sum();
+        let errors = fortio.error_count();
+        let ms = |h: &meshload_loadgen::result::HistogramData, p: f64| {
+            h.percentile(p).unwrap_or(0.0) * 1e3
+        };
+        TestSummary {
+            test_name: test.name.clone(),
+            run_dir: String::new(),
+            status: if interrupted {
+                "interrupted"
+            } else {
+                "complete"
+            }
+            .to_string(),
+            requested_qps: fortio.requested_qps.clone(),
+            actual_qps: fortio.actual_qps,
+            requests,
+            errors,
+            error_ratio: if requests == 0 {
+                0.0
+            } else {
+                errors as f64 / requests as f64
+            },
+            service_p50_ms: ms(&fortio.duration_histogram, 50.0),
+            service_p99_ms: ms(&fortio.duration_histogram, 99.0),
+            response_p50_ms: ms(&fortio.response_time_histogram, 50.0),
+            response_p99_ms: ms(&fortio.response_time_histogram, 99.0),
+            slo_failures: Vec::new(),
+            metrics: Vec::new(),
+            node_exits: Vec::new(),
+        }
+    }
+}
+
+/// The thresholds `slo` sets that the summary misses, each naming the figures.
+pub fn slo_failures(slo: &Slo, s: &TestSummary, requested_qps: Option<f64>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(max) = slo.p99_ms
+        && s.response_p99_ms > max
+    {
+        out.push(format!(
+            "p99 response time {:.3} ms > {max} ms",
+            s.response_p99_ms
+        ));
+    }
+    if let Some(max) = slo.error_ratio
+        && s.error_ratio > max
+    {
+        out.push(format!(
+            "error ratio {:.4} > {max} ({} of {} requests)",
+            s.error_ratio, s.errors, s.requests
+        ));
+    }
+    if let (Some(min), Some(requested)) = (slo.min_rate_ratio, requested_qps) {
+        let ratio = s.actual_qps / requested;
+        if ratio < min {
+            out.push(format!(
+                "achieved {:.1} of {requested} req/s ({ratio:.3}) < {min} of requested",
+                s.actual_qps
+            ));
+        }
+    }
+    out
+}
+
+/// Everything a test run stores.
+pub struct RunFiles<'a> {
+    /// The config as run.
+    pub config: &'a Config,
+    /// The test.
+    pub test: &'a LoadTest,
+    /// The load result.
+    pub fortio: &'a FortioResult,
+    /// Metric results.
+    pub metrics: &'a [MetricResult],
+    /// The summary.
+    pub summary: &'a TestSummary,
+    /// Backend name and Prometheus setting, for metadata.
+    pub backend: &'a str,
+    /// Where metric queries were answered.
+    pub prometheus: &'a str,
+    /// Start and end of the test.
+    pub window: (SystemTime, SystemTime),
+    /// Raw samples (the documented JSON Lines form).
+    pub samples: Vec<u8>,
+    /// Replicas that exited.
+    pub exits: &'a [ReplicaExit],
+}
+
+/// Writes every file of the run folder.
+pub fn write_run(run: &RunWriter, f: &RunFiles<'_>) -> Result<(), StoreError> {
+    run.write("config.json", pretty(&f.config.raw).as_bytes())?;
+    let fortio = serde_json::to_value(f.fortio).expect("a result always serializes");
+    run.write("fortio.json", pretty(&fortio).as_bytes())?;
+    for m in f.metrics {
+        let mut csv = Vec::new();
+        let series = m.series.as_deref().unwrap_or(&[]);
+        meshload_promql::output::write_csv(&mut csv, &m.name, series).expect("writing to memory");
+        run.write(&format!("{}.csv", m.name), &csv)?;
+    }
+    run.write("per_second.csv", per_second_csv(f.fortio).as_bytes())?;
+    run.write("samples.jsonl", &f.samples)?;
+    run.write("metadata.json", pretty(&metadata(run.id(), f)).as_bytes())
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).expect("JSON values always serialize");
+    s.push('\n');
+    s
+}
+
+fn per_second_csv(fortio: &FortioResult) -> String {
+    let mut out = String::from("second,requests,errors,p50_seconds,p99_seconds\n");
+    for s in &fortio.per_second {
+        out.push_str(&format!(
+            "{},{},{},{},{}\n",
+            s.second, s.requests, s.errors, s.p50, s.p99
+        ));
+    }
+    out
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn millis(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+fn metadata(run_id: &str, f: &RunFiles<'_>) -> Value {
+    let t = f.test;
+    let metrics: serde_json::Map<String, Value> = f
+        .metrics
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                json!({"query": m.query, "result": m.note()}),
+            )
+        })
+        .collect();
+    json!({
+        "meshload_version": env!("CARGO_PKG_VERSION"),
+        "test_name": t.name,
+        "run_id": run_id,
+        "status": f.summary.status,
+        "backend": f.backend,
+        "prometheus": f.prometheus,
+        "start": rfc3339(f.window.0),
+        "end": rfc3339(f.window.1),
+        "start_ms": millis(f.window.0),
+        "end_ms": millis(f.window.1),
+        "parameters": {
+            "url": t.url,
+            "target": t.target,
+            "qps": t.qps.map_or(Value::from("max"), Value::from),
+            "t": humantime::format_duration(t.duration).to_string(),
+            "c": t.connections,
+            "n": t.requests,
+            "uniform": t.uniform,
+            "jitter": t.jitter,
+            "nocatchup": t.nocatchup,
+        },
+        "topology": {
+            "nodes": f.config.nodes.len(),
+            "replicas": f.config.nodes.values().map(|n| n.replicas).sum::<u32>(),
+        },
+        "summary": f.summary,
+        "slo": {
+            "p99_ms": t.slo.p99_ms,
+            "error_ratio": t.slo.error_ratio,
+            "min_rate_ratio": t.slo.min_rate_ratio,
+            "passed": f.summary.slo_failures.is_empty(),
+            "failures": f.summary.slo_failures,
+        },
+        "metrics": metrics,
+        "node_exits": f.exits.iter().map(|e| json!({"pod": e.pod, "status": e.status})).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,401 @@
+//! `meshload run`: bring the topology up, check it, run every load test while collecting
+//! metrics, evaluate the metric queries over each test's window, store every run, tear
+//! down. Teardown happens whatever happens: success, error or a stop request.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshload_config::{Config, LoadTest, PrometheusSetting};
+use meshload_loadgen::{Live, LoadOptions, LoadSpec};
+use meshload_promql::QueryOptions;
+use meshload_promql::client::PrometheusClient;
+use meshload_store::FsStore;
+use tokio::sync::watch;
+
+use crate::RunError;
+use crate::backend::{Backend, Deployment};
+use crate::collector::{Collector, SharedStore};
+use crate::plan::Plan;
+use crate::results::{MetricResult, RunFiles, TestSummary, slo_failures, write_run};
+
+/// How long the raw samples stored with a run reach back before its start: the default
+/// lookback, so that any query over the window can be answered again later.
+const SAMPLES_LOOKBACK: Duration = Duration::from_secs(300);
+
+/// What a run reports as it goes (the binary draws it; this crate does not print).
+pub trait Observer {
+    /// A phase of the run began (`starting 7 replicas`, `connectivity check`, ...).
+    fn phase(&self, text: &str);
+    /// Test `index` of `total` started; `live` has its running figures.
+    fn test_started(&self, index: usize, total: usize, test: &LoadTest, live: Live);
+    /// A test ended and was stored.
+    fn test_finished(&self, summary: &TestSummary);
+}
+
+/// Settings of a run beyond the config.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Where runs are stored.
+    pub store: FsStore,
+    /// Pause between tests.
+    pub sleep_between_tests: Duration,
+}
+
+/// The outcome of a whole run.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// One summary per test that ran.
+    pub tests: Vec<TestSummary>,
+    /// The run was stopped before its end.
+    pub interrupted: bool,
+}
+
+/// A stop request that can be awaited many times.
+#[derive(Debug, Clone)]
+pub struct StopSignal(watch::Receiver<bool>);
+
+impl StopSignal {
+    /// A signal that fires when `trigger` completes.
+    pub fn new(trigger: impl Future<Output = ()> + Send + 'static) -> StopSignal {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            trigger.await;
+            let _ = tx.send(true);
+        });
+        StopSignal(rx)
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopped(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes when a stop is requested.
+    pub async fn stopped(&self) {
+        let mut rx = self.0.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Runs every test of `config` on `backend`.
+pub async fn run<B: Backend>(
+    config: &Config,
+    backend: &mut B,
+    settings: &RunSettings,
+    observer: &dyn Observer,
+    stop: StopSignal,
+) -> Result<RunReport, RunError> {
+    let run_tag = meshload_store::run_id(SystemTime::now());
+    let plan = Plan::new(config, &run_tag);
+    let replicas: u32 = config.nodes.values().map(|n| n.replicas).sum();
+    observer.phase(&format!(
+        "starting {} nodes ({replicas} replicas) on the {} backend",
+        config.nodes.len(),
+        backend.name()
+    ));
+    let deployment = tokio::select! {
+        up = backend.up(&plan) => up,
+        () = stop.stopped() => Err(RunError::Interrupted),
+    };
+    let outcome = match deployment {
+        Ok(deployment) => {
+            run_tests(
+                config,
+                backend,
+                &plan,
+                &deployment,
+                settings,
+                observer,
+                &stop,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    observer.phase("stopping the nodes");
+    backend.down().await;
+    outcome
+}
+
+async fn run_tests<B: Backend>(
+    config: &Config,
+    backend: &mut B,
+    plan: &Plan,
+    deployment: &Deployment,
+    settings: &RunSettings,
+    observer: &dyn Observer,
+    stop: &StopSignal,
+) -> Result<RunReport, RunError> {
+    let collector = Collector::start(deployment, &plan.namespace, config.scrape_interval);
+    let outcome = async {
+        let answerer = Answerer::new(config, &collector)?;
+        observer.phase(&format!(
+            "connectivity check: {} requests to each service",
+            config.connectivity_checks
+        ));
+        connectivity_check(config, plan, deployment, stop).await?;
+        let mut report = RunReport::default();
+        for (i, test) in config.tests.iter().enumerate() {
+            if i > 0 && !settings.sleep_between_tests.is_zero() {
+                observer.phase(&format!(
+                    "sleeping {} between tests",
+                    humantime::format_duration(settings.sleep_between_tests)
+                ));
+                tokio::select! {
+                    () = tokio::time::sleep(settings.sleep_between_tests) => {}
+                    () = stop.stopped() => {}
+                }
+            }
+            if stop.is_stopped() {
+                report.interrupted = true;
+                break;
+            }
+            let ctx = TestContext {
+                config,
+                deployment,
+                settings,
+                answerer: &answerer,
+                collector: &collector,
+            };
+            let summary = run_test(&ctx, backend, i, test, observer, stop).await?;
+            observer.test_finished(&summary);
+            let interrupted = summary.status == "interrupted";
+            report.tests.push(summary);
+            if interrupted {
+                report.interrupted = true;
+                break;
+            }
+        }
+        Ok(report)
+    }
+    .await;
+    collector.stop().await;
+    outcome
+}
+
+/// Sends `ConnectivityCheckPerURL` requests to every service; every one must succeed.
+async fn connectivity_check(
+    config: &Config,
+    plan: &Plan,
+    deployment: &Deployment,
+    stop: &StopSignal,
+) -> Result<(), RunError> {
+    let n = u64::from(config.connectivity_checks);
+    if n == 0 {
+        return Ok(());
+    }
+    for node in &plan.nodes {
+        let options = LoadOptions {
+            url: format!("http://{}/", plan.service_authority(&node.name)),
+            qps: 0.0,
+            connections: n.min(8) as usize,
+            requests: Some(n),
+            headers: vec![format!("{}: 1", meshload_node::CHECK_HEADER)],
+            connect_to: deployment.endpoints(&node.name),
+            ..LoadOptions::default()
+        };
+        let spec = LoadSpec::try_new(options).map_err(|e| RunError::Check {
+            node: node.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let result = meshload_loadgen::run(spec, stop.stopped(), Live::default())
+            .await
+            .map_err(|e| RunError::Check {
+                node: node.name.clone(),
+                reason: e.to_string(),
+            })?;
+        if result.interrupted {
+            return Err(RunError::Interrupted);
+        }
+        let fortio = result.to_fortio();
+        let failed = fortio.error_count();
+        if failed > 0 {
+            let codes: Vec<String> = fortio
+                .ret_codes
+                .iter()
+                .map(|(c, k)| format!("{c}: {k}"))
+                .collect();
+            return Err(RunError::Check {
+                node: node.name.clone(),
+                reason: format!(
+                    "{failed} of {n} requests failed (codes {})",
+                    codes.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Who answers the metric queries.
+enum Answerer {
+    Embedded(SharedStore),
+    Prometheus(PrometheusClient, String),
+}
+
+impl Answerer {
+    fn new(config: &Config, collector: &Collector) -> Result<Answerer, RunError> {
+        match &config.prometheus {
+            PrometheusSetting::Embedded => Ok(Answerer::Embedded(collector.store())),
+            PrometheusSetting::Url(url) => {
+                let client =
+                    PrometheusClient::new(url).map_err(|e| RunError::Prometheus(e.to_string()))?;
+                Ok(Answerer::Prometheus(client, url.clone()))
+            }
+            PrometheusSetting::Spawn => Err(RunError::Prometheus(
+                "prometheus: \"spawn\" is not available yet".into(),
+            )),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Answerer::Embedded(_) => "embedded".to_string(),
+            Answerer::Prometheus(_, url) => url.clone(),
+        }
+    }
+
+    async fn range(
+        &self,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Vec<meshload_promql::eval::RangeSeries>, String> {
+        let result = match self {
+            Answerer::Embedded(store) => {
+                let store = store.lock().expect("the store lock is never poisoned");
+                meshload_promql::range_query(
+                    &store,
+                    query,
+                    start,
+                    end,
+                    step,
+                    QueryOptions::default(),
+                )
+                .map_err(|e| e.to_string())?
+            }
+            Answerer::Prometheus(client, _) => client
+                .query_range(query, start, end, step)
+                .await
+                .map_err(|e| format!("{e:#}"))?,
+        };
+        match result.value {
+            meshload_promql::Value::Matrix(m) => Ok(m),
+            other => Err(format!("expected a range result, got {other:?}")),
+        }
+    }
+}
+
+/// What every test of a run shares.
+struct TestContext<'a> {
+    config: &'a Config,
+    deployment: &'a Deployment,
+    settings: &'a RunSettings,
+    answerer: &'a Answerer,
+    collector: &'a Collector,
+}
+
+fn load_options(test: &LoadTest, deployment: &Deployment) -> LoadOptions {
+    LoadOptions {
+        url: test.url.clone(),
+        qps: test.qps.unwrap_or(0.0),
+        connections: test.connections as usize,
+        duration: Some(test.duration),
+        requests: test.requests,
+        uniform: test.uniform,
+        jitter: test.jitter,
+        nocatchup: test.nocatchup,
+        headers: test.headers.clone(),
+        payload: test.payload.clone().map(bytes::Bytes::from),
+        timeout: test.timeout.unwrap_or(Duration::from_secs(3)),
+        labels: test.labels.clone(),
+        connect_to: deployment.endpoints(&test.target),
+        ..LoadOptions::default()
+    }
+}
+
+/// Runs one test, evaluates its metrics and stores the run.
+async fn run_test<B: Backend>(
+    ctx: &TestContext<'_>,
+    backend: &mut B,
+    index: usize,
+    test: &LoadTest,
+    observer: &dyn Observer,
+    stop: &StopSignal,
+) -> Result<TestSummary, RunError> {
+    let spec =
+        LoadSpec::try_new(load_options(test, ctx.deployment)).map_err(|e| RunError::Test {
+            test: test.name.clone(),
+            reason: e.to_string(),
+        })?;
+    let live = Live::default();
+    observer.test_started(index, ctx.config.tests.len(), test, live.clone());
+    let started = SystemTime::now();
+    let result = meshload_loadgen::run(spec, stop.stopped(), live)
+        .await
+        .map_err(|e| RunError::Test {
+            test: test.name.clone(),
+            reason: e.to_string(),
+        })?;
+    let ended = SystemTime::now();
+    if !result.interrupted {
+        // One more scrape, so the window's end has samples.
+        tokio::time::sleep(ctx.config.scrape_interval + Duration::from_millis(100)).await;
+    }
+    let fortio = result.to_fortio();
+    let (start_ms, end_ms) = (ms(started), ms(ended));
+    let step = i64::try_from(ctx.config.metrics_step.as_millis()).unwrap_or(10_000);
+    let mut metrics = Vec::with_capacity(ctx.config.metrics.len());
+    for (name, query) in &ctx.config.metrics {
+        let series = ctx.answerer.range(query, start_ms, end_ms, step).await;
+        metrics.push(MetricResult {
+            name: name.clone(),
+            query: query.clone(),
+            series,
+        });
+    }
+    let exits = backend.exited();
+    let mut summary = TestSummary::new(test, &fortio, result.interrupted);
+    summary.slo_failures = slo_failures(&test.slo, &summary, test.qps);
+    summary.metrics = metrics.iter().map(|m| (m.name.clone(), m.note())).collect();
+    summary.node_exits = exits
+        .iter()
+        .map(|e| format!("{} ({})", e.pod, e.status))
+        .collect();
+    let mut samples = Vec::new();
+    {
+        let store = ctx.collector.store();
+        let store = store.lock().expect("the store lock is never poisoned");
+        let lookback = SAMPLES_LOOKBACK.as_millis() as i64;
+        store
+            .write_jsonl_window(&mut samples, start_ms - lookback, end_ms + step)
+            .expect("writing to memory");
+    }
+    let run = ctx.settings.store.begin_run(&test.name, started)?;
+    summary.run_dir = run.final_dir().display().to_string();
+    let files = RunFiles {
+        config: ctx.config,
+        test,
+        fortio: &fortio,
+        metrics: &metrics,
+        summary: &summary,
+        backend: backend.name(),
+        prometheus: &ctx.answerer.describe(),
+        window: (started, ended),
+        samples,
+        exits: &exits,
+    };
+    write_run(&run, &files)?;
+    run.commit()?;
+    Ok(summary)
+}
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

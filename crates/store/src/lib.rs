@@ -1,0 +1,167 @@
+//! The results layout and the filesystem store.
+//!
+//! ```text
+//! <store>/<test_name>/<YYYYMMDDHHMMSS, UTC>/
+//!   config.json  fortio.json  <metric>.csv  metadata.json  per_second.csv  samples.jsonl
+//! ```
+//! A run is written into a hidden temporary folder beside its final place and renamed
+//! into place when complete, so a reader never sees half a run; the rename fails rather
+//! than overwrite an existing run.
+//!
+//! # Layout
+//! - [`run_id`]: the timestamp folder name.
+//! - [`FsStore`], [`RunWriter`]: writing runs to a folder.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Errors writing results.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or folder could not be written.
+    #[error("cannot write {path}")]
+    Io {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A run with the same test name and second exists already.
+    #[error("run {0} exists already; runs are never overwritten")]
+    Exists(String),
+    /// The store address is not one this build can write.
+    #[error("unsupported store {0:?}: use a folder path or file://PATH")]
+    Unsupported(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The run folder name for a start time: `YYYYMMDDHHMMSS` in UTC.
+pub fn run_id(started: SystemTime) -> String {
+    let rfc = humantime::format_rfc3339_seconds(started).to_string();
+    rfc.chars().filter(char::is_ascii_digit).take(14).collect()
+}
+
+/// A store in a local folder.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+}
+
+impl FsStore {
+    /// A store at a folder path or `file://PATH`.
+    pub fn open(address: &str) -> Result<FsStore, StoreError> {
+        let path = address.strip_prefix("file://").unwrap_or(address);
+        if path.contains("://") || path.is_empty() {
+            return Err(StoreError::Unsupported(address.to_string()));
+        }
+        Ok(FsStore {
+            root: PathBuf::from(path),
+        })
+    }
+
+    /// The store's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Starts writing the run of `test_name` that started at `started`.
+    pub fn begin_run(&self, test_name: &str, started: SystemTime) -> Result<RunWriter, StoreError> {
+        let id = run_id(started);
+        let test_dir = self.root.join(test_name);
+        std::fs::create_dir_all(&test_dir).map_err(io(&test_dir))?;
+        let final_dir = test_dir.join(&id);
+        if final_dir.exists() {
+            return Err(StoreError::Exists(final_dir.display().to_string()));
+        }
+        let tmp_dir = test_dir.join(format!(".{id}.tmp-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+        Ok(RunWriter {
+            tmp_dir,
+            final_dir,
+            id,
+        })
+    }
+}
+
+/// A run being written.
+#[derive(Debug)]
+pub struct RunWriter {
+    tmp_dir: PathBuf,
+    final_dir: PathBuf,
+    id: String,
+}
+
+impl RunWriter {
+    /// The run's id (`YYYYMMDDHHMMSS`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Where the run will be once committed.
+    pub fn final_dir(&self) -> &Path {
+        &self.final_dir
+    }
+
+    /// Writes one file of the run.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.tmp_dir.join(name);
+        std::fs::write(&path, bytes).map_err(io(&path))
+    }
+
+    /// Puts the run in place; fails if a run with the same name appeared meanwhile.
+    pub fn commit(self) -> Result<PathBuf, StoreError> {
+        if self.final_dir.exists() {
+            return Err(StoreError::Exists(self.final_dir.display().to_string()));
+        }
+        std::fs::rename(&self.tmp_dir, &self.final_dir).map_err(io(&self.final_dir))?;
+        Ok(self.final_dir.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("meshload-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn run_ids_are_utc_timestamps() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_794_600);
+        assert_eq!(run_id(t), "20261127155000");
+    }
+
+    #[test]
+    fn runs_appear_whole_and_are_never_overwritten() {
+        let root = temp("write");
+        let store = FsStore::open(&format!("file://{}", root.display())).expect("a path");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_794_600);
+        let run = store.begin_run("exp1", t).expect("begins");
+        run.write("fortio.json", b"{}").expect("writes");
+        assert!(!run.final_dir().exists(), "invisible until committed");
+        let dir = run.commit().expect("commits");
+        assert_eq!(
+            std::fs::read(dir.join("fortio.json")).expect("there"),
+            b"{}"
+        );
+        assert!(matches!(
+            store.begin_run("exp1", t),
+            Err(StoreError::Exists(_))
+        ));
+        assert!(FsStore::open("s3://bucket/prefix").is_err());
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+}
