@@ -1,0 +1,468 @@
+//! `meshload run` and `meshload validate` end to end: real node processes on loopback.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, run};
+use serde_json::Value;
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// A fresh folder for one test's results.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshload-run-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_config(dir: &Path, json: &str) -> PathBuf {
+    let path = dir.join("config.json");
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+/// The only run folder of a test.
+fn run_dir(store: &Path, test: &str) -> PathBuf {
+    let runs: Vec<PathBuf> = std::fs::read_dir(store.join(test))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].clone()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Processes (other than zombies) started by the run process `parent` (they carry its pid
+/// in MESHLOAD_PARENT_PID).
+fn children_of(parent: u32) -> Vec<u32> {
+    let needle = format!("MESHLOAD_PARENT_PID={parent}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'));
+            !zombie && String::from_utf8_lossy(&environ).contains(&needle)
+        })
+        .collect()
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Starts `meshload run` in the background and waits until its first test is running.
+fn start_run(config: &Path, store: &Path) -> Child {
+    let mut child = bin()
+        .args(["run", "--sleep-between-tests", "0", "--store"])
+        .arg(store)
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("test 1/") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+#[test]
+fn the_quickstart_runs_and_stores_every_file_with_data() {
+    let store = temp_dir("quickstart");
+    let config = examples().join("quickstart.json");
+    let out = run(
+        &[
+            "run",
+            "--sleep-between-tests",
+            "0",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for test in ["quickstart-qps200", "quickstart-qps1000"] {
+        assert!(stdout.contains(test), "{stdout}");
+        let dir = run_dir(&store, test);
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.len() == 14 && name.chars().all(|c| c.is_ascii_digit()),
+            "{name}"
+        );
+        let fortio = json(&dir.join("fortio.json"));
+        assert!(fortio["ActualQPS"].as_f64().unwrap() > 100.0);
+        assert_eq!(
+            json(&dir.join("config.json")),
+            json(&config),
+            "the config as run"
+        );
+        let meta = json(&dir.join("metadata.json"));
+        assert_eq!(meta["status"], "complete");
+        assert_eq!(meta["backend"], "local");
+        for metric in [
+            "memory_MB_by_pod",
+            "memory_MB_by_replica_set",
+            "cpu_cores_by_pod",
+            "request_rate_by_node_and_code",
+            "p99_seconds_by_node",
+        ] {
+            let csv = std::fs::read_to_string(dir.join(format!("{metric}.csv"))).unwrap();
+            assert!(csv.lines().count() > 5, "{metric}.csv has data:\n{csv}");
+            assert!(csv.starts_with("metric."), "{metric}.csv header: {csv}");
+        }
+        assert!(
+            std::fs::read_to_string(dir.join("per_second.csv"))
+                .unwrap()
+                .lines()
+                .count()
+                >= 10
+        );
+        // The stored samples answer queries later.
+        let q = run(
+            &[
+                "query",
+                "--run",
+                dir.to_str().unwrap(),
+                "--format",
+                "json",
+                "count(up == 1)",
+            ],
+            &[],
+        );
+        let answer: Value = serde_json::from_slice(&q.stdout).unwrap();
+        assert_eq!(
+            answer["data"]["result"][0]["values"][0][1], "6",
+            "six replicas were up: {answer}"
+        );
+    }
+    std::fs::remove_dir_all(&store).unwrap();
+}
+
+#[test]
+fn the_seed_config_runs_locally_with_its_envoy_queries_empty() {
+    let store = temp_dir("seed");
+    let config = examples().join("seed.json");
+    let out = run(
+        &[
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let dir = run_dir(&store, "experiment16-qps50000-t10-c400");
+    let meta = json(&dir.join("metadata.json"));
+    assert_eq!(
+        meta["metrics"]["envoy_memory_MB_by_replica_set"]["result"],
+        "no data"
+    );
+    assert!(
+        stderr.contains("metric envoy_memory_MB_by_replica_set: no data"),
+        "{stderr}"
+    );
+    let csv = std::fs::read_to_string(dir.join("envoy_memory_MB_by_replica_set.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1, "a header and no rows: {csv}");
+    let fortio = json(&dir.join("fortio.json"));
+    assert!(
+        fortio["ActualQPS"].as_f64().unwrap() > 1000.0,
+        "{}",
+        fortio["ActualQPS"]
+    );
+    assert_eq!(fortio["NumThreads"], 400);
+    std::fs::remove_dir_all(&store).unwrap();
+}
+
+#[test]
+fn replicas_receive_balanced_traffic() {
+    let dir = temp_dir("replicas");
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"0": ["1"]}, "nodes": {"0": {"replicas": 3}, "1": {"replicas": 2}},
+            "ConnectivityCheckPerURL": 0,
+            "load_tests": [{"test_name": "balance", "target": "0", "qps": 300, "t": "2s", "c": 6}]}"#,
+    );
+    let store = dir.join("results");
+    let out = run(
+        &[
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run_path = run_dir(&store, "balance");
+    let q = r#"sum by (node, pod) (max_over_time(meshload_node_requests_total{code="200"}[1h]))"#;
+    let end = json(&run_path.join("metadata.json"))["end_ms"]
+        .as_f64()
+        .unwrap()
+        / 1000.0
+        + 2.0;
+    let out = run(
+        &[
+            "query",
+            "--run",
+            run_path.to_str().unwrap(),
+            "--at",
+            &end.to_string(),
+            "--format",
+            "json",
+            q,
+        ],
+        &[],
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts: Vec<(String, f64)> = answer["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["metric"]["node"].as_str().unwrap().to_string(),
+                r["value"][1].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    for (node, replicas) in [("0", 3), ("1", 2)] {
+        let per_pod: Vec<f64> = counts
+            .iter()
+            .filter(|(n, _)| n == node)
+            .map(|(_, c)| *c)
+            .collect();
+        assert_eq!(per_pod.len(), replicas, "{counts:?}");
+        let total: f64 = per_pod.iter().sum();
+        assert!(total >= 590.0, "node {node} served {total}: {counts:?}");
+        for c in &per_pod {
+            let share = c / total;
+            assert!(
+                (share - 1.0 / replicas as f64).abs() < 0.1,
+                "node {node}: {per_pod:?}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_configs_are_rejected_with_paths_and_nothing_starts() {
+    let dir = temp_dir("bad");
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"0": ["1"], "1": ["0"]},
+            "load_tests": [{"test_name": "x", "url": "http://service-7.ns.svc.cluster.local:9080/", "qps": "fast", "t": "10 s"}],
+            "metrics": {"m": "sum(rate(x[5m]) by"}}"#,
+    );
+    let store = dir.join("results");
+    for cmd in ["run", "validate"] {
+        let mut args = vec![cmd, config.to_str().unwrap()];
+        if cmd == "run" {
+            args.extend(["--store", store.to_str().unwrap()]);
+        }
+        let out = run(&args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        for path in [
+            "backends_map: cycle 0 -> 1 -> 0",
+            "load_tests[0].url",
+            "load_tests[0].qps: \"fast\"",
+            "load_tests[0].t: \"10 s\"",
+            "metrics.m:",
+        ] {
+            assert!(stderr.contains(path), "{path} missing in {stderr}");
+        }
+    }
+    assert!(!store.exists(), "nothing was started or stored");
+    let out = run(
+        &[
+            "validate",
+            examples().join("quickstart.json").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        plan.contains("Topology: 5 nodes (6 replicas), 5 edges, depth 2"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("one request to frontend causes 5 backend requests"),
+        "{plan}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+const LONG_TEST: &str = r#"{"backends_map": {"0": ["1"]}, "ConnectivityCheckPerURL": 5,
+    "load_tests": [{"test_name": "long", "target": "0", "qps": 100, "t": "60s", "c": 2},
+                   {"test_name": "never", "target": "0", "qps": 100, "t": "60s", "c": 2}]}"#;
+
+#[test]
+fn ctrl_c_stores_an_interrupted_run_and_leaves_no_process() {
+    let dir = temp_dir("ctrlc");
+    let config = write_config(&dir, LONG_TEST);
+    let store = dir.join("results");
+    let mut child = start_run(&config, &store);
+    let pid = child.id();
+    assert_eq!(children_of(pid).len(), 2, "two nodes run");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        wait_until(Duration::from_secs(3), || children_of(pid).is_empty()),
+        "nodes left: {:?}",
+        children_of(pid)
+    );
+    let meta = json(&run_dir(&store, "long").join("metadata.json"));
+    assert_eq!(meta["status"], "interrupted");
+    let requests = meta["summary"]["requests"].as_u64().unwrap();
+    assert!(
+        (50..=300).contains(&requests),
+        "{requests} requests in about 1.5 s at 100/s"
+    );
+    assert!(!store.join("never").exists(), "the next test did not start");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn killing_meshload_takes_its_nodes_with_it() {
+    let dir = temp_dir("kill");
+    let config = write_config(&dir, LONG_TEST);
+    let mut child = start_run(&config, &dir.join("results"));
+    let pid = child.id();
+    assert_eq!(children_of(pid).len(), 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || children_of(pid).is_empty()),
+        "orphans: {:?}",
+        children_of(pid)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_node_that_dies_mid_test_is_recorded_and_the_run_goes_on() {
+    let dir = temp_dir("dies");
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"0": ["1"]}, "ConnectivityCheckPerURL": 5,
+            "load_tests": [{"test_name": "dies", "target": "0", "qps": 100, "t": "3s", "c": 2}]}"#,
+    );
+    let store = dir.join("results");
+    let mut child = start_run(&config, &store);
+    std::thread::sleep(Duration::from_millis(800));
+    let leaf = children_of(child.id())
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|a| a == b"1")
+        })
+        .expect("node 1 runs");
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &leaf.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let meta = json(&run_dir(&store, "dies").join("metadata.json"));
+    let exits = meta["node_exits"].as_array().unwrap();
+    assert_eq!(exits.len(), 1, "{meta}");
+    assert!(
+        exits[0]["pod"].as_str().unwrap().starts_with("node-1-"),
+        "{exits:?}"
+    );
+    assert!(
+        meta["summary"]["errors"].as_u64().unwrap() > 50,
+        "node 0 answered 500 after node 1 died"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missed_slo_exits_1_and_names_the_figures() {
+    let dir = temp_dir("slo");
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"0": []}, "nodes": {"0": {"latency": "5ms"}}, "ConnectivityCheckPerURL": 1,
+            "slo": {"p99_ms": 1},
+            "load_tests": [{"test_name": "slo", "target": "0", "qps": 50, "t": "1s", "c": 1}]}"#,
+    );
+    let store = dir.join("results");
+    let out = run(
+        &[
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            "--json",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failure = summary[0]["slo_failures"][0].as_str().unwrap();
+    assert!(
+        failure.starts_with("p99 response time") && failure.ends_with("> 1 ms"),
+        "{failure}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
