@@ -53,6 +53,10 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Evaluate PromQL over a stored run or a live Prometheus.
     Query(QueryArgs),
+    /// Run a command and stop it when meshload stops (internal: keeps helpers such as a
+    /// spawned Prometheus from outliving a killed run).
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
     /// PromQL engine tools (conformance test scripts).
     #[command(subcommand)]
     Promql(PromqlCommand),
@@ -503,4 +507,12 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `meshload supervise -- CMD ARGS...` (internal).
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<std::ffi::OsString>,
 }

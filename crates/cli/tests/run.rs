@@ -466,3 +466,70 @@ fn a_missed_slo_exits_1_and_names_the_figures() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn prometheus_spawn_answers_the_metric_queries() {
+    let dir = temp_dir("spawn");
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"0": ["1"]}, "ConnectivityCheckPerURL": 5, "prometheus": "spawn", "metrics_step": "1s",
+            "load_tests": [{"test_name": "spawned", "target": "0", "qps": 200, "t": "4s", "c": 2}],
+            "metrics": {"rate_by_node": "sum(rate(meshload_node_requests_total{code=\"200\"}[2s])) by (node)",
+                        "memory_MB_by_pod": "sum(container_memory_working_set_bytes{container=\"app\"}) by (pod) / (1024*1024)"}}"#,
+    );
+    let store = dir.join("results");
+    let mut child = bin()
+        .args([
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run_path = run_dir(&store, "spawned");
+    let meta = json(&run_path.join("metadata.json"));
+    assert!(
+        meta["prometheus"]
+            .as_str()
+            .unwrap()
+            .starts_with("spawn: http://127.0.0.1:"),
+        "{meta}"
+    );
+    let csv = std::fs::read_to_string(run_path.join("rate_by_node.csv")).unwrap();
+    let rates: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert!(rates.len() >= 4, "{csv}");
+    assert!(
+        rates.iter().any(|r| (150.0..250.0).contains(r)),
+        "about 200 req/s per node: {csv}"
+    );
+    let memory = std::fs::read_to_string(run_path.join("memory_MB_by_pod.csv")).unwrap();
+    assert!(
+        memory.contains("node-0-") && memory.contains("node-1-"),
+        "{memory}"
+    );
+    // Prometheus went with the run.
+    let marker = format!("meshload-prometheus-{pid}");
+    let left = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+        });
+    assert!(!left, "a prometheus process outlived the run");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,6 +6,7 @@
 //! - [`backend`]: the `Backend` trait (the seam for Kubernetes) and what it brings up.
 //! - [`local`]: the local backend (child `meshload node` processes on loopback).
 //! - [`collector`]: scrapes and `/proc` samples into the embedded store.
+//! - [`prometheus`]: `prometheus: "spawn"`, a real Prometheus on the run's replicas.
 //! - [`results`]: summaries, SLO checks, the files of a run folder.
 //! - [`run`]: the orchestration.
 //! - [`http`]: the small client for health checks and scrapes.
@@ -15,6 +16,7 @@ pub mod collector;
 pub mod http;
 pub mod local;
 pub mod plan;
+pub mod prometheus;
 pub mod results;
 pub mod run;
 

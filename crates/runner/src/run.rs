@@ -16,6 +16,7 @@ use crate::RunError;
 use crate::backend::{Backend, Deployment};
 use crate::collector::{Collector, SharedStore};
 use crate::plan::Plan;
+use crate::prometheus::SpawnedPrometheus;
 use crate::results::{MetricResult, RunFiles, TestSummary, slo_failures, write_run};
 
 /// How long the raw samples stored with a run reach back before its start: the default
@@ -35,6 +36,8 @@ pub trait Observer {
 /// Settings of a run beyond the config.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
+    /// The meshload executable (it runs `meshload supervise` for a spawned Prometheus).
+    pub exe: std::path::PathBuf,
     /// Where runs are stored.
     pub store: FsStore,
     /// Pause between tests.
@@ -131,8 +134,19 @@ async fn run_tests<B: Backend>(
     stop: &StopSignal,
 ) -> Result<RunReport, RunError> {
     let collector = Collector::start(deployment, &plan.namespace, config.scrape_interval);
+    if config.prometheus == PrometheusSetting::Spawn {
+        observer.phase("starting prometheus (prometheus: spawn)");
+    }
+    let answerer =
+        match Answerer::new(config, &collector, settings, deployment, &plan.namespace).await {
+            Ok(answerer) => answerer,
+            Err(e) => {
+                collector.stop().await;
+                return Err(e);
+            }
+        };
     let outcome = async {
-        let answerer = Answerer::new(config, &collector)?;
+        let answerer = &answerer;
         observer.phase(&format!(
             "connectivity check: {} requests to each service",
             config.connectivity_checks
@@ -173,6 +187,7 @@ async fn run_tests<B: Backend>(
         Ok(report)
     }
     .await;
+    answerer.stop().await;
     collector.stop().await;
     outcome
 }
@@ -235,20 +250,35 @@ async fn connectivity_check(
 enum Answerer {
     Embedded(SharedStore),
     Prometheus(PrometheusClient, String),
+    Spawned(PrometheusClient, SpawnedPrometheus),
 }
 
 impl Answerer {
-    fn new(config: &Config, collector: &Collector) -> Result<Answerer, RunError> {
+    async fn new(
+        config: &Config,
+        collector: &Collector,
+        settings: &RunSettings,
+        deployment: &Deployment,
+        namespace: &str,
+    ) -> Result<Answerer, RunError> {
+        let client =
+            |url: &str| PrometheusClient::new(url).map_err(|e| RunError::Prometheus(e.to_string()));
         match &config.prometheus {
             PrometheusSetting::Embedded => Ok(Answerer::Embedded(collector.store())),
-            PrometheusSetting::Url(url) => {
-                let client =
-                    PrometheusClient::new(url).map_err(|e| RunError::Prometheus(e.to_string()))?;
-                Ok(Answerer::Prometheus(client, url.clone()))
+            PrometheusSetting::Url(url) => Ok(Answerer::Prometheus(client(url)?, url.clone())),
+            PrometheusSetting::Spawn => {
+                let interval = config.scrape_interval;
+                let spawned =
+                    SpawnedPrometheus::start(&settings.exe, deployment, namespace, interval)
+                        .await?;
+                Ok(Answerer::Spawned(client(&spawned.url)?, spawned))
             }
-            PrometheusSetting::Spawn => Err(RunError::Prometheus(
-                "prometheus: \"spawn\" is not available yet".into(),
-            )),
+        }
+    }
+
+    async fn stop(self) {
+        if let Answerer::Spawned(_, spawned) = self {
+            spawned.stop().await;
         }
     }
 
@@ -256,6 +286,7 @@ impl Answerer {
         match self {
             Answerer::Embedded(_) => "embedded".to_string(),
             Answerer::Prometheus(_, url) => url.clone(),
+            Answerer::Spawned(_, spawned) => format!("spawn: {}", spawned.url),
         }
     }
 
@@ -279,10 +310,10 @@ impl Answerer {
                 )
                 .map_err(|e| e.to_string())?
             }
-            Answerer::Prometheus(client, _) => client
+            Answerer::Prometheus(client, _) | Answerer::Spawned(client, _) => client
                 .query_range(query, start, end, step)
                 .await
-                .map_err(|e| format!("{e:#}"))?,
+                .map_err(|e| e.to_string())?,
         };
         match result.value {
             meshload_promql::Value::Matrix(m) => Ok(m),

@@ -5,6 +5,7 @@ mod node;
 mod promql;
 mod query;
 mod run;
+mod supervise;
 mod validate;
 
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query::run(args),
         Command::Validate(args) => validate::run(&args),
         Command::Run(args) => run::run(args),
+        Command::Supervise(args) => supervise::run(&args),
         Command::Promql(crate::cli::PromqlCommand::Test(args)) => promql::test(args),
     }
 }
@@ -46,5 +48,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Completes when the parent process named in `MESHLOAD_PARENT_PID` is gone (never, when
+/// the variable is unset): how children of `meshload run` notice that it died.
+async fn orphaned() {
+    let parent: Option<u32> = std::env::var(meshload_node::PARENT_PID_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let Some(parent) = parent else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if std::os::unix::process::parent_id() != parent {
+            tracing::warn!(parent, "parent process is gone; stopping");
+            return;
+        }
     }
 }

@@ -24,13 +24,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| config.store.clone())
         .unwrap_or_else(|| "results".to_string());
     let store = FsStore::open(&store_address).map_err(|e| Exit::usage(e.to_string()))?;
-    let settings = RunSettings {
-        store,
-        sleep_between_tests: args
-            .sleep_between_tests
-            .unwrap_or(config.sleep_between_tests),
-    };
     let exe = std::env::current_exe().context("cannot find the meshload executable")?;
+    let sleep_between_tests = args
+        .sleep_between_tests
+        .unwrap_or(config.sleep_between_tests);
+    let settings = RunSettings {
+        exe: exe.clone(),
+        store,
+        sleep_between_tests,
+    };
     let runtime = super::runtime()?;
     let observer = Printer::default();
     let outcome = runtime.block_on(async {
