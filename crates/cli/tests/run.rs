@@ -478,7 +478,7 @@ fn prometheus_spawn_answers_the_metric_queries() {
                         "memory_MB_by_pod": "sum(container_memory_working_set_bytes{container=\"app\"}) by (pod) / (1024*1024)"}}"#,
     );
     let store = dir.join("results");
-    let mut child = bin()
+    let child = bin()
         .args([
             "run",
             "--store",

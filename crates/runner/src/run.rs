@@ -172,7 +172,7 @@ async fn run_tests<B: Backend>(
                 config,
                 deployment,
                 settings,
-                answerer: &answerer,
+                answerer,
                 collector: &collector,
             };
             let summary = run_test(&ctx, backend, i, test, observer, stop).await?;
@@ -250,7 +250,7 @@ async fn connectivity_check(
 enum Answerer {
     Embedded(SharedStore),
     Prometheus(PrometheusClient, String),
-    Spawned(PrometheusClient, SpawnedPrometheus),
+    Spawned(PrometheusClient, Box<SpawnedPrometheus>),
 }
 
 impl Answerer {
@@ -271,7 +271,7 @@ impl Answerer {
                 let spawned =
                     SpawnedPrometheus::start(&settings.exe, deployment, namespace, interval)
                         .await?;
-                Ok(Answerer::Spawned(client(&spawned.url)?, spawned))
+                Ok(Answerer::Spawned(client(&spawned.url)?, Box::new(spawned)))
             }
         }
     }
