@@ -56,8 +56,14 @@ ml=$(for _ in $(seq "$rounds"); do gen "$bin" -q load --qps 1000 -c 1 -t "${secs
   | jq '.DurationHistogram.Percentiles[] | select(.Percentile == 50) | .Value * 1e6'; done | median)
 wl=$(for _ in $(seq "$rounds"); do gen wrk -t1 -c1 -d"${secs}s" --latency "$url" \
   | awk '/^ +50%/ {v=$2; if (v ~ /us$/) {sub(/us/,"",v)} else if (v ~ /ms$/) {sub(/ms/,"",v); v*=1000} print v}'; done | median)
+# The same, both back to back (meshload at --qps 0): the gap above is the idle time
+# between paced requests, which both processes spend asleep.
+mb=$(for _ in $(seq "$rounds"); do gen "$bin" -q load --qps 0 -c 1 -t "${secs}s" --json - "$url" 2>/dev/null \
+  | jq '.DurationHistogram.Percentiles[] | select(.Percentile == 50) | .Value * 1e6'; done | median)
 echo "Median latency: meshload at 1000 req/s c=1: ${ml} us; wrk c=1: ${wl} us"
 awk -v a="$ml" -v b="$wl" 'BEGIN { printf "  meshload/wrk median: %.2f\n", a / b }'
+echo "Median latency back to back: meshload --qps 0 c=1: ${mb} us; wrk c=1: ${wl} us"
+awk -v a="$mb" -v b="$wl" 'BEGIN { printf "  meshload/wrk median: %.2f\n", a / b }'
 
 # Pacing accuracy: achieved against requested at 10,000 req/s.
 acc=$(for _ in $(seq "$rounds"); do gen "$bin" -q load --qps 10000 -c 16 -t "${secs}s" --json - "$url" 2>/dev/null \

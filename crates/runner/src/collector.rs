@@ -30,6 +30,7 @@ pub type SharedStore = Arc<Mutex<Store>>;
 pub struct Collector {
     store: SharedStore,
     stop: watch::Sender<bool>,
+    now: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
@@ -38,9 +39,24 @@ impl Collector {
     pub fn start(deployment: &Deployment, namespace: &str, interval: Duration) -> Collector {
         let store = SharedStore::default();
         let (stop, stopped) = watch::channel(false);
+        let (now, requests) = tokio::sync::mpsc::channel(4);
         let scraper = Scraper::new(deployment, namespace, store.clone(), interval);
-        let task = tokio::spawn(scraper.run(stopped));
-        Collector { store, stop, task }
+        let task = tokio::spawn(scraper.run(stopped, requests));
+        Collector {
+            store,
+            stop,
+            now,
+            task,
+        }
+    }
+
+    /// Scrapes every target now (outside the schedule) and returns when done: the end of
+    /// a test window then has samples whatever the interval.
+    pub async fn scrape_now(&self) {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        if self.now.send(done).await.is_ok() {
+            let _ = finished.await;
+        }
     }
 
     /// The samples collected so far.
@@ -106,12 +122,20 @@ impl Scraper {
         }
     }
 
-    async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut stopped: watch::Receiver<bool>,
+        mut requests: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = ticker.tick() => self.scrape_all().await,
+                Some(done) = requests.recv() => {
+                    self.scrape_all().await;
+                    let _ = done.send(());
+                }
                 _ = stopped.changed() => return,
             }
         }

@@ -374,9 +374,12 @@ async fn run_test<B: Backend>(
             reason: e.to_string(),
         })?;
     let ended = SystemTime::now();
-    if !result.interrupted {
-        // One more scrape, so the window's end has samples.
-        tokio::time::sleep(ctx.config.scrape_interval + Duration::from_millis(100)).await;
+    // The window's end needs samples: scrape now; a Prometheus scrapes on its own
+    // schedule, so give it one interval (at most 5 s).
+    ctx.collector.scrape_now().await;
+    if !result.interrupted && !matches!(ctx.answerer, Answerer::Embedded(_)) {
+        let wait = ctx.config.scrape_interval.min(Duration::from_secs(5));
+        tokio::time::sleep(wait + Duration::from_millis(200)).await;
     }
     let fortio = result.to_fortio();
     let (start_ms, end_ms) = (ms(started), ms(ended));

@@ -36,7 +36,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     let observer = Printer::default();
     let outcome = runtime.block_on(async {
-        let stop = StopSignal::new(super::shutdown_signal());
+        let stop = StopSignal::new(async {
+            super::shutdown_signal().await;
+            eprintln!("meshload: stopping: storing what was measured, stopping the nodes (again to quit at once)");
+            // A second Ctrl-C quits at once; the nodes notice and exit by themselves.
+            tokio::spawn(async {
+                super::shutdown_signal().await;
+                std::process::exit(i32::from(INTERRUPTED));
+            });
+        });
         let mut backend = LocalBackend::new(exe);
         meshload_runner::run(&config, &mut backend, &settings, &observer, stop).await
     });
