@@ -51,6 +51,11 @@ pub enum Command {
     Run(RunArgs),
     /// Check a config file and print the plan.
     Validate(ValidateArgs),
+    /// Browse stored runs.
+    #[command(subcommand)]
+    Results(ResultsCommand),
+    /// Two runs side by side, with thresholds for CI.
+    Compare(CompareArgs),
     /// Evaluate PromQL over a stored run or a live Prometheus.
     Query(QueryArgs),
     /// Run a command and stop it when meshload stops (internal: keeps helpers such as a
@@ -515,4 +520,78 @@ pub struct SuperviseArgs {
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<std::ffi::OsString>,
+}
+
+/// `meshload results ...`.
+#[derive(Debug, Subcommand)]
+pub enum ResultsCommand {
+    /// List stored runs: per test, time, requested and achieved rate, p99, errors, status.
+    #[command(after_help = "\
+Examples:
+  meshload results list
+  meshload results list --store /data/meshload --json")]
+    List(ResultsListArgs),
+    /// Show one run: its figures, codes, latency table, metrics and files.
+    #[command(after_help = "\
+Examples:
+  meshload results show quickstart-qps200              # the latest run of that test
+  meshload results show quickstart-qps200/20261127175338")]
+    Show(ResultsShowArgs),
+}
+
+/// `meshload results list`.
+#[derive(Debug, Args)]
+pub struct ResultsListArgs {
+    /// The store (a folder or file://PATH).
+    #[arg(long, value_name = "PATH", default_value = "results")]
+    pub store: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `meshload results show`.
+#[derive(Debug, Args)]
+pub struct ResultsShowArgs {
+    /// `<test_name>/<YYYYMMDDHHMMSS>`, or `<test_name>` for its latest run.
+    pub run: String,
+    /// The store (a folder or file://PATH).
+    #[arg(long, value_name = "PATH", default_value = "results")]
+    pub store: String,
+}
+
+/// `meshload compare`.
+#[derive(Debug, Args)]
+#[command(
+    about = "Two runs side by side, with thresholds for CI",
+    long_about = "Compare run B against run A (the baseline): rates, latency percentiles (response \
+time from the due time, and service time), error ratio, and each node's maximum memory and CPU \
+(from the runs' stored samples), with the change in percent.
+
+With --max-regression, exit 1 when B is worse than A by more than a limit: KEY=N% (relative) \
+or KEY=N (absolute, ms for latencies). Keys: p50, p90, p99, p99.9 (response time), \
+service_p50, service_p99, rate (a drop in achieved rate), error_ratio (N% is percentage \
+points), memory and cpu (every node).",
+    after_help = "\
+Examples:
+  # The latest run of a test against an earlier one
+  meshload compare quickstart-qps1000/20261127175351 quickstart-qps1000
+
+  # A CI gate: fail when p99 grows over 10%, or errors by 0.1 points, or memory by 20%
+  meshload compare baseline-test candidate-test --max-regression p99=10%,error_ratio=0.1%,memory=20%"
+)]
+pub struct CompareArgs {
+    /// Run A, the baseline: `<test_name>/<YYYYMMDDHHMMSS>` or `<test_name>` (its latest).
+    pub run_a: String,
+    /// Run B.
+    pub run_b: String,
+    /// The store (a folder or file://PATH).
+    #[arg(long, value_name = "PATH", default_value = "results")]
+    pub store: String,
+    /// Limits, comma-separated (p99=10%,error_ratio=0.1%,...).
+    #[arg(long, value_name = "LIMITS", value_delimiter = ',')]
+    pub max_regression: Vec<meshload_report::compare::Threshold>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -30,6 +30,9 @@ pub enum StoreError {
     /// A run with the same test name and second exists already.
     #[error("run {0} exists already; runs are never overwritten")]
     Exists(String),
+    /// No run matches a name.
+    #[error("no run {0}")]
+    NoRun(String),
     /// The store address is not one this build can write.
     #[error("unsupported store {0:?}: use a folder path or file://PATH")]
     Unsupported(String),
@@ -87,6 +90,59 @@ impl FsStore {
             final_dir,
             id,
         })
+    }
+}
+
+/// A stored run: its test, its id and its folder.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RunRef {
+    /// The test's name.
+    pub test_name: String,
+    /// The run's id (`YYYYMMDDHHMMSS`).
+    pub id: String,
+    /// The run's folder.
+    pub dir: PathBuf,
+}
+
+impl FsStore {
+    /// Every committed run, by test name then id (oldest first).
+    pub fn list_runs(&self) -> Result<Vec<RunRef>, StoreError> {
+        let mut runs = Vec::new();
+        let tests = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(runs),
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        for test in tests.flatten().filter(|e| e.path().is_dir()) {
+            let test_name = test.file_name().to_string_lossy().into_owned();
+            for run in std::fs::read_dir(test.path())
+                .map_err(io(&test.path()))?
+                .flatten()
+            {
+                let id = run.file_name().to_string_lossy().into_owned();
+                if id.len() == 14 && id.chars().all(|c| c.is_ascii_digit()) && run.path().is_dir() {
+                    runs.push(RunRef {
+                        test_name: test_name.clone(),
+                        id,
+                        dir: run.path(),
+                    });
+                }
+            }
+        }
+        runs.sort();
+        Ok(runs)
+    }
+
+    /// The run a user names: `<test_name>/<id>`, or `<test_name>` for its latest run.
+    pub fn find_run(&self, name: &str) -> Result<RunRef, StoreError> {
+        let runs = self.list_runs()?;
+        let (test, id) = match name.trim_end_matches('/').split_once('/') {
+            Some((t, i)) => (t, Some(i)),
+            None => (name.trim_end_matches('/'), None),
+        };
+        runs.into_iter()
+            .rfind(|r| r.test_name == test && id.is_none_or(|i| r.id == i))
+            .ok_or_else(|| StoreError::NoRun(format!("{name} in {}", self.root.display())))
     }
 }
 
@@ -162,6 +218,21 @@ mod tests {
             Err(StoreError::Exists(_))
         ));
         assert!(FsStore::open("s3://bucket/prefix").is_err());
+        let later = store
+            .begin_run("exp1", t + Duration::from_secs(60))
+            .expect("begins");
+        later.commit().expect("commits");
+        let runs = store.list_runs().expect("lists");
+        assert_eq!(
+            runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["20261127155000", "20261127155100"]
+        );
+        assert_eq!(store.find_run("exp1").expect("latest").id, "20261127155100");
+        assert_eq!(
+            store.find_run("exp1/20261127155000").expect("named").id,
+            "20261127155000"
+        );
+        assert!(store.find_run("exp2").is_err());
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

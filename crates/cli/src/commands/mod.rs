@@ -4,6 +4,7 @@ mod load;
 mod node;
 mod promql;
 mod query;
+mod results;
 mod run;
 mod supervise;
 mod validate;
@@ -20,6 +21,9 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query::run(args),
         Command::Validate(args) => validate::run(&args),
         Command::Run(args) => run::run(args),
+        Command::Results(crate::cli::ResultsCommand::List(args)) => results::list(&args),
+        Command::Results(crate::cli::ResultsCommand::Show(args)) => results::show(&args),
+        Command::Compare(args) => results::compare(&args),
         Command::Supervise(args) => supervise::run(&args),
         Command::Promql(crate::cli::PromqlCommand::Test(args)) => promql::test(args),
     }

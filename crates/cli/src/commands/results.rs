@@ -1,0 +1,150 @@
+//! `meshload results list|show` and `meshload compare`: the read side of a store.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use meshload_report::compare::{self, fmt_value};
+use meshload_report::runs::{self, Run};
+use meshload_store::FsStore;
+use serde_json::json;
+
+use crate::cli::{CompareArgs, ResultsListArgs, ResultsShowArgs};
+use crate::exit::{Exit, THRESHOLD};
+
+fn open(address: &str) -> anyhow::Result<FsStore> {
+    FsStore::open(address).map_err(|e| Exit::usage(e.to_string()).into())
+}
+
+fn find(store: &FsStore, name: &str) -> anyhow::Result<Run> {
+    let run = store
+        .find_run(name)
+        .map_err(|e| Exit::usage(e.to_string()))?;
+    Ok(runs::load(&run)?)
+}
+
+/// Lists every run of a store.
+pub fn list(args: &ResultsListArgs) -> anyhow::Result<ExitCode> {
+    let store = open(&args.store)?;
+    let mut loaded = Vec::new();
+    for r in store.list_runs()? {
+        match runs::load(&r) {
+            Ok(run) => loaded.push(run),
+            Err(e) => eprintln!("warning: skipping {}/{}: {e}", r.test_name, r.id),
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let rows: Vec<serde_json::Value> = loaded.iter().map(row).collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if loaded.is_empty() {
+        writeln!(out, "no runs in {}", store.root().display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<32} {:<14} {:>10} {:>10} {:>10} {:>8}  status",
+        "test", "run", "requested", "achieved", "p99 ms", "errors"
+    )?;
+    for r in &loaded {
+        writeln!(
+            out,
+            "{:<32} {:<14} {:>10} {:>10.1} {:>10.3} {:>8}  {}",
+            r.run.test_name,
+            r.run.id,
+            r.fortio.requested_qps,
+            r.fortio.actual_qps,
+            r.response_ms(99.0).unwrap_or(f64::NAN),
+            r.fortio.error_count(),
+            r.status()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(r: &Run) -> serde_json::Value {
+    json!({
+        "test_name": r.run.test_name,
+        "run": r.run.id,
+        "dir": r.run.dir.display().to_string(),
+        "started": r.metadata["start"],
+        "requested_qps": r.fortio.requested_qps,
+        "actual_qps": r.fortio.actual_qps,
+        "response_p99_ms": r.response_ms(99.0),
+        "errors": r.fortio.error_count(),
+        "status": r.status(),
+    })
+}
+
+/// Shows one run.
+pub fn show(args: &ResultsShowArgs) -> anyhow::Result<ExitCode> {
+    let store = open(&args.store)?;
+    let run = find(&store, &args.run)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Run        {} ({})", run.name(), run.run.dir.display())?;
+    writeln!(
+        out,
+        "Status     {}   started {}",
+        run.status(),
+        run.metadata["start"].as_str().unwrap_or("?")
+    )?;
+    meshload_loadgen::summary::write_summary(&mut out, &run.fortio)?;
+    if let Some(metrics) = run.metadata["metrics"].as_object() {
+        writeln!(out, "Metrics")?;
+        for (name, m) in metrics {
+            writeln!(out, "  {name:<40} {}", m["result"].as_str().unwrap_or(""))?;
+        }
+    }
+    let resources = run.node_resources();
+    if !resources.is_empty() {
+        writeln!(out, "Nodes      max memory MiB   CPU cores")?;
+        for (node, r) in &resources {
+            writeln!(
+                out,
+                "  {node:<16} {:>12.1} {:>11.3}",
+                r.max_memory_mib, r.cpu_cores
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Compares two runs; exit 1 when a threshold is passed.
+pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
+    let store = open(&args.store)?;
+    let (a, b) = (find(&store, &args.run_a)?, find(&store, &args.run_b)?);
+    let figures = compare::figures(&a, &b);
+    let regressions = compare::regressions(&figures, &args.max_regression);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let doc =
+            json!({"a": a.name(), "b": b.name(), "figures": figures, "regressions": regressions});
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        writeln!(out, "{:<32} {:>16} {:>16} {:>9}", "", "A", "B", "change")?;
+        writeln!(out, "{:<32} {:>16} {:>16}", "run", a.run.id, b.run.id)?;
+        for f in &figures {
+            let show = |v: Option<f64>| v.map_or("-".to_string(), fmt_value);
+            let change = f
+                .change_percent()
+                .map_or(String::new(), |c| format!("{c:+.1}%"));
+            writeln!(
+                out,
+                "{:<32} {:>16} {:>16} {:>9}",
+                f.label,
+                show(f.a),
+                show(f.b),
+                change
+            )?;
+        }
+        for r in &regressions {
+            writeln!(out, "REGRESSION {r}")?;
+        }
+    }
+    Ok(if regressions.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(THRESHOLD)
+    })
+}

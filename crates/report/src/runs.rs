@@ -1,0 +1,160 @@
+//! Stored runs read back: the load result, the metadata, and per-node resources computed
+//! from the run's raw samples with the embedded engine.
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+
+use meshload_loadgen::FortioResult;
+use meshload_promql::{QueryOptions, Store, Value, instant_query};
+use meshload_store::RunRef;
+use serde_json::Value as Json;
+
+use crate::ReportError;
+
+/// A stored run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Where it is.
+    pub run: RunRef,
+    /// Its load result.
+    pub fortio: FortioResult,
+    /// Its metadata.json.
+    pub metadata: Json,
+}
+
+/// Resources of one node during a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NodeResources {
+    /// Largest working set of any of its replicas, in MiB.
+    pub max_memory_mib: f64,
+    /// CPU used by all its replicas over the test, in cores.
+    pub cpu_cores: f64,
+}
+
+fn read_json(path: &std::path::Path) -> Result<Json, ReportError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ReportError::Read(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| ReportError::Read(format!("{}: {e}", path.display())))
+}
+
+/// Reads a run's fortio.json and metadata.json.
+pub fn load(run: &RunRef) -> Result<Run, ReportError> {
+    let fortio_json = read_json(&run.dir.join("fortio.json"))?;
+    let fortio: FortioResult = serde_json::from_value(fortio_json).map_err(|e| {
+        ReportError::Read(format!("{}: {e}", run.dir.join("fortio.json").display()))
+    })?;
+    let metadata = read_json(&run.dir.join("metadata.json")).unwrap_or(Json::Null);
+    Ok(Run {
+        run: run.clone(),
+        fortio,
+        metadata,
+    })
+}
+
+impl Run {
+    /// `<test_name>/<id>`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.run.test_name, self.run.id)
+    }
+
+    /// The requested rate, `None` for as fast as possible.
+    pub fn requested_qps(&self) -> Option<f64> {
+        self.fortio.requested_qps.parse().ok()
+    }
+
+    /// Errors over requests.
+    pub fn error_ratio(&self) -> f64 {
+        let requests: u64 = self.fortio.ret_codes.values().sum();
+        if requests == 0 {
+            0.0
+        } else {
+            self.fortio.error_count() as f64 / requests as f64
+        }
+    }
+
+    /// `complete` or `interrupted` (metadata), else from the result.
+    pub fn status(&self) -> String {
+        match self.metadata["status"].as_str() {
+            Some(s) => s.to_string(),
+            None if self.fortio.interrupted => "interrupted".into(),
+            None => "complete".into(),
+        }
+    }
+
+    /// Start and end of the test, ms since the epoch.
+    pub fn window_ms(&self) -> Option<(i64, i64)> {
+        Some((
+            self.metadata["start_ms"].as_i64()?,
+            self.metadata["end_ms"].as_i64()?,
+        ))
+    }
+
+    /// Response time percentile `p` in milliseconds (corrected; service time for results
+    /// from tools that only have that).
+    pub fn response_ms(&self, p: f64) -> Option<f64> {
+        let h = if self.fortio.response_time_histogram.count > 0 {
+            &self.fortio.response_time_histogram
+        } else {
+            &self.fortio.duration_histogram
+        };
+        h.percentile(p).map(|v| v * 1e3)
+    }
+
+    /// Service time percentile `p` in milliseconds.
+    pub fn service_ms(&self, p: f64) -> Option<f64> {
+        self.fortio
+            .duration_histogram
+            .percentile(p)
+            .map(|v| v * 1e3)
+    }
+
+    /// Memory and CPU per node over the test, from the run's samples (empty when the run
+    /// stored none).
+    pub fn node_resources(&self) -> BTreeMap<String, NodeResources> {
+        let mut out = BTreeMap::new();
+        let Some((start, end)) = self.window_ms() else {
+            return out;
+        };
+        let Ok(file) = std::fs::File::open(self.run.dir.join("samples.jsonl")) else {
+            return out;
+        };
+        let Ok(store) = Store::read_jsonl(BufReader::new(file)) else {
+            return out;
+        };
+        let window = format!("{}ms", (end - start).max(1000) + 1000);
+        let by_node = |inner: String| {
+            format!(r#"label_replace({inner}, "node", "$1", "pod", "node-(.+)-[^-]+-[0-9]+")"#)
+        };
+        let memory = format!(
+            "max by (node) ({}) / (1024*1024)",
+            by_node(format!(
+                r#"max_over_time(container_memory_working_set_bytes{{container="app"}}[{window}])"#
+            ))
+        );
+        let seconds = ((end - start).max(1000) + 1000) as f64 / 1000.0;
+        let cpu = format!(
+            "sum by (node) ({}) / {seconds}",
+            by_node(format!(
+                r#"increase(container_cpu_usage_seconds_total{{container="app"}}[{window}])"#
+            ))
+        );
+        for (query, set) in [(memory, 0), (cpu, 1)] {
+            let Ok(result) = instant_query(&store, &query, end, QueryOptions::default()) else {
+                continue;
+            };
+            let Value::Vector(samples) = result.value else {
+                continue;
+            };
+            for s in samples {
+                let entry: &mut NodeResources =
+                    out.entry(s.labels.value("node").to_string()).or_default();
+                if set == 0 {
+                    entry.max_memory_mib = s.value;
+                } else {
+                    entry.cpu_cores = s.value;
+                }
+            }
+        }
+        out
+    }
+}
