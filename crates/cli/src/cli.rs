@@ -56,6 +56,8 @@ pub enum Command {
     Results(ResultsCommand),
     /// Two runs side by side, with thresholds for CI.
     Compare(CompareArgs),
+    /// Charts (PNG, SVG) and a self-contained HTML report of stored runs.
+    Report(ReportArgs),
     /// Evaluate PromQL over a stored run or a live Prometheus.
     Query(QueryArgs),
     /// Run a command and stop it when meshload stops (internal: keeps helpers such as a
@@ -594,4 +596,30 @@ pub struct CompareArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `meshload report`.
+#[derive(Debug, Args)]
+#[command(
+    about = "Charts (PNG, SVG) and a self-contained HTML report of stored runs",
+    long_about = "Write an HTML report of the stored runs (no network needed to view it: charts are \
+inline SVG, no scripts or fonts from elsewhere) and each chart as PNG and SVG beside it: maximum \
+memory of each node against achieved rate (the seed's chart, per node), latency percentiles \
+(response and service time) against achieved rate, error ratio and CPU per node against \
+achieved rate, and each run's rate and latency over time; plus a table of every run.",
+    after_help = "\
+Examples:
+  meshload report                                   # ./results -> ./report/index.html
+  meshload report --tests 'experiment16-*' --out /tmp/report"
+)]
+pub struct ReportArgs {
+    /// The store (a folder or file://PATH).
+    #[arg(long, value_name = "PATH", default_value = "results")]
+    pub store: String,
+    /// Only tests whose name matches this pattern (`*` and `?` wildcards).
+    #[arg(long, value_name = "PATTERN")]
+    pub tests: Option<String>,
+    /// Where the report goes.
+    #[arg(long, value_name = "DIR", default_value = "report")]
+    pub out: std::path::PathBuf,
 }

@@ -9,8 +9,14 @@ use std::path::{Path, PathBuf};
 use common::run;
 use serde_json::Value;
 
-/// Two short tests at different rates stored in a fresh folder.
+/// Two short tests at different rates stored in a fresh folder (made once, shared by the
+/// tests of this file).
 fn store_with_two_runs() -> PathBuf {
+    static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STORE.get_or_init(make_store).clone()
+}
+
+fn make_store() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("meshload-results-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -135,5 +141,102 @@ fn list_show_compare_and_the_seed_analysis_read_stored_runs() {
         node0.iter().all(|mib| *mib > 0.1 && *mib < 1000.0),
         "{node0:?}"
     );
-    std::fs::remove_dir_all(store.parent().unwrap()).unwrap();
+}
+
+/// Chromium as the report test starts it (as root, offline, a fresh profile).
+fn chromium(args: &[&str], profile: &Path) -> std::process::Output {
+    std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium is installed by scripts/test (Debian package chromium)")
+}
+
+#[test]
+fn the_report_renders_every_chart_in_a_browser() {
+    let store = store_with_two_runs();
+    let out_dir = store.parent().unwrap().join("report");
+    let out = run(
+        &[
+            "report",
+            "--store",
+            store.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "…/index.html (2 runs, N charts as PNG and SVG beside it)"
+    let charts: usize = said
+        .split(" runs, ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(charts, 4 + 2 * 2, "four across runs, two per run: {said}");
+    let html = std::fs::read_to_string(out_dir.join("index.html")).unwrap();
+    // Self-contained: nothing is fetched (SVG's xmlns is a name, not a fetch).
+    for fetch in ["src=\"http", "href=\"http", "url(http", "<link", "@import"] {
+        assert!(
+            !html.contains(fetch),
+            "the report fetches something: {fetch}"
+        );
+    }
+    for title in [
+        "Maximum memory of each node against achieved rate",
+        "Latency percentiles against achieved rate",
+    ] {
+        assert!(html.contains(title), "{title}");
+    }
+    let page = format!("file://{}", out_dir.join("index.html").display());
+    let dom = chromium(&["--dump-dom", &page], &out_dir.join("profile"));
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains(&format!("data-charts-rendered=\"{charts}\"")),
+        "not every chart rendered: {}",
+        dom.len()
+    );
+    let pngs: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    assert_eq!(pngs.len(), charts);
+    for path in pngs {
+        let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (900, 480), "{}", path.display());
+        let pixels = &buf[..info.buffer_size()];
+        let step = info.color_type.samples();
+        let colors: std::collections::HashSet<&[u8]> = pixels.chunks(step).collect();
+        assert!(
+            colors.len() > 20,
+            "{} has only {} colours",
+            path.display(),
+            colors.len()
+        );
+    }
 }

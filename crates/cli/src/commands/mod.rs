@@ -24,6 +24,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Results(crate::cli::ResultsCommand::List(args)) => results::list(&args),
         Command::Results(crate::cli::ResultsCommand::Show(args)) => results::show(&args),
         Command::Compare(args) => results::compare(&args),
+        Command::Report(args) => results::report(&args),
         Command::Supervise(args) => supervise::run(&args),
         Command::Promql(crate::cli::PromqlCommand::Test(args)) => promql::test(args),
     }

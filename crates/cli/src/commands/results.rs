@@ -8,7 +8,7 @@ use meshload_report::runs::{self, Run};
 use meshload_store::FsStore;
 use serde_json::json;
 
-use crate::cli::{CompareArgs, ResultsListArgs, ResultsShowArgs};
+use crate::cli::{CompareArgs, ReportArgs, ResultsListArgs, ResultsShowArgs};
 use crate::exit::{Exit, THRESHOLD};
 
 fn open(address: &str) -> anyhow::Result<FsStore> {
@@ -147,4 +147,46 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(THRESHOLD)
     })
+}
+
+/// Writes the HTML report and the charts.
+pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let store = open(&args.store)?;
+    let pattern = args.tests.as_deref().map(glob).transpose()?;
+    let mut runs = Vec::new();
+    for r in store.list_runs()? {
+        if pattern.as_ref().is_some_and(|p| !p.is_match(&r.test_name)) {
+            continue;
+        }
+        match runs::load(&r) {
+            Ok(run) => runs.push(run),
+            Err(e) => eprintln!("warning: skipping {}/{}: {e}", r.test_name, r.id),
+        }
+    }
+    if runs.is_empty() {
+        return Err(Exit::usage(format!("no runs to report in {}", store.root().display())).into());
+    }
+    let written =
+        meshload_report::report::write(&runs, &store.root().display().to_string(), &args.out)?;
+    println!(
+        "{} ({} runs, {} charts as PNG and SVG beside it)",
+        written.index.display(),
+        runs.len(),
+        written.charts.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A `*`/`?` wildcard pattern as an anchored regular expression.
+fn glob(pattern: &str) -> anyhow::Result<regex::Regex> {
+    let mut re = String::from("^");
+    for c in pattern.chars() {
+        match c {
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push('$');
+    regex::Regex::new(&re).map_err(|e| Exit::usage(format!("--tests {pattern:?}: {e}")).into())
 }

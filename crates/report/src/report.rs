@@ -1,0 +1,263 @@
+//! The report: charts of every run and a self-contained HTML page (inline SVG, no network).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::ReportError;
+use crate::compare::fmt_value;
+use crate::plot::{self, Chart};
+use crate::runs::{NodeResources, Run};
+
+const TEMPLATE: &str = include_str!("../assets/report.html");
+
+/// What a report wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The HTML page.
+    pub index: PathBuf,
+    /// Chart ids, each with `<id>.svg` and `<id>.png` beside the page.
+    pub charts: Vec<String>,
+}
+
+/// The charts of a set of runs, given each run's per-node resources.
+pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Vec<Chart> {
+    let nodes: std::collections::BTreeSet<&String> =
+        resources.iter().flat_map(|r| r.keys()).collect();
+    let per_node = |f: &dyn Fn(&NodeResources) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        nodes
+            .iter()
+            .map(|n| {
+                let points = runs
+                    .iter()
+                    .zip(resources)
+                    .filter_map(|(run, r)| Some((run.fortio.actual_qps, f(r.get(*n)?))))
+                    .collect();
+                (format!("node {n}"), points)
+            })
+            .collect()
+    };
+    let mut out = vec![
+        Chart {
+            id: "rate_vs_memory".into(),
+            title: "Maximum memory of each node against achieved rate".into(),
+            x_label: "achieved rate (req/s)".into(),
+            y_label: "max working set (MiB)".into(),
+            series: per_node(&|r| r.max_memory_mib),
+        },
+        Chart {
+            id: "latency_vs_rate".into(),
+            title: "Latency percentiles against achieved rate".into(),
+            x_label: "achieved rate (req/s)".into(),
+            y_label: "latency (ms)".into(),
+            series: [
+                ("response p50", true, 50.0),
+                ("response p99", true, 99.0),
+                ("service p50", false, 50.0),
+                ("service p99", false, 99.0),
+            ]
+            .iter()
+            .map(|&(name, response, p)| {
+                let points = runs
+                    .iter()
+                    .filter_map(|r| {
+                        Some((
+                            r.fortio.actual_qps,
+                            if response {
+                                r.response_ms(p)?
+                            } else {
+                                r.service_ms(p)?
+                            },
+                        ))
+                    })
+                    .collect();
+                (name.to_string(), points)
+            })
+            .collect(),
+        },
+        Chart {
+            id: "errors_vs_rate".into(),
+            title: "Error ratio against achieved rate".into(),
+            x_label: "achieved rate (req/s)".into(),
+            y_label: "errors (% of requests)".into(),
+            series: vec![(
+                "error ratio".into(),
+                runs.iter()
+                    .map(|r| (r.fortio.actual_qps, 100.0 * r.error_ratio()))
+                    .collect(),
+            )],
+        },
+        Chart {
+            id: "cpu_vs_rate".into(),
+            title: "CPU of each node against achieved rate".into(),
+            x_label: "achieved rate (req/s)".into(),
+            y_label: "CPU (cores)".into(),
+            series: per_node(&|r| r.cpu_cores),
+        },
+    ];
+    for run in runs {
+        out.extend(timelines(run));
+    }
+    out.retain(|c| !c.is_empty());
+    out
+}
+
+/// Rate and latency over time of one run, from its per-second series.
+fn timelines(run: &Run) -> [Chart; 2] {
+    let id = safe_id(&format!("{}_{}", run.run.test_name, run.run.id));
+    let s = &run.fortio.per_second;
+    let at = |f: &dyn Fn(&meshload_loadgen::collector::SecondStats) -> f64| -> Vec<(f64, f64)> {
+        s.iter().map(|x| (x.second as f64, f(x))).collect()
+    };
+    [
+        Chart {
+            id: format!("rate_{id}"),
+            title: format!("{}: rate over time", run.name()),
+            x_label: "time since start (s)".into(),
+            y_label: "responses per second".into(),
+            series: vec![
+                ("responses/s".into(), at(&|x| x.requests as f64)),
+                ("errors/s".into(), at(&|x| x.errors as f64)),
+            ],
+        },
+        Chart {
+            id: format!("latency_{id}"),
+            title: format!("{}: response time over time", run.name()),
+            x_label: "time since start (s)".into(),
+            y_label: "response time (ms)".into(),
+            series: vec![
+                ("p50".into(), at(&|x| x.p50 * 1e3)),
+                ("p99".into(), at(&|x| x.p99 * 1e3)),
+            ],
+        },
+    ]
+}
+
+fn safe_id(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct RunRow {
+    test_name: String,
+    id: String,
+    status: String,
+    connections: u64,
+    requested: String,
+    achieved: String,
+    response_p50: String,
+    response_p99: String,
+    service_p99: String,
+    errors: u64,
+    error_ratio: String,
+}
+
+/// One run's per-node maxima, in node order.
+#[derive(Serialize)]
+struct NodeRow {
+    run: String,
+    cells: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ChartView {
+    id: String,
+    title: String,
+    svg: String,
+}
+
+fn row(r: &Run) -> RunRow {
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), fmt_value);
+    RunRow {
+        test_name: r.run.test_name.clone(),
+        id: r.run.id.clone(),
+        status: r.status(),
+        connections: r.fortio.num_threads,
+        requested: r.fortio.requested_qps.clone(),
+        achieved: format!("{:.1}", r.fortio.actual_qps),
+        response_p50: ms(r.response_ms(50.0)),
+        response_p99: ms(r.response_ms(99.0)),
+        service_p99: ms(r.service_ms(99.0)),
+        errors: r.fortio.error_count(),
+        error_ratio: format!("{:.4}", r.error_ratio()),
+    }
+}
+
+/// Writes `index.html` and every chart as SVG and PNG into `out`.
+pub fn write(runs: &[Run], store: &str, out: &Path) -> Result<Written, ReportError> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| ReportError::Write(format!("{}: {e}", out.display())))?;
+    let resources: Vec<BTreeMap<String, NodeResources>> =
+        runs.iter().map(Run::node_resources).collect();
+    let nodes: std::collections::BTreeSet<String> =
+        resources.iter().flat_map(|r| r.keys().cloned()).collect();
+    let node_rows: Vec<NodeRow> = runs
+        .iter()
+        .zip(&resources)
+        .map(|(run, r)| NodeRow {
+            run: run.name(),
+            cells: nodes
+                .iter()
+                .map(|n| {
+                    r.get(n).map_or("-".to_string(), |x| {
+                        format!("{:.1} MiB / {:.3}", x.max_memory_mib, x.cpu_cores)
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    let mut views = Vec::new();
+    for chart in charts(runs, &resources) {
+        let svg = plot::svg(&chart)?;
+        let write = |name: String, bytes: &[u8]| {
+            std::fs::write(out.join(&name), bytes)
+                .map_err(|e| ReportError::Write(format!("{name}: {e}")))
+        };
+        write(format!("{}.svg", chart.id), svg.as_bytes())?;
+        plot::png(&chart, &out.join(format!("{}.png", chart.id)))?;
+        // Inline SVGs share one document: keep only the <svg> element.
+        let inline = svg
+            .find("<svg")
+            .map_or(svg.as_str(), |i| &svg[i..])
+            .to_string();
+        views.push(ChartView {
+            id: chart.id,
+            title: chart.title,
+            svg: inline,
+        });
+    }
+    let mut env = minijinja::Environment::new();
+    env.add_template("report.html", TEMPLATE)
+        .map_err(|e| ReportError::Draw(e.to_string()))?;
+    let generated = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let html = env
+        .get_template("report.html")
+        .and_then(|t| {
+            t.render(minijinja::context! {
+                runs => minijinja::value::Serde(runs.iter().map(row).collect::<Vec<_>>()),
+                charts => minijinja::value::Serde(&views),
+                nodes => minijinja::value::Serde(&nodes),
+                node_rows => minijinja::value::Serde(&node_rows),
+                store => store,
+                generated => generated,
+                version => env!("CARGO_PKG_VERSION"),
+            })
+        })
+        .map_err(|e| ReportError::Draw(e.to_string()))?;
+    let index = out.join("index.html");
+    std::fs::write(&index, html)
+        .map_err(|e| ReportError::Write(format!("{}: {e}", index.display())))?;
+    Ok(Written {
+        index,
+        charts: views.into_iter().map(|v| v.id).collect(),
+    })
+}
