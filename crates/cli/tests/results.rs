@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::run;
+use common::{json, run, run_dir, run_ok, temp_dir, write_config};
 use serde_json::Value;
 
 /// Two short tests at different rates stored in a fresh folder (made once, shared by the
@@ -17,45 +17,19 @@ fn store_with_two_runs() -> PathBuf {
 }
 
 fn make_store() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("meshload-results-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config.json");
-    std::fs::write(
-        &config,
+    let dir = temp_dir("results");
+    let config = write_config(
+        &dir,
         r#"{"backends_map": {"0": ["1"]}, "ConnectivityCheckPerURL": 2, "sleep_between_tests": "0s",
             "load_tests": [
               {"test_name": "fast", "target": "0", "qps": 100, "t": "2s", "c": 2},
               {"test_name": "busy", "target": "0", "qps": 200, "t": "2s", "c": 2}
             ],
             "metrics": {"envoy_memory_MB_by_replica_set": "sum(label_replace(container_memory_working_set_bytes{container=\"app\",pod=~\"node-.*\"}, \"replica_set\", \"$1\", \"pod\", \"(node-.*-.*)-.*\")) by (replica_set) / (1024*1024)"}}"#,
-    )
-    .unwrap();
+    );
     let store = dir.join("results");
-    let out = run(
-        &[
-            "run",
-            "--store",
-            store.to_str().unwrap(),
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&config, &store);
     store
-}
-
-fn run_dir(store: &Path, test: &str) -> PathBuf {
-    std::fs::read_dir(store.join(test))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
 }
 
 #[test]
@@ -126,8 +100,7 @@ fn list_show_compare_and_the_seed_analysis_read_stored_runs() {
     // The seed's analysis: ActualQPS from fortio.json; in the memory CSV, rows whose first
     // column names node-0, the third column parsed as a number.
     let dir = run_dir(&store, "fast");
-    let fortio: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("fortio.json")).unwrap()).unwrap();
+    let fortio = json(&dir.join("fortio.json"));
     assert!(fortio["ActualQPS"].as_f64().unwrap() > 80.0);
     let csv = std::fs::read_to_string(dir.join("envoy_memory_MB_by_replica_set.csv")).unwrap();
     let node0: Vec<f64> = csv

@@ -8,39 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, run};
+use common::{bin, json, run, run_dir, run_ok, temp_dir, write_config};
 use serde_json::Value;
 
 fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
-
-/// A fresh folder for one test's results.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("meshload-run-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write_config(dir: &Path, json: &str) -> PathBuf {
-    let path = dir.join("config.json");
-    std::fs::write(&path, json).unwrap();
-    path
-}
-
-/// The only run folder of a test.
-fn run_dir(store: &Path, test: &str) -> PathBuf {
-    let runs: Vec<PathBuf> = std::fs::read_dir(store.join(test))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    runs[0].clone()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Processes (other than zombies) started by the run process `parent` (they carry its pid
@@ -219,20 +191,7 @@ fn replicas_receive_balanced_traffic() {
             "load_tests": [{"test_name": "balance", "target": "0", "qps": 300, "t": "2s", "c": 6}]}"#,
     );
     let store = dir.join("results");
-    let out = run(
-        &[
-            "run",
-            "--store",
-            store.to_str().unwrap(),
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&config, &store);
     let run_path = run_dir(&store, "balance");
     let q = r#"sum by (node, pod) (max_over_time(meshload_node_requests_total{code="200"}[1h]))"#;
     let end = json(&run_path.join("metadata.json"))["end_ms"]

@@ -71,23 +71,8 @@ fn runtime_serve(config: NodeConfig) -> anyhow::Result<ExitCode> {
 
 /// SIGINT, SIGTERM, or the death of the parent named in `MESHLOAD_PARENT_PID`.
 async fn stop_signal() {
-    let parent: Option<u32> = std::env::var(meshload_node::PARENT_PID_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let orphaned = async move {
-        let Some(parent) = parent else {
-            return std::future::pending().await;
-        };
-        loop {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            if std::os::unix::process::parent_id() != parent {
-                tracing::warn!(parent, "parent process is gone; stopping");
-                return;
-            }
-        }
-    };
     tokio::select! {
         () = super::shutdown_signal() => {}
-        () = orphaned => {}
+        () = super::orphaned() => {}
     }
 }
