@@ -178,10 +178,10 @@ impl Collector {
     }
 
     /// Receives samples until every sender is gone.
-    pub(crate) async fn run(mut self, mut rx: UnboundedReceiver<Sample>) -> Collected {
+    pub(crate) async fn run(mut self, mut rx: UnboundedReceiver<Vec<Sample>>) -> Collected {
         let mut batch = Vec::with_capacity(512);
-        while rx.recv_many(&mut batch, 512).await > 0 {
-            for sample in batch.drain(..) {
+        while rx.recv_many(&mut batch, 64).await > 0 {
+            for sample in batch.drain(..).flatten() {
                 self.add(&sample);
             }
             self.publish();

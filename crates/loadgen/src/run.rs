@@ -200,11 +200,12 @@ async fn drive(
     mut conn: Connection,
     plan: Plan,
     shared: Arc<Shared>,
-    tx: UnboundedSender<Sample>,
+    tx: UnboundedSender<Vec<Sample>>,
 ) -> u64 {
     let slots = &shared.slots[plan.index];
     let mut sent = 0u64;
     let mut k = 0u64;
+    let mut batch = Batch::new(tx);
     loop {
         if shared.stopping.load(Ordering::Acquire) || plan.quota.is_some_and(|q| sent >= q) {
             break;
@@ -247,14 +248,57 @@ async fn drive(
             size_bytes: exchange.size_bytes,
             header_bytes: exchange.header_bytes,
         };
-        if tx.send(sample).is_err() {
+        if !batch.push(sample, done) {
             break;
         }
         sent += 1;
         k += 1;
     }
+    batch.flush();
     slots.finished.store(true, Ordering::Release);
     conn.sockets
+}
+
+/// Samples on their way to the collector, sent in batches: one channel message (and one
+/// collector wake-up) per batch rather than per request, which matters at 100k req/s.
+struct Batch {
+    tx: UnboundedSender<Vec<Sample>>,
+    samples: Vec<Sample>,
+    last_flush: Instant,
+}
+
+impl Batch {
+    /// Most samples held back at once.
+    const SIZE: usize = 64;
+    /// Longest a sample is held back (the live figures lag by at most this).
+    const DELAY: Duration = Duration::from_millis(50);
+
+    fn new(tx: UnboundedSender<Vec<Sample>>) -> Batch {
+        Batch {
+            tx,
+            samples: Vec::with_capacity(Self::SIZE),
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// Adds a sample; `false` once the collector is gone.
+    fn push(&mut self, sample: Sample, now: Instant) -> bool {
+        self.samples.push(sample);
+        if self.samples.len() >= Self::SIZE || now.duration_since(self.last_flush) >= Self::DELAY {
+            self.last_flush = now;
+            return self.flush();
+        }
+        true
+    }
+
+    /// Sends what is held back; `false` once the collector is gone.
+    fn flush(&mut self) -> bool {
+        if self.samples.is_empty() {
+            return true;
+        }
+        let samples = std::mem::replace(&mut self.samples, Vec::with_capacity(Self::SIZE));
+        self.tx.send(samples).is_ok()
+    }
 }
 
 /// Waits until slot `k` is released; `false` when the pacer closed first.
