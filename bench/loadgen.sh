@@ -37,11 +37,15 @@ rate_oha() { gen "$oha" -z "${secs}s" -c "$conns" --no-tui "$url" | awk '/Reques
 
 command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
 
-declare -A rate
+declare -A rate runs
 tools=(meshload wrk hey)
 [ -n "$oha" ] && tools+=(oha)
+# Rounds interleave the tools, so that drift in the machine's load hits them alike.
+for _ in $(seq "$rounds"); do
+  for tool in "${tools[@]}"; do runs[$tool]+="$("rate_$tool") "; done
+done
 for tool in "${tools[@]}"; do
-  rate[$tool]=$(for _ in $(seq "$rounds"); do "rate_$tool"; done | median)
+  rate[$tool]=$(printf '%s\n' ${runs[$tool]} | median)
 done
 
 echo "Maximum rate, c=$conns, ${secs}s, median of $rounds (generator on core 0, target on core 1):"

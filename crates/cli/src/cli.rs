@@ -505,8 +505,9 @@ Examples:
 pub struct RunArgs {
     /// The config file (JSON, or YAML with a .yaml/.yml extension).
     pub config: std::path::PathBuf,
-    /// Where runs are stored: a folder or file://PATH (default: the config's store, else ./results).
-    #[arg(long, value_name = "PATH")]
+    /// Where runs are stored: a folder, file://PATH or s3://BUCKET/PREFIX (default: the
+    /// config's store, else ./results).
+    #[arg(long, value_name = "STORE")]
     pub store: Option<String>,
     /// Pause between tests (default: the config's sleep_between_tests, else 10s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_or_zero)]
@@ -539,13 +540,43 @@ Examples:
   meshload results show quickstart-qps200              # the latest run of that test
   meshload results show quickstart-qps200/20261127175338")]
     Show(ResultsShowArgs),
+    /// Copy a store's runs into a local folder (the seed's `aws s3 sync`).
+    #[command(after_help = "\
+Examples:
+  meshload results pull --store s3://my-bucket/meshload --to ./data")]
+    Pull(ResultsPullArgs),
+    /// Upload the runs an S3 store's spool kept while the store was unreachable.
+    #[command(after_help = "\
+Examples:
+  meshload results push --store s3://my-bucket/meshload")]
+    Push(ResultsPushArgs),
+}
+
+/// `meshload results pull`.
+#[derive(Debug, Args)]
+pub struct ResultsPullArgs {
+    /// The store (s3://BUCKET/PREFIX, a folder or file://PATH).
+    #[arg(long, value_name = "STORE", default_value = "results")]
+    pub store: String,
+    /// The local folder to copy into (same layout).
+    #[arg(long, value_name = "DIR")]
+    pub to: std::path::PathBuf,
+}
+
+/// `meshload results push`.
+#[derive(Debug, Args)]
+pub struct ResultsPushArgs {
+    /// The S3 store (s3://BUCKET/PREFIX); its spool is MESHLOAD_SPOOL, else
+    /// ~/.local/state/meshload/spool.
+    #[arg(long, value_name = "STORE")]
+    pub store: String,
 }
 
 /// `meshload results list`.
 #[derive(Debug, Args)]
 pub struct ResultsListArgs {
-    /// The store (a folder or file://PATH).
-    #[arg(long, value_name = "PATH", default_value = "results")]
+    /// The store (a folder, file://PATH or s3://BUCKET/PREFIX).
+    #[arg(long, value_name = "STORE", default_value = "results")]
     pub store: String,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -557,8 +588,8 @@ pub struct ResultsListArgs {
 pub struct ResultsShowArgs {
     /// `<test_name>/<YYYYMMDDHHMMSS>`, or `<test_name>` for its latest run.
     pub run: String,
-    /// The store (a folder or file://PATH).
-    #[arg(long, value_name = "PATH", default_value = "results")]
+    /// The store (a folder, file://PATH or s3://BUCKET/PREFIX).
+    #[arg(long, value_name = "STORE", default_value = "results")]
     pub store: String,
 }
 
@@ -587,8 +618,8 @@ pub struct CompareArgs {
     pub run_a: String,
     /// Run B.
     pub run_b: String,
-    /// The store (a folder or file://PATH).
-    #[arg(long, value_name = "PATH", default_value = "results")]
+    /// The store (a folder, file://PATH or s3://BUCKET/PREFIX).
+    #[arg(long, value_name = "STORE", default_value = "results")]
     pub store: String,
     /// Limits, comma-separated (p99=10%,error_ratio=0.1%,...).
     #[arg(long, value_name = "LIMITS", value_delimiter = ',')]
@@ -613,8 +644,8 @@ Examples:
   meshload report --tests 'experiment16-*' --out /tmp/report"
 )]
 pub struct ReportArgs {
-    /// The store (a folder or file://PATH).
-    #[arg(long, value_name = "PATH", default_value = "results")]
+    /// The store (a folder, file://PATH or s3://BUCKET/PREFIX).
+    #[arg(long, value_name = "STORE", default_value = "results")]
     pub store: String,
     /// Only tests whose name matches this pattern (`*` and `?` wildcards).
     #[arg(long, value_name = "PATTERN")]

@@ -66,6 +66,8 @@ pub struct TestSummary {
     pub metrics: Vec<(String, String)>,
     /// Replicas that exited during the test.
     pub node_exits: Vec<String>,
+    /// Set when the run could not reach its store and stayed in the local spool.
+    pub storage_note: Option<String>,
 }
 
 impl TestSummary {
@@ -101,6 +103,7 @@ impl TestSummary {
             slo_failures: Vec::new(),
             metrics: Vec::new(),
             node_exits: Vec::new(),
+            storage_note: None,
         }
     }
 }

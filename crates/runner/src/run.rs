@@ -9,7 +9,7 @@ use meshload_config::{Config, LoadTest, PrometheusSetting};
 use meshload_loadgen::{Live, LoadOptions, LoadSpec};
 use meshload_promql::QueryOptions;
 use meshload_promql::client::PrometheusClient;
-use meshload_store::FsStore;
+use meshload_store::{ResultStore, RunRef};
 use tokio::sync::watch;
 
 use crate::RunError;
@@ -39,7 +39,7 @@ pub struct RunSettings {
     /// The meshload executable (it runs `meshload supervise` for a spawned Prometheus).
     pub exe: std::path::PathBuf,
     /// Where runs are stored.
-    pub store: FsStore,
+    pub store: ResultStore,
     /// Pause between tests.
     pub sleep_between_tests: Duration,
 }
@@ -410,8 +410,21 @@ async fn run_test<B: Backend>(
             .write_jsonl_window(&mut samples, start_ms - lookback, end_ms + step)
             .expect("writing to memory");
     }
-    let run = ctx.settings.store.begin_run(&test.name, started)?;
-    summary.run_dir = run.final_dir().display().to_string();
+    let run = ctx.settings.store.local().begin_run(&test.name, started)?;
+    let run_ref = RunRef {
+        test_name: test.name.clone(),
+        id: run.id().to_string(),
+        dir: run.final_dir().to_path_buf(),
+    };
+    summary.run_dir = match &ctx.settings.store {
+        ResultStore::Fs(_) => run.final_dir().display().to_string(),
+        ResultStore::S3(s3) => format!(
+            "{}/{}/{}",
+            s3.address().trim_end_matches('/'),
+            test.name,
+            run.id()
+        ),
+    };
     let files = RunFiles {
         config: ctx.config,
         test,
@@ -426,6 +439,15 @@ async fn run_test<B: Backend>(
     };
     write_run(&run, &files)?;
     run.commit()?;
+    // Where the run ends up; a store that cannot take it now leaves it in the spool,
+    // and the summary says where.
+    match ctx.settings.store.publish(&run_ref).await {
+        Ok(location) => summary.run_dir = location,
+        Err(e) => {
+            summary.run_dir = run_ref.dir.display().to_string();
+            summary.storage_note = Some(e.to_string());
+        }
+    }
     Ok(summary)
 }
 

@@ -11,6 +11,10 @@
 //! # Layout
 //! - [`run_id`]: the timestamp folder name.
 //! - [`FsStore`], [`RunWriter`]: writing runs to a folder.
+//! - [`s3`]: S3 stores, with a local spool for runs not yet uploaded.
+//! - [`ResultStore`]: either, as a store address names it.
+
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -33,8 +37,11 @@ pub enum StoreError {
     /// No run matches a name.
     #[error("no run {0}")]
     NoRun(String),
+    /// An S3 request failed (after retries).
+    #[error("{0}")]
+    S3(String),
     /// The store address is not one this build can write.
-    #[error("unsupported store {0:?}: use a folder path or file://PATH")]
+    #[error("unsupported store {0:?}: use a folder path, file://PATH or s3://BUCKET/PREFIX")]
     Unsupported(String),
 }
 
@@ -54,7 +61,55 @@ pub fn run_id(started: SystemTime) -> String {
 /// A store in a local folder.
 #[derive(Debug, Clone)]
 pub struct FsStore {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
+}
+
+/// Where runs go, as a store address names it.
+#[derive(Debug, Clone)]
+pub enum ResultStore {
+    /// A local folder.
+    Fs(FsStore),
+    /// An S3 bucket and prefix (runs pass through a local spool).
+    S3(s3::S3Store),
+}
+
+impl ResultStore {
+    /// A folder path, `file://PATH` or `s3://BUCKET/PREFIX`.
+    pub fn open(address: &str) -> Result<ResultStore, StoreError> {
+        if address.starts_with("s3://") {
+            Ok(ResultStore::S3(s3::S3Store::open(address)?))
+        } else {
+            Ok(ResultStore::Fs(FsStore::open(address)?))
+        }
+    }
+
+    /// Where runs are written first: the folder itself, or the S3 store's spool.
+    pub fn local(&self) -> FsStore {
+        match self {
+            ResultStore::Fs(fs) => fs.clone(),
+            ResultStore::S3(s3) => s3.spool(),
+        }
+    }
+
+    /// Puts a committed local run in its final place and says where that is. For S3 the
+    /// run is uploaded and then removed from the spool; if the upload fails, it stays in
+    /// the spool and the error says so.
+    pub async fn publish(&self, run: &RunRef) -> Result<String, StoreError> {
+        match self {
+            ResultStore::Fs(_) => Ok(run.dir.display().to_string()),
+            ResultStore::S3(s3) => match s3.upload_run(run).await {
+                Ok(location) => {
+                    s3::remove_run(&run.dir)?;
+                    Ok(location)
+                }
+                Err(e) => Err(StoreError::S3(format!(
+                    "{e}; the run is kept in the spool at {} (upload it later with `meshload results push --store {}`)",
+                    run.dir.display(),
+                    s3.address()
+                ))),
+            },
+        }
+    }
 }
 
 impl FsStore {

@@ -23,6 +23,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Results(crate::cli::ResultsCommand::List(args)) => results::list(&args),
         Command::Results(crate::cli::ResultsCommand::Show(args)) => results::show(&args),
+        Command::Results(crate::cli::ResultsCommand::Pull(args)) => results::pull(&args),
+        Command::Results(crate::cli::ResultsCommand::Push(args)) => results::push(&args),
         Command::Compare(args) => results::compare(&args),
         Command::Report(args) => results::report(&args),
         Command::Supervise(args) => supervise::run(&args),

@@ -5,14 +5,85 @@ use std::process::ExitCode;
 
 use meshload_report::compare::{self, fmt_value};
 use meshload_report::runs::{self, Run};
-use meshload_store::FsStore;
+use meshload_store::s3::S3Store;
+use meshload_store::{FsStore, ResultStore};
 use serde_json::json;
 
-use crate::cli::{CompareArgs, ReportArgs, ResultsListArgs, ResultsShowArgs};
+use crate::cli::{
+    CompareArgs, ReportArgs, ResultsListArgs, ResultsPullArgs, ResultsPushArgs, ResultsShowArgs,
+};
 use crate::exit::{Exit, THRESHOLD};
 
+/// A local view of a store: the folder itself, or for S3 a fresh copy of its runs in a
+/// temporary folder (the read side then works the same on both).
 fn open(address: &str) -> anyhow::Result<FsStore> {
-    FsStore::open(address).map_err(|e| Exit::usage(e.to_string()).into())
+    match ResultStore::open(address).map_err(|e| Exit::usage(e.to_string()))? {
+        ResultStore::Fs(fs) => Ok(fs),
+        ResultStore::S3(s3) => {
+            let dir = std::env::temp_dir().join(format!("meshload-view-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            pull_all(&s3, &dir)?;
+            Ok(FsStore::open(&dir.display().to_string())?)
+        }
+    }
+}
+
+/// Copies every run of an S3 store into a local folder store; returns how many.
+fn pull_all(s3: &S3Store, to: &std::path::Path) -> anyhow::Result<usize> {
+    let local = FsStore::open(&to.display().to_string())?;
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let runs = s3.list_runs().await?;
+        for (test, id) in &runs {
+            s3.download_run(test, id, &local).await?;
+        }
+        Ok(runs.len())
+    })
+}
+
+/// Copies a store's runs to a local folder.
+pub fn pull(args: &ResultsPullArgs) -> anyhow::Result<ExitCode> {
+    let n = match ResultStore::open(&args.store).map_err(|e| Exit::usage(e.to_string()))? {
+        ResultStore::S3(s3) => pull_all(&s3, &args.to)?,
+        ResultStore::Fs(fs) => {
+            let runs = fs.list_runs()?;
+            for r in &runs {
+                copy_dir(&r.dir, &args.to.join(&r.test_name).join(&r.id))?;
+            }
+            runs.len()
+        }
+    };
+    println!("pulled {n} runs into {}", args.to.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+/// Uploads the runs an S3 store's spool holds.
+pub fn push(args: &ResultsPushArgs) -> anyhow::Result<ExitCode> {
+    let ResultStore::S3(s3) =
+        ResultStore::open(&args.store).map_err(|e| Exit::usage(e.to_string()))?
+    else {
+        return Err(Exit::usage("push needs an s3:// store (folder stores have no spool)").into());
+    };
+    let runtime = super::runtime()?;
+    let pushed = runtime.block_on(meshload_store::s3::push_spool(&s3))?;
+    for location in &pushed {
+        println!("pushed {location}");
+    }
+    println!(
+        "{} runs pushed from {}",
+        pushed.len(),
+        s3.spool().root().display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn find(store: &FsStore, name: &str) -> anyhow::Result<Run> {

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use meshload_config::LoadTest;
 use meshload_loadgen::Live;
 use meshload_runner::{LocalBackend, Observer, RunError, RunSettings, StopSignal, TestSummary};
-use meshload_store::FsStore;
+use meshload_store::ResultStore;
 
 use crate::cli::RunArgs;
 use crate::exit::{Exit, INTERRUPTED, THRESHOLD};
@@ -23,7 +23,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| config.store.clone())
         .unwrap_or_else(|| "results".to_string());
-    let store = FsStore::open(&store_address).map_err(|e| Exit::usage(e.to_string()))?;
+    let store = ResultStore::open(&store_address).map_err(|e| Exit::usage(e.to_string()))?;
     let exe = std::env::current_exe().context("cannot find the meshload executable")?;
     let sleep_between_tests = args
         .sleep_between_tests
@@ -121,6 +121,9 @@ impl Observer for Printer {
         }
         for e in &s.node_exits {
             eprintln!("meshload:   replica exited during the test: {e}");
+        }
+        if let Some(note) = &s.storage_note {
+            eprintln!("meshload:   not stored in the store: {note}");
         }
     }
 }
