@@ -45,6 +45,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the node service that every topology node runs.
     Node(NodeArgs),
+    /// Serve the load generator over Fortio's REST API (/fortio/rest/run).
+    Serve(ServeArgs),
     /// Run one load test against a URL (like `fortio load`).
     Load(LoadArgs),
     /// Bring a topology up, run every load test, measure, store, tear down (the main job).
@@ -653,4 +655,29 @@ pub struct ReportArgs {
     /// Where the report goes.
     #[arg(long, value_name = "DIR", default_value = "report")]
     pub out: std::path::PathBuf,
+}
+
+/// `meshload serve`.
+#[derive(Debug, Args)]
+#[command(
+    about = "Serve the load generator over Fortio's REST API (/fortio/rest/run)",
+    long_about = "Serve meshload's load generator behind Fortio's REST call: GET or POST \
+/fortio/rest/run with the parameters as query string or as a JSON body of strings (url, qps, \
+t, c, n, p, jitter, uniform, nocatchup, headers or H, payload, timeout, labels; with \
+?jsonPath=.metadata for parameters nested in the body, as the seed's driver sent them). The \
+answer, when the run ends, is the Fortio-compatible JSON result. GET /health answers 200.
+
+WARNING: this server sends load to whatever URL it is asked to. It listens on loopback by \
+default; listen elsewhere only where every client that can reach it may do so (e.g. inside a \
+cluster, behind a port-forward).",
+    after_help = "\
+Examples:
+  meshload serve                       # 127.0.0.1:8080
+  curl -s -d '{\"url\": \"http://127.0.0.1:9080/\", \"qps\": \"100\", \"t\": \"10s\", \"c\": \"4\"}' \\
+      http://127.0.0.1:8080/fortio/rest/run"
+)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback by default: see the warning above).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
 }

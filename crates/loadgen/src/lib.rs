@@ -15,9 +15,11 @@
 //! - [`run`]: orchestration, with the pacer thread.
 //! - [`result`]: the result and its Fortio-compatible JSON.
 //! - [`summary`]: the human-readable summary.
+//! - [`rest`]: the load-generator server (Fortio's REST API).
 
 pub mod collector;
 pub mod executor;
+pub mod rest;
 pub mod result;
 pub mod run;
 pub mod schedule;

@@ -6,6 +6,7 @@ mod promql;
 mod query;
 mod results;
 mod run;
+mod serve;
 mod supervise;
 mod validate;
 
@@ -17,6 +18,7 @@ use crate::cli::Command;
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Node(args) => node::run(args),
+        Command::Serve(args) => serve::run(&args),
         Command::Load(args) => load::run(args),
         Command::Query(args) => query::run(args),
         Command::Validate(args) => validate::run(&args),

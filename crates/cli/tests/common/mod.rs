@@ -41,9 +41,15 @@ impl NodeProc {
 
     /// As [`NodeProc::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> NodeProc {
+        let mut full = vec!["-q", "node", "--listen", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        Self::spawn(&full, env)
+    }
+
+    /// Starts any meshload server command that prints `listening on http://ADDR` first.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> NodeProc {
         let mut cmd = bin();
-        cmd.args(["-q", "node", "--listen", "127.0.0.1:0"])
-            .args(args);
+        cmd.args(args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -1,0 +1,55 @@
+//! `meshload serve` driven the way the seed's driver drove Fortio: a JSON body of
+//! strings, against a real node.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use bytes::Bytes;
+use common::NodeProc;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+async fn post(url: &str, body: &str) -> (u16, Value) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::post(url)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn the_seed_driver_style_request_runs_a_load_test() {
+    let node = NodeProc::start(&[]);
+    let server = NodeProc::spawn(&["-q", "serve", "--listen", "127.0.0.1:0"], &[]);
+    let run_url = format!("http://{}/fortio/rest/run", server.addr);
+    let body = format!(
+        r#"{{"metadata": {{"url": "{}", "qps": "100", "t": "1s", "c": "2"}}}}"#,
+        node.url()
+    );
+    let (status, result) = post(&format!("{run_url}?jsonPath=.metadata"), &body).await;
+    assert_eq!(status, 200, "{result}");
+    let ok = result["RetCodes"]["200"].as_u64().unwrap();
+    assert!((95..=102).contains(&ok), "{ok} requests at 100/s for 1s");
+    assert!((80.0..=110.0).contains(&result["ActualQPS"].as_f64().unwrap()));
+    assert_eq!(result["RequestedQPS"], "100");
+    assert_eq!(result["NumThreads"], 2);
+
+    // Parameters in the query string, exact count, max rate.
+    let url = format!("{run_url}?url={}&qps=-1&n=50&c=5", node.url());
+    let (status, result) = post(&url, "").await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["RetCodes"]["200"], 50);
+    assert_eq!(result["RequestedQPS"], "max");
+
+    let (status, result) = post(&run_url, r#"{"url": "http://127.0.0.1:1/", "qps": "fast"}"#).await;
+    assert_eq!(status, 400);
+    assert!(
+        result["error"].as_str().unwrap().starts_with("qps"),
+        "{result}"
+    );
+}

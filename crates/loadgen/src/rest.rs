@@ -1,0 +1,272 @@
+//! The load-generator server: Fortio's REST call `GET/POST /fortio/rest/run`, answered
+//! with the Fortio-compatible result, so the seed's driver and Fortio-minded tools can
+//! drive meshload. Parameters come from the query string and from a JSON body (string
+//! values, as Fortio takes them), optionally under `jsonPath` (`?jsonPath=.metadata`).
+//! A run answers when it ends, as Fortio's synchronous mode does.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::spec::{LoadOptions, LoadSpec};
+
+/// The REST path Fortio serves runs on.
+pub const RUN_PATH: &str = "/fortio/rest/run";
+
+/// Largest request body accepted (a run's parameters and payload).
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Serves the REST API on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(handle);
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => reply(StatusCode::OK, json!({"status": "ok"})),
+        (&Method::GET | &Method::POST, RUN_PATH) => run(req).await,
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no such endpoint; runs are on {RUN_PATH}")}),
+        ),
+    };
+    Ok(response)
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn run(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let query = req.uri().query().unwrap_or("").to_string();
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("cannot read the body: {e}")}),
+            );
+        }
+    };
+    let params = match params(&query, &body) {
+        Ok(p) => p,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
+    };
+    let spec = match options(&params).and_then(|o| LoadSpec::try_new(o).map_err(|e| e.to_string()))
+    {
+        Ok(spec) => spec,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
+    };
+    tracing::info!(url = %spec.uri, "run requested over REST");
+    match crate::run::run(spec, std::future::pending(), crate::Live::default()).await {
+        Ok(result) => match serde_json::to_value(result.to_fortio()) {
+            Ok(v) => reply(StatusCode::OK, v),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": e.to_string()}),
+            ),
+        },
+        Err(e) => reply(StatusCode::BAD_REQUEST, json!({"error": format!("{e}")})),
+    }
+}
+
+/// Query parameters, overlaid by the JSON body's fields (at `jsonPath` when given).
+pub fn params(query: &str, body: &[u8]) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    let mut json_path = String::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k == "jsonPath" {
+            json_path = v.into_owned();
+        } else {
+            out.entry(k.into_owned()).or_default().push(v.into_owned());
+        }
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(out);
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let mut at = &value;
+    for part in json_path.split('.').filter(|p| !p.is_empty()) {
+        at = at
+            .get(part)
+            .ok_or_else(|| format!("jsonPath {json_path:?} is not in the body"))?;
+    }
+    let object = at
+        .as_object()
+        .ok_or_else(|| format!("the parameters at jsonPath {json_path:?} are not an object"))?;
+    for (k, v) in object {
+        let values = match v {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), String::from))
+                .collect(),
+            Value::Null => continue,
+            other => vec![other.to_string()],
+        };
+        out.insert(k.clone(), values);
+    }
+    Ok(out)
+}
+
+/// Fortio's run parameters as load options.
+pub fn options(params: &HashMap<String, Vec<String>>) -> Result<LoadOptions, String> {
+    let one = |k: &str| {
+        params
+            .get(k)
+            .and_then(|v| v.first())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let flag = |k: &str| one(k).is_some_and(|v| matches!(v.as_str(), "on" | "true" | "1" | "yes"));
+    let number = |k: &str| -> Result<Option<f64>, String> {
+        one(k)
+            .map(|v| {
+                v.parse::<f64>()
+                    .map_err(|_| format!("{k}: {v:?} is not a number"))
+            })
+            .transpose()
+    };
+    let duration = |k: &str| -> Result<Option<Duration>, String> {
+        one(k)
+            .map(|v| {
+                parse_fortio_duration(&v)
+                    .ok_or_else(|| format!("{k}: {v:?} is not a duration (such as 10s)"))
+            })
+            .transpose()
+    };
+    let url = one("url").ok_or("url: missing")?;
+    let defaults = LoadOptions::default();
+    // Fortio: a negative qps (-1) or 0 means as fast as possible.
+    let qps = number("qps")?.map_or(defaults.qps, |q| q.max(0.0));
+    let connections = number("c")?.map_or(Ok(defaults.connections), |c| {
+        if c >= 1.0 && c.fract() == 0.0 {
+            Ok(c as usize)
+        } else {
+            Err(format!("c: {c} is not a number of connections"))
+        }
+    })?;
+    let requests = number("n")?.filter(|n| *n > 0.0).map(|n| n as u64);
+    let percentiles = match one("p") {
+        Some(p) => p
+            .split(',')
+            .map(|x| {
+                x.trim()
+                    .parse::<f64>()
+                    .map_err(|_| format!("p: {x:?} is not a percentile"))
+            })
+            .collect::<Result<_, _>>()?,
+        None => defaults.percentiles.clone(),
+    };
+    let mut headers: Vec<String> = params.get("H").cloned().unwrap_or_default();
+    headers.extend(params.get("headers").cloned().unwrap_or_default());
+    Ok(LoadOptions {
+        url,
+        qps,
+        connections,
+        duration: Some(duration("t")?.unwrap_or(Duration::from_secs(5))),
+        requests,
+        percentiles,
+        uniform: flag("uniform"),
+        jitter: flag("jitter"),
+        nocatchup: flag("nocatchup"),
+        headers,
+        payload: one("payload").map(Bytes::from),
+        timeout: duration("timeout")?.unwrap_or(defaults.timeout),
+        labels: one("labels").unwrap_or_default(),
+        h2: flag("h2"),
+        connect_to: Vec::new(),
+    })
+}
+
+/// `10s`, `1m30s`, `500ms`; a bare number is seconds (Fortio accepts both).
+fn parse_fortio_duration(s: &str) -> Option<Duration> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    humantime::parse_duration(s).ok()
+}
+
+/// Binds the listen address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_style_json_bodies_become_options() {
+        let body = br#"{"metadata": {"url": "http://127.0.0.1:9080/", "qps": "50000", "t": "10s", "c": "400", "jitter": "on"}}"#;
+        let p = params("jsonPath=.metadata", body).expect("valid");
+        let o = options(&p).expect("valid");
+        assert_eq!(
+            (o.qps, o.connections, o.duration),
+            (50000.0, 400, Some(Duration::from_secs(10)))
+        );
+        assert!(o.jitter && !o.uniform);
+        let p = params(
+            "url=http%3A%2F%2Fh%3A1%2F&qps=-1&n=100&H=X-A%3A%201&H=X-B%3A%202",
+            b"",
+        )
+        .expect("valid");
+        let o = options(&p).expect("valid");
+        assert_eq!((o.qps, o.requests, o.headers.len()), (0.0, Some(100), 2));
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let bad = |q: &str| options(&params(q, b"").expect("parses")).expect_err(q);
+        assert!(bad("qps=10").contains("url"));
+        assert!(bad("url=http://h/&qps=fast").starts_with("qps"));
+        assert!(bad("url=http://h/&t=soon").starts_with("t:"));
+        assert!(bad("url=http://h/&c=0").starts_with("c:"));
+        assert!(params("jsonPath=.x", b"{}").is_err());
+        assert!(params("", b"not json").is_err());
+    }
+}
