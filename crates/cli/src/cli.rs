@@ -60,6 +60,9 @@ pub enum Command {
     Compare(CompareArgs),
     /// Charts (PNG, SVG) and a self-contained HTML report of stored runs.
     Report(ReportArgs),
+    /// Kubernetes: render the manifests of a config.
+    #[command(subcommand)]
+    K8s(K8sCommand),
     /// Evaluate PromQL over a stored run or a live Prometheus.
     Query(QueryArgs),
     /// Run a command and stop it when meshload stops (internal: keeps helpers such as a
@@ -680,4 +683,60 @@ pub struct ServeArgs {
     /// Address to listen on (loopback by default: see the warning above).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+}
+
+/// `meshload k8s ...`.
+#[derive(Debug, Subcommand)]
+pub enum K8sCommand {
+    /// Print the Kubernetes manifests of a config as multi-document YAML.
+    #[command(
+        long_about = "Print the manifests of a config as multi-document YAML, for review, GitOps or \
+`kubectl apply -f -`: a Namespace prepared for the mesh's sidecar injection (Istio's label, \
+Linkerd's annotation, App Mesh's mesh and injector labels); per node a Deployment node-<name> \
+(container `app` running `meshload node`, BACKENDS naming service-<backend>.<ns>.svc.cluster.local:9080, \
+readiness on /health, Prometheus scrape annotations) and Services node-<name> and \
+service-<name> on 9080; for App Mesh a Mesh and per node a VirtualNode and a VirtualService \
+(TLS settings from IsTLSEnabled/IsmTLSEnabled); and the load generator (`meshload serve`, or \
+Fortio with --loadgen fortio). Every object is labelled app.kubernetes.io/managed-by=meshload \
+and meshload.io/run=<run id>.",
+        after_help = "\
+Examples:
+  meshload k8s render examples/seed.json --mesh appmesh | kubectl apply -f -
+  meshload k8s render examples/quickstart.json --mesh istio --namespace perf --image registry.example/meshload:0.1"
+    )]
+    Render(K8sRenderArgs),
+}
+
+/// `meshload k8s render`.
+#[derive(Debug, Args)]
+pub struct K8sRenderArgs {
+    /// The config file.
+    pub config: std::path::PathBuf,
+    /// The service mesh: none, istio, linkerd or appmesh.
+    #[arg(long, default_value = "none")]
+    pub mesh: meshload_k8s::Mesh,
+    /// The namespace (default: the config's namespace, else tls-e2e).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// The meshload image for the nodes and the load generator.
+    #[arg(long, value_name = "IMAGE", default_value = "meshload:latest")]
+    pub image: String,
+    /// The load generator: meshload (its Fortio-compatible server) or fortio.
+    #[arg(long, default_value = "meshload")]
+    pub loadgen: meshload_k8s::LoadGen,
+    /// The run id put in every object's meshload.io/run label (default: the time, YYYYMMDDHHMMSS).
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// CPU request of each node container (e.g. 100m).
+    #[arg(long, value_name = "QUANTITY")]
+    pub cpu_request: Option<String>,
+    /// Memory request of each node container (e.g. 64Mi).
+    #[arg(long, value_name = "QUANTITY")]
+    pub memory_request: Option<String>,
+    /// CPU limit of each node container.
+    #[arg(long, value_name = "QUANTITY")]
+    pub cpu_limit: Option<String>,
+    /// Memory limit of each node container.
+    #[arg(long, value_name = "QUANTITY")]
+    pub memory_limit: Option<String>,
 }

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod k8s;
 mod load;
 mod node;
 mod promql;
@@ -29,6 +30,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Results(crate::cli::ResultsCommand::Push(args)) => results::push(&args),
         Command::Compare(args) => results::compare(&args),
         Command::Report(args) => results::report(&args),
+        Command::K8s(crate::cli::K8sCommand::Render(args)) => k8s::render(&args),
         Command::Supervise(args) => supervise::run(&args),
         Command::Promql(crate::cli::PromqlCommand::Test(args)) => promql::test(args),
     }

@@ -1,0 +1,208 @@
+//! `meshload k8s render`: golden files per mesh, core objects checked by
+//! kubernetes-validate --strict (PyPI, offline schemas, installed by scripts/test), App Mesh
+//! objects checked against the openAPIV3Schema of their CRDs (../shared/k8s).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::run;
+use serde_json::Value;
+
+const MESHES: [&str; 4] = ["none", "istio", "linkerd", "appmesh"];
+const CONFIGS: [&str; 2] = ["seed", "quickstart"];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn render(config: &str, mesh: &str) -> String {
+    let path = repo().join(format!("examples/{config}.json"));
+    let out = run(
+        &[
+            "k8s",
+            "render",
+            path.to_str().unwrap(),
+            "--mesh",
+            mesh,
+            "--run-id",
+            "golden",
+            "--image",
+            "meshload:test",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    yaml.split("\n---\n")
+        .map(|d| d.trim_start_matches("---\n"))
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_saphyr::from_str::<Value>(d).unwrap())
+        .collect()
+}
+
+/// Rewrite the goldens with UPDATE_GOLDEN=1 after a deliberate change, and review the diff.
+#[test]
+fn manifests_match_the_golden_files() {
+    for mesh in MESHES {
+        for config in CONFIGS {
+            let yaml = render(config, mesh);
+            let golden = repo().join(format!("crates/k8s/tests/golden/{mesh}-{config}.yaml"));
+            if std::env::var_os("UPDATE_GOLDEN").is_some() {
+                std::fs::write(&golden, &yaml).unwrap();
+            }
+            let expected = std::fs::read_to_string(&golden)
+                .unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
+            assert_eq!(
+                yaml,
+                expected,
+                "{mesh}/{config} differs from {}",
+                golden.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_object_is_labelled_and_meshes_get_their_injection() {
+    for mesh in MESHES {
+        let docs = documents(&render("quickstart", mesh));
+        for d in &docs {
+            assert_eq!(
+                d["metadata"]["labels"]["app.kubernetes.io/managed-by"], "meshload",
+                "{d}"
+            );
+            assert_eq!(d["metadata"]["labels"]["meshload.io/run"], "golden", "{d}");
+        }
+        let ns = &docs[0];
+        assert_eq!(ns["kind"], "Namespace");
+        match mesh {
+            "istio" => assert_eq!(ns["metadata"]["labels"]["istio-injection"], "enabled"),
+            "linkerd" => assert_eq!(
+                ns["metadata"]["annotations"]["linkerd.io/inject"],
+                "enabled"
+            ),
+            "appmesh" => assert_eq!(
+                ns["metadata"]["labels"]["appmesh.k8s.aws/sidecarInjectorWebhook"],
+                "enabled"
+            ),
+            _ => assert!(ns["metadata"]["annotations"].is_null()),
+        }
+        let kinds = |k: &str| docs.iter().filter(|d| d["kind"] == k).count();
+        assert_eq!(
+            kinds("Deployment"),
+            5 + 1,
+            "five nodes and the load generator"
+        );
+        assert_eq!(kinds("Service"), 2 * 5 + 1);
+        let frontend = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "node-frontend")
+            .unwrap();
+        let env = &frontend["spec"]["template"]["spec"]["containers"][0]["env"][0];
+        assert_eq!(
+            env["value"],
+            "service-cart.tls-e2e.svc.cluster.local:9080,service-catalog.tls-e2e.svc.cluster.local:9080"
+        );
+        let db = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "node-db")
+            .unwrap();
+        assert_eq!(db["spec"]["replicas"], 2);
+        if mesh == "appmesh" {
+            assert_eq!(kinds("Mesh"), 1);
+            assert_eq!(kinds("VirtualNode"), 5 + 1);
+            assert_eq!(kinds("VirtualService"), 5);
+        }
+    }
+}
+
+#[test]
+fn core_objects_pass_kubernetes_validate_strict() {
+    let dir = common::temp_dir("k8s-validate");
+    for mesh in MESHES {
+        let core: Vec<String> = render("quickstart", mesh)
+            .split("\n---\n")
+            .filter(|d| !d.contains("apiVersion: appmesh.k8s.aws/"))
+            .map(|d| d.trim_start_matches("---\n").to_string())
+            .collect();
+        let file = dir.join(format!("{mesh}.yaml"));
+        std::fs::write(&file, core.join("\n---\n")).unwrap();
+        let out = std::process::Command::new("kubernetes-validate")
+            .arg("--strict")
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate is installed by scripts/test (pip install kubernetes-validate)");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{mesh}: {said}");
+        assert_eq!(
+            said.matches("passed for resource").count(),
+            core.len(),
+            "{said}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn app_mesh_objects_validate_against_their_crds() {
+    let crds = std::fs::read_to_string(repo().join("../shared/k8s/appmesh-crds.yaml")).unwrap();
+    let mut schemas = std::collections::HashMap::new();
+    for doc in crds
+        .split("\n---")
+        .filter(|d| d.contains("kind: CustomResourceDefinition"))
+    {
+        let crd: Value = serde_saphyr::from_str(doc).unwrap();
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_string();
+        schemas.insert(
+            kind,
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone(),
+        );
+    }
+    let mut checked = 0;
+    for config in CONFIGS {
+        for doc in documents(&render(config, "appmesh")) {
+            let kind = doc["kind"].as_str().unwrap();
+            let Some(schema) = schemas.get(kind) else {
+                continue;
+            };
+            let validator = jsonschema::validator_for(schema).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&doc)
+                .map(|e| format!("{e} at {}", e.instance_path()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{kind} {}: {errors:#?}",
+                doc["metadata"]["name"]
+            );
+            checked += 1;
+        }
+    }
+    // Seed: the mesh, 2 virtual nodes (node 0, load generator), 1 virtual service;
+    // quickstart: the mesh, 6 virtual nodes, 5 virtual services.
+    assert_eq!(checked, (1 + 2 + 1) + (1 + 6 + 5));
+    // The schema does catch mistakes: a listener without a port is rejected.
+    let mut bad = documents(&render("seed", "appmesh"))
+        .into_iter()
+        .find(|d| d["kind"] == "VirtualNode")
+        .unwrap();
+    bad["spec"]["listeners"][0]["portMapping"] = serde_json::json!({"protocol": "http"});
+    assert!(
+        !jsonschema::validator_for(&schemas["VirtualNode"])
+            .unwrap()
+            .is_valid(&bad)
+    );
+}

@@ -1,0 +1,387 @@
+//! The Kubernetes objects of a config, for no mesh, Istio, Linkerd or App Mesh: what the
+//! seed's controller test created (per node a Deployment `node-<name>`, Services
+//! `node-<name>` and `service-<name>` on 9080, and for App Mesh a Mesh, VirtualNode and
+//! VirtualService), plus the load generator. Every object carries
+//! `app.kubernetes.io/managed-by: meshload` and the run's id.
+
+use std::fmt;
+use std::str::FromStr;
+
+use meshload_config::{Behaviour, Config};
+use serde_json::{Map, Value, json};
+
+/// The port every node serves on (the seed's).
+pub const PORT: u16 = 9080;
+/// The load generator's port.
+pub const LOADGEN_PORT: u16 = 8080;
+/// The label naming the tool that manages an object.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The label naming the run an object belongs to.
+pub const RUN_LABEL: &str = "meshload.io/run";
+/// The load generator's name.
+pub const LOADGEN: &str = "meshload-loadgen";
+
+/// Which service mesh the topology runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mesh {
+    /// Plain Kubernetes.
+    None,
+    /// Istio (sidecar injection by namespace label).
+    Istio,
+    /// Linkerd (injection by namespace annotation).
+    Linkerd,
+    /// AWS App Mesh (Mesh, VirtualNodes, VirtualServices; injection by namespace labels).
+    AppMesh,
+}
+
+impl FromStr for Mesh {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Mesh::None),
+            "istio" => Ok(Mesh::Istio),
+            "linkerd" => Ok(Mesh::Linkerd),
+            "appmesh" => Ok(Mesh::AppMesh),
+            other => Err(format!(
+                "{other:?} is not a mesh: use none, istio, linkerd or appmesh"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Mesh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mesh::None => "none",
+            Mesh::Istio => "istio",
+            Mesh::Linkerd => "linkerd",
+            Mesh::AppMesh => "appmesh",
+        })
+    }
+}
+
+/// Which load generator runs in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadGen {
+    /// `meshload serve` (Fortio's REST API).
+    Meshload,
+    /// The official Fortio image, as the seed did.
+    Fortio,
+}
+
+impl FromStr for LoadGen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "meshload" => Ok(LoadGen::Meshload),
+            "fortio" => Ok(LoadGen::Fortio),
+            other => Err(format!(
+                "{other:?} is not a load generator: use meshload or fortio"
+            )),
+        }
+    }
+}
+
+/// Container resources (Kubernetes quantities, e.g. `100m`, `64Mi`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    /// CPU request.
+    pub cpu_request: Option<String>,
+    /// Memory request.
+    pub memory_request: Option<String>,
+    /// CPU limit.
+    pub cpu_limit: Option<String>,
+    /// Memory limit.
+    pub memory_limit: Option<String>,
+}
+
+/// How to render.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderOptions {
+    /// The mesh.
+    pub mesh: Mesh,
+    /// The namespace (default: the config's).
+    pub namespace: String,
+    /// The meshload image the nodes and the load generator run.
+    pub image: String,
+    /// The load generator.
+    pub loadgen: LoadGen,
+    /// The run's id, in a label of every object.
+    pub run_id: String,
+    /// Node container resources.
+    pub resources: Resources,
+}
+
+/// The Fortio image used with `--loadgen fortio`.
+pub const FORTIO_IMAGE: &str = "fortio/fortio:latest";
+
+fn labels(opts: &RenderOptions, extra: &[(&str, &str)]) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(MANAGED_BY.into(), "meshload".into());
+    m.insert(RUN_LABEL.into(), opts.run_id.clone().into());
+    for (k, v) in extra {
+        m.insert((*k).into(), (*v).into());
+    }
+    m
+}
+
+fn meta(name: &str, opts: &RenderOptions, extra: &[(&str, &str)]) -> Value {
+    json!({"name": name, "namespace": opts.namespace, "labels": labels(opts, extra)})
+}
+
+/// The App Mesh mesh's name.
+pub fn mesh_name(opts: &RenderOptions) -> String {
+    format!("meshload-{}", opts.run_id)
+}
+
+/// Every object, in apply order (namespace and mesh first).
+pub fn render(config: &Config, opts: &RenderOptions) -> Vec<Value> {
+    let mut out = vec![namespace(opts)];
+    if opts.mesh == Mesh::AppMesh {
+        out.push(json!({
+            "apiVersion": "appmesh.k8s.aws/v1beta2",
+            "kind": "Mesh",
+            "metadata": {"name": mesh_name(opts), "labels": labels(opts, &[])},
+            "spec": {"namespaceSelector": {"matchLabels": {"mesh": mesh_name(opts)}}},
+        }));
+    }
+    for (name, spec) in &config.nodes {
+        out.push(deployment(
+            name,
+            spec.replicas,
+            &spec.backends,
+            &spec.behaviour,
+            opts,
+        ));
+        for service in [format!("node-{name}"), format!("service-{name}")] {
+            out.push(service_object(
+                &service,
+                &format!("node-{name}"),
+                PORT,
+                opts,
+            ));
+        }
+        if opts.mesh == Mesh::AppMesh {
+            out.push(virtual_node(
+                &format!("node-{name}"),
+                &spec.backends,
+                config,
+                opts,
+            ));
+            out.push(virtual_service(name, opts));
+        }
+    }
+    out.extend(loadgen(config, opts));
+    out
+}
+
+fn namespace(opts: &RenderOptions) -> Value {
+    let mut metadata = json!({"name": opts.namespace, "labels": labels(opts, &[])});
+    match opts.mesh {
+        Mesh::None => {}
+        Mesh::Istio => {
+            metadata["labels"]["istio-injection"] = "enabled".into();
+        }
+        Mesh::Linkerd => {
+            metadata["annotations"] = json!({"linkerd.io/inject": "enabled"});
+        }
+        Mesh::AppMesh => {
+            metadata["labels"]["mesh"] = mesh_name(opts).into();
+            metadata["labels"]["appmesh.k8s.aws/sidecarInjectorWebhook"] = "enabled".into();
+        }
+    }
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": metadata})
+}
+
+fn service_host(name: &str, opts: &RenderOptions) -> String {
+    format!("service-{name}.{}.svc.cluster.local:{PORT}", opts.namespace)
+}
+
+/// `meshload node` flags for a node's behaviour.
+fn behaviour_args(b: &Behaviour) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut flag = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            args.push(format!("--{name}={v}"));
+        }
+    };
+    flag("latency", b.latency.clone());
+    flag("error-rate", b.error_rate.map(|v| v.to_string()));
+    flag("error-code", b.error_code.map(|v| v.to_string()));
+    flag("response-size", b.response_size.map(|v| v.to_string()));
+    flag("timeout", b.timeout.map(|d| format!("{}ms", d.as_millis())));
+    flag("call-mode", b.call_mode.clone());
+    args
+}
+
+fn resources(r: &Resources) -> Value {
+    let pick = |cpu: &Option<String>, mem: &Option<String>| {
+        let mut m = Map::new();
+        if let Some(c) = cpu {
+            m.insert("cpu".into(), c.clone().into());
+        }
+        if let Some(x) = mem {
+            m.insert("memory".into(), x.clone().into());
+        }
+        m
+    };
+    let mut out = Map::new();
+    let requests = pick(&r.cpu_request, &r.memory_request);
+    if !requests.is_empty() {
+        out.insert("requests".into(), Value::Object(requests));
+    }
+    let limits = pick(&r.cpu_limit, &r.memory_limit);
+    if !limits.is_empty() {
+        out.insert("limits".into(), Value::Object(limits));
+    }
+    Value::Object(out)
+}
+
+fn deployment(
+    name: &str,
+    replicas: u32,
+    backends: &[String],
+    behaviour: &Behaviour,
+    opts: &RenderOptions,
+) -> Value {
+    let app = format!("node-{name}");
+    let mut args = vec![
+        "node".to_string(),
+        format!("--listen=0.0.0.0:{PORT}"),
+        format!("--name={name}"),
+    ];
+    args.extend(behaviour_args(behaviour));
+    let backends: Vec<String> = backends.iter().map(|b| service_host(b, opts)).collect();
+    let pod_labels = labels(opts, &[("app", &app), ("meshload.io/node", name)]);
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(&app, opts, &[("app", &app)]),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": app}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": PORT.to_string(), "prometheus.io/path": "/metrics"},
+                },
+                "spec": {
+                    "containers": [{
+                        "name": "app",
+                        "image": opts.image,
+                        "args": args,
+                        "env": [{"name": "BACKENDS", "value": backends.join(",")}],
+                        "ports": [{"name": "http", "containerPort": PORT}],
+                        "readinessProbe": {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": 2},
+                        "resources": resources(&opts.resources),
+                    }],
+                },
+            },
+        },
+    })
+}
+
+fn service_object(name: &str, app: &str, port: u16, opts: &RenderOptions) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(name, opts, &[("app", app)]),
+        "spec": {"selector": {"app": app}, "ports": [{"name": "http", "port": port, "targetPort": port}]},
+    })
+}
+
+fn virtual_node(name: &str, backends: &[String], config: &Config, opts: &RenderOptions) -> Value {
+    let mut listener = json!({"portMapping": {"port": PORT, "protocol": "http"}});
+    let mut spec = json!({
+        "podSelector": {"matchLabels": {"app": name}},
+        "listeners": [],
+        "serviceDiscovery": {"dns": {"hostname": format!("{name}.{}.svc.cluster.local", opts.namespace)}},
+        "backends": backends.iter().map(|b| json!({"virtualService": {"virtualServiceRef": {"name": format!("service-{b}")}}})).collect::<Vec<_>>(),
+    });
+    if config.mtls {
+        let trust = json!({"sds": {"secretName": "spiffe://meshload.local"}});
+        listener["tls"] = json!({"mode": "STRICT", "certificate": {"sds": {"secretName": format!("spiffe://meshload.local/{name}")}}, "validation": {"trust": trust}});
+        spec["backendDefaults"] = json!({"clientPolicy": {"tls": {"enforce": true, "certificate": {"sds": {"secretName": format!("spiffe://meshload.local/{name}")}}, "validation": {"trust": trust}}}});
+    } else if config.tls {
+        listener["tls"] = json!({"mode": "STRICT", "certificate": {"file": {"certificateChain": format!("/certs/{name}_cert_chain.pem"), "privateKey": format!("/certs/{name}_key.pem")}}});
+        spec["backendDefaults"] = json!({"clientPolicy": {"tls": {"enforce": true, "validation": {"trust": {"file": {"certificateChain": "/certs/ca_cert.pem"}}}}}});
+    }
+    spec["listeners"] = json!([listener]);
+    json!({"apiVersion": "appmesh.k8s.aws/v1beta2", "kind": "VirtualNode", "metadata": meta(name, opts, &[]), "spec": spec})
+}
+
+fn virtual_service(node: &str, opts: &RenderOptions) -> Value {
+    let name = format!("service-{node}");
+    json!({
+        "apiVersion": "appmesh.k8s.aws/v1beta2",
+        "kind": "VirtualService",
+        "metadata": meta(&name, opts, &[]),
+        "spec": {
+            "awsName": format!("{name}.{}.svc.cluster.local", opts.namespace),
+            "provider": {"virtualNode": {"virtualNodeRef": {"name": format!("node-{node}")}}},
+        },
+    })
+}
+
+fn loadgen(config: &Config, opts: &RenderOptions) -> Vec<Value> {
+    let (image, args) = match opts.loadgen {
+        LoadGen::Meshload => (
+            opts.image.clone(),
+            vec![
+                "serve".to_string(),
+                format!("--listen=0.0.0.0:{LOADGEN_PORT}"),
+            ],
+        ),
+        LoadGen::Fortio => (FORTIO_IMAGE.to_string(), vec!["server".to_string()]),
+    };
+    let probe_path = match opts.loadgen {
+        LoadGen::Meshload => "/health",
+        LoadGen::Fortio => "/fortio/",
+    };
+    let mut out = vec![
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta(LOADGEN, opts, &[("app", LOADGEN)]),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": LOADGEN}},
+                "template": {
+                    "metadata": {"labels": labels(opts, &[("app", LOADGEN)])},
+                    "spec": {"containers": [{
+                        "name": "app",
+                        "image": image,
+                        "args": args,
+                        "ports": [{"name": "http", "containerPort": LOADGEN_PORT}],
+                        "readinessProbe": {"httpGet": {"path": probe_path, "port": LOADGEN_PORT}, "periodSeconds": 2},
+                    }]},
+                },
+            },
+        }),
+        service_object(LOADGEN, LOADGEN, LOADGEN_PORT, opts),
+    ];
+    if opts.mesh == Mesh::AppMesh {
+        // The load generator sits in the mesh too, allowed to call every service (as the
+        // seed's Fortio did).
+        let all: Vec<String> = config.nodes.keys().cloned().collect();
+        let mut vn = virtual_node(LOADGEN, &all, config, opts);
+        vn["spec"]["listeners"][0]["portMapping"]["port"] = LOADGEN_PORT.into();
+        if let Some(l) = vn["spec"]["listeners"][0].as_object_mut() {
+            l.remove("tls");
+        }
+        out.push(vn);
+    }
+    out
+}
+
+/// Objects as a multi-document YAML stream.
+pub fn to_yaml(objects: &[Value]) -> Result<String, String> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(o).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
