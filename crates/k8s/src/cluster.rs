@@ -1,0 +1,259 @@
+//! Talking to a cluster through kube-rs (no kubectl): server-side apply of rendered
+//! objects, waiting for rollouts (naming the pods not ready and their last events on
+//! timeout), and deleting what a run created, by label.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use kube::Client;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use serde_json::Value;
+
+use crate::render::{MANAGED_BY, RUN_LABEL};
+
+/// The field manager of meshload's server-side applies.
+pub const FIELD_MANAGER: &str = "meshload";
+
+/// Errors talking to a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    /// The API server answered with an error, or could not be reached.
+    #[error("{action}: {source}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// kube's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A rendered object cannot be applied.
+    #[error("cannot apply {0}")]
+    Object(String),
+    /// Deployments did not become ready in time.
+    #[error("not ready after {timeout:?}: {details}")]
+    RolloutTimeout {
+        /// How long was waited.
+        timeout: Duration,
+        /// The pods not ready and their last events.
+        details: String,
+    },
+}
+
+fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> K8sError {
+    let action = action.into();
+    move |source| K8sError::Api { action, source }
+}
+
+/// A cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+}
+
+/// The resource an object's `apiVersion` and `kind` name, and whether it is namespaced.
+fn resource_of(obj: &Value) -> Result<(ApiResource, bool), K8sError> {
+    let api_version = obj["apiVersion"]
+        .as_str()
+        .ok_or_else(|| K8sError::Object(format!("no apiVersion in {obj}")))?;
+    let kind = obj["kind"]
+        .as_str()
+        .ok_or_else(|| K8sError::Object(format!("no kind in {obj}")))?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    Ok((ar, !matches!(kind, "Namespace" | "Mesh")))
+}
+
+impl Cluster {
+    /// A cluster behind `client`.
+    pub fn new(client: Client) -> Cluster {
+        Cluster { client }
+    }
+
+    /// The cluster of the kubeconfig's current (or named) context.
+    pub async fn connect(context: Option<&str>) -> Result<Cluster, K8sError> {
+        let options = kube::config::KubeConfigOptions {
+            context: context.map(String::from),
+            ..Default::default()
+        };
+        let config = kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| K8sError::Object(format!("kubeconfig: {e}")))?;
+        let client = Client::try_from(config).map_err(api_err("connect"))?;
+        Ok(Cluster { client })
+    }
+
+    fn api(&self, obj: &Value) -> Result<(Api<DynamicObject>, String), K8sError> {
+        let (ar, namespaced) = resource_of(obj)?;
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .ok_or_else(|| K8sError::Object(format!("no name in {obj}")))?
+            .to_string();
+        let api = if namespaced {
+            let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+            Api::namespaced_with(self.client.clone(), ns, &ar)
+        } else {
+            Api::all_with(self.client.clone(), &ar)
+        };
+        Ok((api, name))
+    }
+
+    /// Server-side applies every object, in order; returns how many.
+    pub async fn apply(&self, objects: &[Value]) -> Result<usize, K8sError> {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        for obj in objects {
+            let (api, name) = self.api(obj)?;
+            let dynamic: DynamicObject =
+                serde_json::from_value(obj.clone()).map_err(|e| K8sError::Object(e.to_string()))?;
+            api.patch(&name, &params, &Patch::Apply(&dynamic))
+                .await
+                .map_err(api_err(format!(
+                    "apply {} {name}",
+                    obj["kind"].as_str().unwrap_or("?")
+                )))?;
+            tracing::debug!(kind = %obj["kind"], %name, "applied");
+        }
+        Ok(objects.len())
+    }
+
+    /// Waits until every named Deployment has all its replicas ready; on timeout, names
+    /// the pods not ready and their last events.
+    pub async fn wait_ready(
+        &self,
+        namespace: &str,
+        deployments: &[String],
+        timeout: Duration,
+    ) -> Result<(), K8sError> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut pending = Vec::new();
+            for name in deployments {
+                let d = api
+                    .get(name)
+                    .await
+                    .map_err(api_err(format!("get deployment {name}")))?;
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let ready = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
+                if ready < want {
+                    pending.push(name.clone());
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let details = self.not_ready_details(namespace, &pending).await?;
+                return Err(K8sError::RolloutTimeout { timeout, details });
+            }
+            tokio::time::sleep(Duration::from_millis(500).min(timeout)).await;
+        }
+    }
+
+    async fn not_ready_details(
+        &self,
+        namespace: &str,
+        deployments: &[String],
+    ) -> Result<String, K8sError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        let mut out = Vec::new();
+        for d in deployments {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("app={d}")))
+                .await
+                .map_err(api_err(format!("list pods of {d}")))?;
+            let not_ready: Vec<String> = list
+                .items
+                .iter()
+                .filter(|p| !is_ready(p))
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            if not_ready.is_empty() {
+                out.push(format!("{d} (no pod yet)"));
+            }
+            for pod in not_ready {
+                let selector = format!("involvedObject.name={pod}");
+                let list = events
+                    .list(&ListParams::default().fields(&selector))
+                    .await
+                    .map_err(api_err(format!("list events of {pod}")))?;
+                let last = list
+                    .items
+                    .iter()
+                    .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
+                    .and_then(|e| {
+                        Some(format!(
+                            "{}: {}",
+                            e.reason.clone()?,
+                            e.message.clone().unwrap_or_default()
+                        ))
+                    })
+                    .unwrap_or_else(|| "no events".to_string());
+                out.push(format!("pod {pod} not ready (last event {last})"));
+            }
+        }
+        Ok(out.join("; "))
+    }
+
+    /// Deletes what meshload created, by label: namespaces (their objects go with them)
+    /// and App Mesh meshes, of one run or of every run. Returns what was deleted.
+    pub async fn cleanup(&self, run: Option<&str>) -> Result<Vec<String>, K8sError> {
+        let mut selector = format!("{MANAGED_BY}=meshload");
+        if let Some(run) = run {
+            selector.push_str(&format!(",{RUN_LABEL}={run}"));
+        }
+        let lp = ListParams::default().labels(&selector);
+        let mut deleted = Vec::new();
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for ns in namespaces
+            .list(&lp)
+            .await
+            .map_err(api_err("list namespaces"))?
+            .items
+        {
+            let Some(name) = ns.metadata.name else {
+                continue;
+            };
+            namespaces
+                .delete(&name, &DeleteParams::foreground())
+                .await
+                .map_err(api_err(format!("delete namespace {name}")))?;
+            deleted.push(format!("namespace/{name}"));
+        }
+        let mesh =
+            ApiResource::from_gvk(&GroupVersionKind::gvk("appmesh.k8s.aws", "v1beta2", "Mesh"));
+        let meshes: Api<DynamicObject> = Api::all_with(self.client.clone(), &mesh);
+        match meshes.list(&lp).await {
+            Ok(list) => {
+                for m in list.items {
+                    let Some(name) = m.metadata.name else {
+                        continue;
+                    };
+                    meshes
+                        .delete(&name, &DeleteParams::foreground())
+                        .await
+                        .map_err(api_err(format!("delete mesh {name}")))?;
+                    deleted.push(format!("mesh/{name}"));
+                }
+            }
+            // No App Mesh CRD in this cluster: nothing to delete.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(api_err("list meshes")(e)),
+        }
+        Ok(deleted)
+    }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
