@@ -705,6 +705,33 @@ Examples:
   meshload k8s render examples/quickstart.json --mesh istio --namespace perf --image registry.example/meshload:0.1"
     )]
     Render(K8sRenderArgs),
+    /// Delete what meshload created on a cluster (by label): a killed run's leftovers.
+    #[command(
+        long_about = "Delete the namespaces (with everything in them) and App Mesh meshes that \
+meshload created, found by their app.kubernetes.io/managed-by=meshload label: those of one run \
+(--run ID, the meshload.io/run label) or of every run (--all). This is the seed's manual \
+clean-up step, automated. Uses the kubeconfig's current context unless --context names another.",
+        after_help = "\
+Examples:
+  meshload k8s cleanup --run 20261127180000
+  meshload k8s cleanup --all --context my-eks"
+    )]
+    Cleanup(K8sCleanupArgs),
+}
+
+/// `meshload k8s cleanup`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["run", "all"]))]
+pub struct K8sCleanupArgs {
+    /// Only this run's objects.
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
+    /// Every run's objects.
+    #[arg(long)]
+    pub all: bool,
+    /// The kubeconfig context (default: the current one).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
 }
 
 /// `meshload k8s render`.

@@ -47,12 +47,20 @@ pub fn usage(err: &clap::Error) -> ExitCode {
             ExitCode::from(USAGE)
         }
         _ => {
+            // One line: clap's message up to its first blank line (a list of missing
+            // arguments continues on the next lines), without usage and tips.
             let rendered = err.render().to_string();
-            let first = rendered
+            let message: Vec<&str> = rendered
                 .lines()
-                .next()
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{first} (see --help)");
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = if message.is_empty() {
+                "error: invalid arguments".to_string()
+            } else {
+                message.join(" ")
+            };
+            eprintln!("{message} (see --help)");
             ExitCode::from(USAGE)
         }
     }

@@ -206,3 +206,28 @@ fn app_mesh_objects_validate_against_their_crds() {
             .is_valid(&bad)
     );
 }
+
+/// Runs only with a cluster: set KUBECONFIG to one whose current context may be used.
+#[test]
+fn real_cluster_cleanup_connects_and_lists() {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        eprintln!(
+            "SKIPPED real_cluster_cleanup_connects_and_lists: no KUBECONFIG given, no cluster to test against"
+        );
+        return;
+    }
+    // A run id no run has: the cluster is asked, and nothing of anyone's is deleted.
+    let out = run(
+        &["k8s", "cleanup", "--run", "meshload-test-no-such-run"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nothing to delete"
+    );
+}

@@ -29,6 +29,9 @@ pub enum K8sError {
         #[source]
         source: kube::Error,
     },
+    /// The kubeconfig cannot be used.
+    #[error("kubeconfig: {0}")]
+    Config(String),
     /// A rendered object cannot be applied.
     #[error("cannot apply {0}")]
     Object(String),
@@ -80,7 +83,7 @@ impl Cluster {
         };
         let config = kube::Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| K8sError::Object(format!("kubeconfig: {e}")))?;
+            .map_err(|e| K8sError::Config(e.to_string()))?;
         let client = Client::try_from(config).map_err(api_err("connect"))?;
         Ok(Cluster { client })
     }

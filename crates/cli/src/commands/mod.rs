@@ -31,6 +31,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Compare(args) => results::compare(&args),
         Command::Report(args) => results::report(&args),
         Command::K8s(crate::cli::K8sCommand::Render(args)) => k8s::render(&args),
+        Command::K8s(crate::cli::K8sCommand::Cleanup(args)) => k8s::cleanup(&args),
         Command::Supervise(args) => supervise::run(&args),
         Command::Promql(crate::cli::PromqlCommand::Test(args)) => promql::test(args),
     }
