@@ -1,7 +1,7 @@
 //! `meshload k8s render`: golden files per mesh, core objects checked by
 //! kubernetes-validate --strict (PyPI, offline schemas, installed by scripts/test), App Mesh
 //! objects checked against the openAPIV3Schema of their CRDs (../shared/k8s).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 
