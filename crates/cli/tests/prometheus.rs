@@ -9,7 +9,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{NodeProc, bin};
+use common::{NodeProc, bin, free_port};
 use meshload_promql::client::PrometheusClient;
 use meshload_promql::eval::{QueryOptions, RangeSeries, Value};
 use meshload_promql::{Store, range_query};
@@ -27,14 +27,6 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_prometheus(target: &str) -> Prometheus {

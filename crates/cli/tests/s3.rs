@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, run, temp_dir, write_config};
+use common::{bin, free_port, run, temp_dir, write_config};
 use serde_json::Value;
 
 /// A moto_server child process, killed when dropped.
@@ -44,14 +44,6 @@ impl Drop for Moto {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The AWS environment pointing at moto, and a spool folder of the test's own.
