@@ -43,16 +43,16 @@ pub struct Cli {
 /// Every meshload command.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the node service that every topology node runs.
-    Node(NodeArgs),
-    /// Serve the load generator over Fortio's REST API (/fortio/rest/run).
-    Serve(ServeArgs),
-    /// Run one load test against a URL (like `fortio load`).
-    Load(LoadArgs),
     /// Bring a topology up, run every load test, measure, store, tear down (the main job).
     Run(RunArgs),
     /// Check a config file and print the plan.
     Validate(ValidateArgs),
+    /// Run one load test against a URL (like `fortio load`).
+    Load(LoadArgs),
+    /// Run the node service that every topology node runs.
+    Node(NodeArgs),
+    /// Serve the load generator over Fortio's REST API (/fortio/rest/run).
+    Serve(ServeArgs),
     /// Browse stored runs.
     #[command(subcommand)]
     Results(ResultsCommand),
@@ -60,18 +60,18 @@ pub enum Command {
     Compare(CompareArgs),
     /// Charts (PNG, SVG) and a self-contained HTML report of stored runs.
     Report(ReportArgs),
-    /// Kubernetes: render the manifests of a config.
-    #[command(subcommand)]
-    K8s(K8sCommand),
     /// Evaluate PromQL over a stored run or a live Prometheus.
     Query(QueryArgs),
+    /// PromQL engine tools (conformance test scripts).
+    #[command(subcommand)]
+    Promql(PromqlCommand),
+    /// Kubernetes: render a config's manifests, clean up a cluster.
+    #[command(subcommand)]
+    K8s(K8sCommand),
     /// Run a command and stop it when meshload stops (internal: keeps helpers such as a
     /// spawned Prometheus from outliving a killed run).
     #[command(hide = true)]
     Supervise(SuperviseArgs),
-    /// PromQL engine tools (conformance test scripts).
-    #[command(subcommand)]
-    Promql(PromqlCommand),
 }
 
 /// `meshload promql ...`.
