@@ -288,3 +288,21 @@ fn ctrl_c_keeps_what_was_measured_and_exits_130() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_timed_run_ends_on_time_even_when_the_target_cannot_keep_up() {
+    // 20 req/s at most (50 ms each, one connection) against 200 requested: the backlog of
+    // due requests is not sent after the 1 s duration.
+    let node = NodeProc::start(&["--latency", "50ms"]);
+    let started = std::time::Instant::now();
+    let r = load_json(&["--qps", "200", "-c", "1", "-t", "1s", &node.url()]);
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
+    let count = code(&r, "200");
+    assert!(
+        (15..=22).contains(&count),
+        "{count} requests in 1 s at 50 ms each"
+    );
+    let actual_ns = r["ActualDuration"].as_u64().unwrap();
+    assert!(actual_ns < 1_200_000_000, "ActualDuration {actual_ns} ns");
+}

@@ -148,17 +148,8 @@ fn the_quickstart_runs_and_stores_every_file_with_data() {
 fn the_seed_config_runs_locally_with_its_envoy_queries_empty() {
     let store = temp_dir("seed");
     let config = examples().join("seed.json");
-    let out = run(
-        &[
-            "run",
-            "--store",
-            store.to_str().unwrap(),
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = run_ok(&config, &store);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     let dir = run_dir(&store, "experiment16-qps50000-t10-c400");
     let meta = json(&dir.join("metadata.json"));
     assert_eq!(

@@ -210,6 +210,11 @@ async fn drive(
         if shared.stopping.load(Ordering::Acquire) || plan.quota.is_some_and(|q| sent >= q) {
             break;
         }
+        // A timed run ends at its duration, as Fortio's does: slots a slow target left
+        // unsent by then are not sent afterwards (that would stretch the run).
+        if plan.deadline.is_some_and(|d| shared.start.elapsed() >= d) {
+            break;
+        }
         let due = match &plan.schedule {
             Some(schedule) => {
                 if !wait_for_slot(slots, k).await {
@@ -228,12 +233,7 @@ async fn drive(
                 }
                 Some(shared.start + schedule.due(plan.index, k))
             }
-            None => {
-                if plan.deadline.is_some_and(|d| shared.start.elapsed() >= d) {
-                    break;
-                }
-                None
-            }
+            None => None,
         };
         let sent_at = Instant::now();
         let exchange = conn.send().await;
