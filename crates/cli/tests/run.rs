@@ -483,3 +483,24 @@ fn prometheus_spawn_answers_the_metric_queries() {
     assert!(!left, "a prometheus process outlived the run");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_yaml_config_with_a_short_test_gets_metric_data() {
+    // A 2 s test with 1 s scrapes and steps: the queries' last step follows the final
+    // scrape, so even a short window has samples to answer with.
+    let dir = temp_dir("yaml");
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "backends_map:\n  web: [api]\n  api: []\nConnectivityCheckPerURL: 2\nmetrics_step: 1s\n\
+         load_tests:\n  - {test_name: short, target: web, qps: 100, t: 2s, c: 2}\n\
+         metrics:\n  rate: sum(rate(meshload_node_requests_total[2s])) by (node)\n",
+    )
+    .unwrap();
+    let store = dir.join("results");
+    run_ok(&config, &store);
+    let csv = std::fs::read_to_string(run_dir(&store, "short").join("rate.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.starts_with("web,")), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("api,")), "{csv}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -383,10 +383,19 @@ async fn run_test<B: Backend>(
     }
     let fortio = result.to_fortio();
     let (start_ms, end_ms) = (ms(started), ms(ended));
-    let step = i64::try_from(ctx.config.metrics_step.as_millis()).unwrap_or(10_000);
+    let step = i64::try_from(ctx.config.metrics_step.as_millis())
+        .unwrap_or(10_000)
+        .max(1);
+    // The queries' last step is now, just after the final scrape, so the window's last
+    // samples count; the steps run back from there to the test's start.
+    let query_end = ms(SystemTime::now()).max(end_ms);
+    let query_start = query_end - (query_end - start_ms) / step * step;
     let mut metrics = Vec::with_capacity(ctx.config.metrics.len());
     for (name, query) in &ctx.config.metrics {
-        let series = ctx.answerer.range(query, start_ms, end_ms, step).await;
+        let series = ctx
+            .answerer
+            .range(query, query_start, query_end, step)
+            .await;
         metrics.push(MetricResult {
             name: name.clone(),
             query: query.clone(),
