@@ -158,7 +158,7 @@ fn core_objects_pass_kubernetes_validate_strict() {
 
 #[test]
 fn app_mesh_objects_validate_against_their_crds() {
-    let crds = std::fs::read_to_string(repo().join("../shared/k8s/appmesh-crds.yaml")).unwrap();
+    let crds = std::fs::read_to_string(common::shared("k8s/appmesh-crds.yaml")).unwrap();
     let mut schemas = std::collections::HashMap::new();
     for doc in crds
         .split("\n---")

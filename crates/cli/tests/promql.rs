@@ -6,10 +6,7 @@ mod common;
 use common::run;
 
 fn shared_suite() -> String {
-    format!(
-        "{}/../../../shared/promql-testdata",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    common::shared("promql-testdata").display().to_string()
 }
 
 fn own_scripts() -> String {

@@ -228,3 +228,20 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A file or folder under the team's shared folder: `$MESHLOAD_SHARED` when set, otherwise
+/// `shared/` beside the checkout. Panics naming the path when it is missing.
+pub fn shared(rel: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("MESHLOAD_SHARED").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+        std::path::PathBuf::from,
+    );
+    let path = root.join(rel);
+    assert!(
+        path.exists(),
+        "{} is missing: these tests read the shared folder beside the checkout \
+         (or set MESHLOAD_SHARED to it)",
+        path.display()
+    );
+    path
+}
