@@ -106,7 +106,11 @@ impl OpenSecond {
     }
 }
 
-/// Figures for a live progress display, refreshed as samples arrive.
+/// How often the live figures are refreshed while a run goes on.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Figures for a live progress display, refreshed at most every [`PUBLISH_EVERY`] as samples
+/// arrive, and once more at the end.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LiveStats {
     /// Responses so far.
@@ -155,6 +159,8 @@ pub(crate) struct Collector {
     collected: Collected,
     open: VecDeque<OpenSecond>,
     live: Live,
+    /// When the live figures were last refreshed.
+    published: std::time::Instant,
 }
 
 impl Collector {
@@ -174,6 +180,7 @@ impl Collector {
             },
             open: VecDeque::new(),
             live,
+            published: std::time::Instant::now(),
         }
     }
 
@@ -184,7 +191,11 @@ impl Collector {
             for sample in batch.drain(..).flatten() {
                 self.add(&sample);
             }
-            self.publish();
+            // A display reads these about once a second; the quantile walks need not run per batch.
+            if self.published.elapsed() >= PUBLISH_EVERY {
+                self.publish();
+                self.published = std::time::Instant::now();
+            }
         }
         self.finish()
     }
