@@ -29,8 +29,32 @@ pub const RUN_PATH: &str = "/fortio/rest/run";
 /// Largest request body accepted (a run's parameters and payload).
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// Where loads for a `host:port` are sent instead of where DNS says (like curl's
+/// `--resolve`); the URL's authority stays the `Host` header.
+pub type Resolve = HashMap<String, Vec<SocketAddr>>;
+
+/// One `HOST:PORT=ADDR[,ADDR...]` mapping.
+pub fn parse_resolve(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
+    let bad = || {
+        format!(
+            "{s:?} is not HOST:PORT=ADDR[,ADDR...] (e.g. service-0.perf.svc.cluster.local:9080=127.0.0.1:9080)"
+        )
+    };
+    let (authority, addrs) = s.split_once('=').ok_or_else(bad)?;
+    let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    let addrs = addrs
+        .split(',')
+        .map(|a| a.trim().parse::<SocketAddr>().map_err(|_| bad()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((authority.to_ascii_lowercase(), addrs))
+}
+
 /// Serves the REST API on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, resolve: Resolve) {
+    let resolve = Arc::new(resolve);
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     tokio::pin!(shutdown);
     loop {
@@ -46,8 +70,9 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
             () = &mut shutdown => return,
         };
         let builder = builder.clone();
+        let resolve = resolve.clone();
         tokio::spawn(async move {
-            let svc = service_fn(handle);
+            let svc = service_fn(move |req| handle(req, resolve.clone()));
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -55,10 +80,13 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     }
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    resolve: Arc<Resolve>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => reply(StatusCode::OK, json!({"status": "ok"})),
-        (&Method::GET | &Method::POST, RUN_PATH) => run(req).await,
+        (&Method::GET | &Method::POST, RUN_PATH) => run(req, &resolve).await,
         _ => reply(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no such endpoint; runs are on {RUN_PATH}")}),
@@ -77,7 +105,7 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     r
 }
 
-async fn run(req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn run(req: Request<Incoming>, resolve: &Resolve) -> Response<Full<Bytes>> {
     let query = req.uri().query().unwrap_or("").to_string();
     let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
@@ -95,7 +123,22 @@ async fn run(req: Request<Incoming>) -> Response<Full<Bytes>> {
         Ok(p) => p,
         Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
     };
-    let spec = match options(&params).and_then(|o| LoadSpec::try_new(o).map_err(|e| e.to_string()))
+    let resolved = |mut o: LoadOptions| {
+        if let Ok(uri) = o.url.parse::<http::Uri>() {
+            let authority = format!(
+                "{}:{}",
+                uri.host().unwrap_or_default().to_ascii_lowercase(),
+                uri.port_u16().unwrap_or(80)
+            );
+            if let Some(addrs) = resolve.get(&authority) {
+                o.connect_to = addrs.clone();
+            }
+        }
+        o
+    };
+    let spec = match options(&params)
+        .map(resolved)
+        .and_then(|o| LoadSpec::try_new(o).map_err(|e| e.to_string()))
     {
         Ok(spec) => spec,
         Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
@@ -268,5 +311,23 @@ mod tests {
         assert!(bad("url=http://h/&c=0").starts_with("c:"));
         assert!(params("jsonPath=.x", b"{}").is_err());
         assert!(params("", b"not json").is_err());
+    }
+
+    #[test]
+    fn resolve_mappings_are_host_port_to_addresses() {
+        let (authority, addrs) =
+            parse_resolve("Service-0.perf.svc.cluster.local:9080=127.0.0.1:1,127.0.0.2:2")
+                .expect("valid");
+        assert_eq!(authority, "service-0.perf.svc.cluster.local:9080");
+        assert_eq!(
+            addrs,
+            vec![
+                "127.0.0.1:1".parse::<SocketAddr>().expect("addr"),
+                "127.0.0.2:2".parse().expect("addr")
+            ]
+        );
+        for bad in ["h=127.0.0.1:1", "h:80", "h:80=nowhere", ":80=127.0.0.1:1"] {
+            assert!(parse_resolve(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -4,8 +4,15 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use meshload_loadgen::{FortioResult, Live, LoadOptions, LoadSpec};
+
 use crate::RunError;
 use crate::plan::Plan;
+use crate::run::StopSignal;
+
+/// What a backend tells about where a run ran (cluster, mesh, versions), stored under
+/// `backend_facts` in each run's `metadata.json`.
+pub type Facts = serde_json::Map<String, serde_json::Value>;
 
 /// One running replica of a node.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,4 +69,41 @@ pub trait Backend {
 
     /// Stops everything `up` started; safe to call twice.
     fn down(&mut self) -> impl Future<Output = ()>;
+
+    /// Sends one load (a test or a connectivity check) from where this backend's load
+    /// generator is, and returns its Fortio-shaped result; `None` when a stop request
+    /// ended it before any result came back. By default the load generator runs in
+    /// this process (`options.connect_to` pins the local replicas).
+    fn drive(
+        &mut self,
+        options: LoadOptions,
+        stop: &StopSignal,
+        live: Live,
+    ) -> impl Future<Output = Result<Option<FortioResult>, String>> {
+        drive_here(options, stop.clone(), live)
+    }
+
+    /// The Prometheus (a URL) that answers metric queries the config leaves to the
+    /// embedded engine: a cluster's, reached through a port-forward. `None` locally.
+    fn prometheus(&self) -> Option<String> {
+        None
+    }
+
+    /// Facts stored with every run (cluster, mesh, Kubernetes version).
+    fn facts(&self) -> Facts {
+        Facts::new()
+    }
+}
+
+/// Runs a load with the load generator of this process.
+pub async fn drive_here(
+    options: LoadOptions,
+    stop: StopSignal,
+    live: Live,
+) -> Result<Option<FortioResult>, String> {
+    let spec = LoadSpec::try_new(options).map_err(|e| e.to_string())?;
+    let result = meshload_loadgen::run(spec, stop.stopped(), live)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(result.to_fortio()))
 }

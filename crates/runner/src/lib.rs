@@ -20,7 +20,7 @@ pub mod prometheus;
 pub mod results;
 pub mod run;
 
-pub use backend::{Backend, Deployment, Replica};
+pub use backend::{Backend, Deployment, Facts, Replica};
 pub use local::LocalBackend;
 pub use results::TestSummary;
 pub use run::{Observer, RunReport, RunSettings, StopSignal, run};
@@ -55,6 +55,9 @@ pub enum RunError {
         /// Why.
         reason: String,
     },
+    /// The backend failed (a cluster's API, a rollout, a port-forward).
+    #[error("{0}")]
+    Backend(String),
     /// The configured Prometheus cannot be used.
     #[error("{0}")]
     Prometheus(String),

@@ -155,6 +155,8 @@ pub struct RunFiles<'a> {
     pub backend: &'a str,
     /// Where metric queries were answered.
     pub prometheus: &'a str,
+    /// What the backend tells about where the run ran.
+    pub backend_facts: &'a crate::Facts,
     /// Start and end of the test.
     pub window: (SystemTime, SystemTime),
     /// Raw samples (the documented JSON Lines form).
@@ -223,6 +225,7 @@ fn metadata(run_id: &str, f: &RunFiles<'_>) -> Value {
         "run_id": run_id,
         "status": f.summary.status,
         "backend": f.backend,
+        "backend_facts": f.backend_facts,
         "prometheus": f.prometheus,
         "start": rfc3339(f.window.0),
         "end": rfc3339(f.window.1),

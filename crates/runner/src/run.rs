@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshload_config::{Config, LoadTest, PrometheusSetting};
-use meshload_loadgen::{Live, LoadOptions, LoadSpec};
+use meshload_loadgen::{Live, LoadOptions};
 use meshload_promql::QueryOptions;
 use meshload_promql::client::PrometheusClient;
 use meshload_store::{ResultStore, RunRef};
@@ -137,21 +137,30 @@ async fn run_tests<B: Backend>(
     if config.prometheus == PrometheusSetting::Spawn {
         observer.phase("starting prometheus (prometheus: spawn)");
     }
-    let answerer =
-        match Answerer::new(config, &collector, settings, deployment, &plan.namespace).await {
-            Ok(answerer) => answerer,
-            Err(e) => {
-                collector.stop().await;
-                return Err(e);
-            }
-        };
+    let backend_prometheus = backend.prometheus();
+    let answerer = match Answerer::new(
+        config,
+        &collector,
+        settings,
+        deployment,
+        &plan.namespace,
+        backend_prometheus,
+    )
+    .await
+    {
+        Ok(answerer) => answerer,
+        Err(e) => {
+            collector.stop().await;
+            return Err(e);
+        }
+    };
     let outcome = async {
         let answerer = &answerer;
         observer.phase(&format!(
             "connectivity check: {} requests to each service",
             config.connectivity_checks
         ));
-        connectivity_check(config, plan, deployment, stop).await?;
+        connectivity_check(config, backend, plan, deployment, stop).await?;
         let mut report = RunReport::default();
         for (i, test) in config.tests.iter().enumerate() {
             if i > 0 && !settings.sleep_between_tests.is_zero() {
@@ -175,7 +184,10 @@ async fn run_tests<B: Backend>(
                 answerer,
                 collector: &collector,
             };
-            let summary = run_test(&ctx, backend, i, test, observer, stop).await?;
+            let Some(summary) = run_test(&ctx, backend, i, test, observer, stop).await? else {
+                report.interrupted = true;
+                break;
+            };
             observer.test_finished(&summary);
             let interrupted = summary.status == "interrupted";
             report.tests.push(summary);
@@ -193,8 +205,9 @@ async fn run_tests<B: Backend>(
 }
 
 /// Sends `ConnectivityCheckPerURL` requests to every service; every one must succeed.
-async fn connectivity_check(
+async fn connectivity_check<B: Backend>(
     config: &Config,
+    backend: &mut B,
     plan: &Plan,
     deployment: &Deployment,
     stop: &StopSignal,
@@ -213,20 +226,16 @@ async fn connectivity_check(
             connect_to: deployment.endpoints(&node.name),
             ..LoadOptions::default()
         };
-        let spec = LoadSpec::try_new(options).map_err(|e| RunError::Check {
+        let check_error = |reason: String| RunError::Check {
             node: node.name.clone(),
-            reason: e.to_string(),
-        })?;
-        let result = meshload_loadgen::run(spec, stop.stopped(), Live::default())
-            .await
-            .map_err(|e| RunError::Check {
-                node: node.name.clone(),
-                reason: e.to_string(),
-            })?;
-        if result.interrupted {
-            return Err(RunError::Interrupted);
-        }
-        let fortio = result.to_fortio();
+            reason,
+        };
+        let fortio = match backend.drive(options, stop, Live::default()).await {
+            Ok(Some(fortio)) if !fortio.interrupted => fortio,
+            Ok(_) => return Err(RunError::Interrupted),
+            Err(_) if stop.is_stopped() => return Err(RunError::Interrupted),
+            Err(e) => return Err(check_error(e)),
+        };
         let failed = fortio.error_count();
         if failed > 0 {
             let codes: Vec<String> = fortio
@@ -234,13 +243,10 @@ async fn connectivity_check(
                 .iter()
                 .map(|(c, k)| format!("{c}: {k}"))
                 .collect();
-            return Err(RunError::Check {
-                node: node.name.clone(),
-                reason: format!(
-                    "{failed} of {n} requests failed (codes {})",
-                    codes.join(", ")
-                ),
-            });
+            return Err(check_error(format!(
+                "{failed} of {n} requests failed (codes {})",
+                codes.join(", ")
+            )));
         }
     }
     Ok(())
@@ -260,11 +266,17 @@ impl Answerer {
         settings: &RunSettings,
         deployment: &Deployment,
         namespace: &str,
+        backend_prometheus: Option<String>,
     ) -> Result<Answerer, RunError> {
         let client =
             |url: &str| PrometheusClient::new(url).map_err(|e| RunError::Prometheus(e.to_string()));
         match &config.prometheus {
-            PrometheusSetting::Embedded => Ok(Answerer::Embedded(collector.store())),
+            // A backend with its own Prometheus (a cluster's) answers instead of the
+            // embedded engine, which sees no samples there.
+            PrometheusSetting::Embedded => match backend_prometheus {
+                Some(url) => Ok(Answerer::Prometheus(client(&url)?, url)),
+                None => Ok(Answerer::Embedded(collector.store())),
+            },
             PrometheusSetting::Url(url) => Ok(Answerer::Prometheus(client(url)?, url.clone())),
             PrometheusSetting::Spawn => {
                 let interval = config.scrape_interval;
@@ -350,7 +362,8 @@ fn load_options(test: &LoadTest, deployment: &Deployment) -> LoadOptions {
     }
 }
 
-/// Runs one test, evaluates its metrics and stores the run.
+/// Runs one test, evaluates its metrics and stores the run; `None` when a stop request
+/// ended the test before the backend's load generator gave any result.
 async fn run_test<B: Backend>(
     ctx: &TestContext<'_>,
     backend: &mut B,
@@ -358,30 +371,31 @@ async fn run_test<B: Backend>(
     test: &LoadTest,
     observer: &dyn Observer,
     stop: &StopSignal,
-) -> Result<TestSummary, RunError> {
-    let spec =
-        LoadSpec::try_new(load_options(test, ctx.deployment)).map_err(|e| RunError::Test {
-            test: test.name.clone(),
-            reason: e.to_string(),
-        })?;
+) -> Result<Option<TestSummary>, RunError> {
+    let options = load_options(test, ctx.deployment);
     let live = Live::default();
     observer.test_started(index, ctx.config.tests.len(), test, live.clone());
     let started = SystemTime::now();
-    let result = meshload_loadgen::run(spec, stop.stopped(), live)
-        .await
-        .map_err(|e| RunError::Test {
-            test: test.name.clone(),
-            reason: e.to_string(),
-        })?;
+    let fortio = match backend.drive(options, stop, live).await {
+        Ok(Some(fortio)) => fortio,
+        Ok(None) => return Ok(None),
+        Err(_) if stop.is_stopped() => return Ok(None),
+        Err(reason) => {
+            return Err(RunError::Test {
+                test: test.name.clone(),
+                reason,
+            });
+        }
+    };
     let ended = SystemTime::now();
     // The window's end needs samples: scrape now; a Prometheus scrapes on its own
-    // schedule, so give it one interval (at most 5 s).
+    // schedule, so give it one interval (`scrape_interval`, which should match a cluster's
+    // Prometheus; at most a minute).
     ctx.collector.scrape_now().await;
-    if !result.interrupted && !matches!(ctx.answerer, Answerer::Embedded(_)) {
-        let wait = ctx.config.scrape_interval.min(Duration::from_secs(5));
+    if !fortio.interrupted && !matches!(ctx.answerer, Answerer::Embedded(_)) {
+        let wait = ctx.config.scrape_interval.min(Duration::from_secs(60));
         tokio::time::sleep(wait + Duration::from_millis(200)).await;
     }
-    let fortio = result.to_fortio();
     let (start_ms, end_ms) = (ms(started), ms(ended));
     let step = i64::try_from(ctx.config.metrics_step.as_millis())
         .unwrap_or(10_000)
@@ -403,7 +417,7 @@ async fn run_test<B: Backend>(
         });
     }
     let exits = backend.exited();
-    let mut summary = TestSummary::new(test, &fortio, result.interrupted);
+    let mut summary = TestSummary::new(test, &fortio, fortio.interrupted);
     summary.slo_failures = slo_failures(&test.slo, &summary, test.qps);
     summary.metrics = metrics.iter().map(|m| (m.name.clone(), m.note())).collect();
     summary.node_exits = exits
@@ -441,6 +455,7 @@ async fn run_test<B: Backend>(
         metrics: &metrics,
         summary: &summary,
         backend: backend.name(),
+        backend_facts: &backend.facts(),
         prometheus: &ctx.answerer.describe(),
         window: (started, ended),
         samples,
@@ -457,7 +472,7 @@ async fn run_test<B: Backend>(
             summary.storage_note = Some(e.to_string());
         }
     }
-    Ok(summary)
+    Ok(Some(summary))
 }
 
 fn ms(t: SystemTime) -> i64 {
