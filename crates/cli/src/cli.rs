@@ -493,6 +493,15 @@ scrape_interval. After each test the configured metric queries are evaluated ove
 window and the run is stored as <store>/<test_name>/<YYYYMMDDHHMMSS>/ (config.json, fortio.json, \
 <metric>.csv, metadata.json, per_second.csv, samples.jsonl). Nodes are always stopped at the end.
 
+With --backend k8s the same config runs on the kubeconfig's cluster (kube-rs, no kubectl): the \
+manifests of `meshload k8s render` are server-side applied (with --mesh none, istio, linkerd or \
+appmesh), every rollout is awaited (--rollout-timeout; on timeout the pods not ready and their \
+last events are named), the load generator in the cluster is port-forwarded and runs the \
+connectivity check and each test through its Fortio REST API, metric queries go to the \
+cluster's Prometheus through a port-forward (--prometheus-service), metadata.json records the \
+cluster, mesh and Kubernetes version, and everything the run created is deleted at the end, \
+also after an error or Ctrl-C. A killed run's leftovers: `meshload k8s cleanup --run ID`.
+
 Exit codes: 0 every test ran and met its SLOs; 1 an SLO was missed; 2 a runtime error; 64 a \
 bad config (nothing is started); 130 interrupted by Ctrl-C (what was measured is stored, \
 marked interrupted).",
@@ -505,7 +514,14 @@ Examples:
   meshload run examples/seed.json --sleep-between-tests 0 --json > summary.json
 
   # Look at a stored run afterwards
-  meshload query --run results/<test_name>/<run> 'sum(container_memory_working_set_bytes) by (pod)'"
+  meshload query --run results/<test_name>/<run> 'sum(container_memory_working_set_bytes) by (pod)'
+
+  # The seed's config on an EKS cluster with App Mesh, as the seed ran it
+  meshload run examples/seed.json --backend k8s --mesh appmesh --image <registry>/meshload:0.1
+
+  # Istio, the cluster's Prometheus in istio-system
+  meshload run examples/quickstart.json --backend k8s --mesh istio \\
+      --prometheus-service istio-system/prometheus:9090 --image <registry>/meshload:0.1"
 )]
 pub struct RunArgs {
     /// The config file (JSON, or YAML with a .yaml/.yml extension).
@@ -520,6 +536,42 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Where the topology runs: local (processes on loopback) or k8s (the kubeconfig's
+    /// cluster).
+    #[arg(long, value_enum, default_value = "local")]
+    pub backend: BackendKind,
+    /// The kubeconfig context (default: the current one).
+    #[arg(long, value_name = "NAME", help_heading = "Kubernetes (--backend k8s)")]
+    pub context: Option<String>,
+    /// The cluster's Prometheus that answers the metric queries, reached through a
+    /// port-forward (default with --mesh appmesh: appmesh-system/appmesh-prometheus:9090,
+    /// as the seed).
+    #[arg(
+        long,
+        value_name = "NS/SERVICE:PORT",
+        help_heading = "Kubernetes (--backend k8s)"
+    )]
+    pub prometheus_service: Option<meshload_k8s::cluster::ServiceRef>,
+    /// How long every Deployment may take to become ready.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5m",
+        value_parser = humantime::parse_duration,
+        help_heading = "Kubernetes (--backend k8s)"
+    )]
+    pub rollout_timeout: Duration,
+    #[command(flatten, next_help_heading = "Kubernetes (--backend k8s)")]
+    pub deploy: K8sDeployArgs,
+}
+
+/// Where `meshload run` brings the topology up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Child processes on loopback.
+    Local,
+    /// A Kubernetes cluster.
+    K8s,
 }
 
 /// `meshload supervise -- CMD ARGS...` (internal).
@@ -683,6 +735,11 @@ pub struct ServeArgs {
     /// Address to listen on (loopback by default: see the warning above).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Send loads for HOST:PORT to these addresses instead of where DNS says, keeping
+    /// HOST:PORT as the Host header (like curl --resolve); repeatable. For names no DNS
+    /// knows, such as service-0.perf.svc.cluster.local:9080 outside a cluster.
+    #[arg(long, value_name = "HOST:PORT=ADDR[,ADDR]", value_parser = meshload_loadgen::rest::parse_resolve)]
+    pub resolve: Vec<(String, Vec<SocketAddr>)>,
 }
 
 /// `meshload k8s ...`.
@@ -739,21 +796,28 @@ pub struct K8sCleanupArgs {
 pub struct K8sRenderArgs {
     /// The config file.
     pub config: std::path::PathBuf,
-    /// The service mesh: none, istio, linkerd or appmesh.
-    #[arg(long, default_value = "none")]
-    pub mesh: meshload_k8s::Mesh,
     /// The namespace (default: the config's namespace, else tls-e2e).
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
+    /// The run id put in every object's meshload.io/run label (default: the time, YYYYMMDDHHMMSS).
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    #[command(flatten)]
+    pub deploy: K8sDeployArgs,
+}
+
+/// How the topology is deployed on Kubernetes (`k8s render` and `run --backend k8s`).
+#[derive(Debug, Clone, Args)]
+pub struct K8sDeployArgs {
+    /// The service mesh: none, istio, linkerd or appmesh.
+    #[arg(long, default_value = "none")]
+    pub mesh: meshload_k8s::Mesh,
     /// The meshload image for the nodes and the load generator.
     #[arg(long, value_name = "IMAGE", default_value = "meshload:latest")]
     pub image: String,
     /// The load generator: meshload (its Fortio-compatible server) or fortio.
     #[arg(long, default_value = "meshload")]
     pub loadgen: meshload_k8s::LoadGen,
-    /// The run id put in every object's meshload.io/run label (default: the time, YYYYMMDDHHMMSS).
-    #[arg(long, value_name = "ID")]
-    pub run_id: Option<String>,
     /// CPU request of each node container (e.g. 100m).
     #[arg(long, value_name = "QUANTITY")]
     pub cpu_request: Option<String>,

@@ -6,57 +6,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{NodeProc, bin, free_port};
+use common::{NodeProc, bin, start_prometheus};
 use meshload_promql::client::PrometheusClient;
 use meshload_promql::eval::{QueryOptions, RangeSeries, Value};
 use meshload_promql::{Store, range_query};
-
-/// A Prometheus server child process, killed when dropped.
-struct Prometheus {
-    child: Child,
-    url: String,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_prometheus(target: &str) -> Prometheus {
-    let dir = std::env::temp_dir().join(format!("meshload-prom-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['{target}']\n"
-    );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let port = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the prometheus binary is installed by scripts/test (Debian package prometheus)");
-    Prometheus {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        dir,
-    }
-}
 
 fn matrix(v: Value) -> Vec<RangeSeries> {
     match v {
@@ -102,7 +58,7 @@ async fn embedded_engine_agrees_with_prometheus_on_the_same_samples() {
         "--seed",
         "1",
     ]);
-    let prometheus = start_prometheus(&node.addr.to_string());
+    let prometheus = start_prometheus("node", node.addr, "{}");
     let mut load = bin()
         .args([
             "-q",

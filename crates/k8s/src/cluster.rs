@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Client;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
@@ -54,6 +55,49 @@ fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> K8sError {
 #[derive(Clone)]
 pub struct Cluster {
     client: Client,
+    /// The kubeconfig context and API server, for the records (empty when unknown).
+    pub name: String,
+}
+
+/// A Service's port in another namespace: `NAMESPACE/NAME:PORT` (e.g. the seed's
+/// `appmesh-system/appmesh-prometheus:9090`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its port.
+    pub port: u16,
+}
+
+impl std::str::FromStr for ServiceRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "{s:?} is not NAMESPACE/SERVICE:PORT (e.g. appmesh-system/appmesh-prometheus:9090)"
+            )
+        };
+        let (namespace, rest) = s.split_once('/').ok_or_else(bad)?;
+        let (name, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let port = port.parse::<u16>().map_err(|_| bad())?;
+        if namespace.is_empty() || name.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        Ok(ServiceRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+    }
 }
 
 /// The resource an object's `apiVersion` and `kind` name, and whether it is namespaced.
@@ -72,7 +116,15 @@ fn resource_of(obj: &Value) -> Result<(ApiResource, bool), K8sError> {
 impl Cluster {
     /// A cluster behind `client`.
     pub fn new(client: Client) -> Cluster {
-        Cluster { client }
+        Cluster {
+            client,
+            name: String::new(),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The cluster of the kubeconfig's current (or named) context.
@@ -84,8 +136,120 @@ impl Cluster {
         let config = kube::Config::from_kubeconfig(&options)
             .await
             .map_err(|e| K8sError::Config(e.to_string()))?;
+        let kubeconfig = kube::config::Kubeconfig::read().ok();
+        let context = context
+            .map(String::from)
+            .or_else(|| kubeconfig.as_ref().and_then(|k| k.current_context.clone()));
+        let name = match context {
+            Some(c) => format!("{c} ({})", config.cluster_url),
+            None => config.cluster_url.to_string(),
+        };
         let client = Client::try_from(config).map_err(api_err("connect"))?;
-        Ok(Cluster { client })
+        Ok(Cluster { client, name })
+    }
+
+    /// The API server's Kubernetes version (`v1.33.1`).
+    pub async fn version(&self) -> Result<String, K8sError> {
+        let info = self
+            .client
+            .apiserver_version()
+            .await
+            .map_err(api_err("get the Kubernetes version"))?;
+        Ok(info.git_version)
+    }
+
+    /// Refuses a namespace that exists but is not meshload's (deleting it at the end
+    /// would delete someone else's objects), or that is still being deleted.
+    pub async fn check_namespace(&self, namespace: &str) -> Result<(), K8sError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let Some(ns) = api
+            .get_opt(namespace)
+            .await
+            .map_err(api_err(format!("get namespace {namespace}")))?
+        else {
+            return Ok(());
+        };
+        let ours = ns
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY))
+            .is_some_and(|v| v == "meshload");
+        if !ours {
+            return Err(K8sError::Object(format!(
+                "namespace {namespace}: it exists and meshload did not create it; a run deletes its namespace at the end, so choose a new one (\"namespace\" in the config)"
+            )));
+        }
+        if ns.metadata.deletion_timestamp.is_some() {
+            return Err(K8sError::Object(format!(
+                "namespace {namespace}: a previous run's namespace is still being deleted; try again when `kubectl get namespace {namespace}` finds nothing"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A ready pod among those `selector` picks in `namespace`.
+    pub async fn ready_pod(&self, namespace: &str, selector: &str) -> Result<Pod, K8sError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(api_err(format!("list pods {selector} in {namespace}")))?;
+        list.items
+            .into_iter()
+            .find(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+            .ok_or_else(|| {
+                K8sError::Object(format!(
+                    "no ready pod with labels {selector} in {namespace}"
+                ))
+            })
+    }
+
+    /// The pod name and container port behind a Service's port, as `kubectl
+    /// port-forward svc/...` picks them.
+    pub async fn service_backend(&self, service: &ServiceRef) -> Result<(String, u16), K8sError> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &service.namespace);
+        let svc = api
+            .get(&service.name)
+            .await
+            .map_err(api_err(format!("get service {service}")))?;
+        let spec = svc.spec.unwrap_or_default();
+        let selector = spec
+            .selector
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| K8sError::Object(format!("service {service} has no pod selector")))?;
+        let selector: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let pod = self
+            .ready_pod(&service.namespace, &selector.join(","))
+            .await?;
+        let target = spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.port == i32::from(service.port))
+            .ok_or_else(|| {
+                K8sError::Object(format!("service {service} has no port {}", service.port))
+            })?
+            .target_port;
+        let port = match target {
+            None => Some(service.port),
+            Some(IntOrString::Int(p)) => u16::try_from(p).ok(),
+            Some(IntOrString::String(name)) => pod
+                .spec
+                .as_ref()
+                .into_iter()
+                .flat_map(|s| &s.containers)
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok()),
+        }
+        .ok_or_else(|| {
+            K8sError::Object(format!(
+                "service {service}: cannot find the container port behind it"
+            ))
+        })?;
+        let name = pod.metadata.name.unwrap_or_default();
+        Ok((name, port))
     }
 
     fn api(&self, obj: &Value) -> Result<(Api<DynamicObject>, String), K8sError> {

@@ -3,8 +3,14 @@
 //! # Layout
 //! - [`render`]: the manifests of a config for no mesh, Istio, Linkerd or App Mesh.
 //! - [`cluster`]: apply, rollout wait and cleanup through kube-rs.
+//! - [`forward`]: port-forwards exposed as local loopback ports.
+//! - [`backend`]: `meshload run --backend k8s` (the runner's `Backend` on a cluster).
 
+pub mod backend;
 pub mod cluster;
+pub mod forward;
 pub mod render;
+
+pub use backend::{K8sBackend, K8sSettings};
 
 pub use render::{LoadGen, Mesh, RenderOptions, Resources, render, to_yaml};

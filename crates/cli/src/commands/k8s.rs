@@ -5,35 +5,42 @@ use std::process::ExitCode;
 
 use meshload_k8s::{RenderOptions, Resources};
 
-use crate::cli::{K8sCleanupArgs, K8sRenderArgs};
+use crate::cli::{K8sCleanupArgs, K8sDeployArgs, K8sRenderArgs};
 
 /// Prints the manifests of a config.
 pub fn render(args: &K8sRenderArgs) -> anyhow::Result<ExitCode> {
     let config = super::validate::load(&args.config)?.config;
-    let opts = RenderOptions {
-        mesh: args.mesh,
-        namespace: args
-            .namespace
+    let opts = render_options(
+        &args.deploy,
+        args.namespace
             .clone()
             .unwrap_or_else(|| config.namespace.clone()),
-        image: args.image.clone(),
-        loadgen: args.loadgen,
-        run_id: args
-            .run_id
+        args.run_id
             .clone()
             .unwrap_or_else(|| meshload_store::run_id(std::time::SystemTime::now())),
-        resources: Resources {
-            cpu_request: args.cpu_request.clone(),
-            memory_request: args.memory_request.clone(),
-            cpu_limit: args.cpu_limit.clone(),
-            memory_limit: args.memory_limit.clone(),
-        },
-    };
+    );
     let objects = meshload_k8s::render(&config, &opts);
     let yaml =
         meshload_k8s::to_yaml(&objects).map_err(|e| anyhow::anyhow!("cannot write YAML: {e}"))?;
     std::io::stdout().lock().write_all(yaml.as_bytes())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The render options of the deploy flags.
+pub fn render_options(deploy: &K8sDeployArgs, namespace: String, run_id: String) -> RenderOptions {
+    RenderOptions {
+        mesh: deploy.mesh,
+        namespace,
+        image: deploy.image.clone(),
+        loadgen: deploy.loadgen,
+        run_id,
+        resources: Resources {
+            cpu_request: deploy.cpu_request.clone(),
+            memory_request: deploy.memory_request.clone(),
+            cpu_limit: deploy.cpu_limit.clone(),
+            memory_limit: deploy.memory_limit.clone(),
+        },
+    }
 }
 
 /// Deletes what meshload created on the cluster.

@@ -5,12 +5,14 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use anyhow::Context as _;
-use meshload_config::LoadTest;
+use meshload_config::{Config, LoadTest, PrometheusSetting};
+use meshload_k8s::cluster::{Cluster, ServiceRef};
+use meshload_k8s::{K8sBackend, K8sSettings, Mesh};
 use meshload_loadgen::Live;
 use meshload_runner::{LocalBackend, Observer, RunError, RunSettings, StopSignal, TestSummary};
 use meshload_store::ResultStore;
 
-use crate::cli::RunArgs;
+use crate::cli::{BackendKind, RunArgs};
 use crate::exit::{Exit, INTERRUPTED, THRESHOLD};
 use crate::progress::{Progress, Total};
 
@@ -33,8 +35,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         store,
         sleep_between_tests,
     };
+    let k8s = match args.backend {
+        BackendKind::Local => None,
+        BackendKind::K8s => Some(k8s_settings(&args, &config)?),
+    };
     let runtime = super::runtime()?;
     let observer = Printer::default();
+    let mut cleanup_failed = None;
     let outcome = runtime.block_on(async {
         let stop = StopSignal::new(async {
             super::shutdown_signal().await;
@@ -45,9 +52,36 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 std::process::exit(i32::from(INTERRUPTED));
             });
         });
-        let mut backend = LocalBackend::new(exe);
-        meshload_runner::run(&config, &mut backend, &settings, &observer, stop).await
+        let Some(k8s) = k8s else {
+            let mut backend = LocalBackend::new(exe);
+            return meshload_runner::run(&config, &mut backend, &settings, &observer, stop).await;
+        };
+        observer.phase("connecting to the cluster");
+        let cluster = Cluster::connect(args.context.as_deref())
+            .await
+            .map_err(|e| RunError::Backend(e.to_string()))?;
+        observer.phase(&format!(
+            "cluster {}, run {} (objects labelled meshload.io/run={0})",
+            cluster.name, k8s.render.run_id
+        ));
+        let mut backend = K8sBackend::new(cluster, config.clone(), k8s);
+        let outcome = meshload_runner::run(&config, &mut backend, &settings, &observer, stop).await;
+        if let Some(cleanup) = backend.cleanup() {
+            if !cleanup.deleted.is_empty() {
+                observer.phase(&format!("deleted {}", cleanup.deleted.join(", ")));
+            }
+            if let Some(e) = &cleanup.error {
+                cleanup_failed = Some(format!(
+                    "could not delete what the run created: {e}; run `meshload k8s cleanup --run {}`",
+                    backend.run_id()
+                ));
+            }
+        }
+        outcome
     });
+    if let Some(message) = &cleanup_failed {
+        eprintln!("meshload: {message}");
+    }
     let report = match outcome {
         Ok(report) => report,
         Err(RunError::Interrupted) => {
@@ -59,6 +93,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     print_report(&report.tests, args.json)?;
+    if let Some(message) = cleanup_failed {
+        anyhow::bail!(message);
+    }
     let missed = report.tests.iter().any(|t| !t.slo_failures.is_empty());
     Ok(if report.interrupted {
         ExitCode::from(INTERRUPTED)
@@ -66,6 +103,40 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ExitCode::from(THRESHOLD)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// The Kubernetes settings of a run, checked before anything is started.
+fn k8s_settings(args: &RunArgs, config: &Config) -> Result<K8sSettings, Exit> {
+    if config.prometheus == PrometheusSetting::Spawn {
+        return Err(Exit::usage(
+            "prometheus: \"spawn\" starts a Prometheus on this machine for local nodes; with \
+             --backend k8s the cluster's Prometheus answers (--prometheus-service NS/SERVICE:PORT)",
+        ));
+    }
+    let prometheus = args.prometheus_service.clone().or_else(|| {
+        (args.deploy.mesh == Mesh::AppMesh).then(|| ServiceRef {
+            namespace: "appmesh-system".into(),
+            name: "appmesh-prometheus".into(),
+            port: 9090,
+        })
+    });
+    if prometheus.is_none()
+        && config.prometheus == PrometheusSetting::Embedded
+        && !config.metrics.is_empty()
+    {
+        return Err(Exit::usage(format!(
+            "the config has {} metric queries, and on a cluster they need the cluster's \
+             Prometheus: give --prometheus-service NS/SERVICE:PORT (e.g. \
+             istio-system/prometheus:9090), or a Prometheus URL as \"prometheus\" in the config",
+            config.metrics.len()
+        )));
+    }
+    let run_id = meshload_store::run_id(std::time::SystemTime::now());
+    Ok(K8sSettings {
+        render: super::k8s::render_options(&args.deploy, config.namespace.clone(), run_id),
+        rollout_timeout: args.rollout_timeout,
+        prometheus,
     })
 }
 

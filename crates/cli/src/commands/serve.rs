@@ -24,7 +24,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         stdout.flush().context("cannot write to stdout")?;
         drop(stdout);
         tracing::info!(%addr, "serving {}", meshload_loadgen::rest::RUN_PATH);
-        meshload_loadgen::rest::serve(listener, super::shutdown_signal()).await;
+        let resolve = args.resolve.iter().cloned().collect();
+        meshload_loadgen::rest::serve(listener, super::shutdown_signal(), resolve).await;
         Ok(ExitCode::SUCCESS)
     })
 }

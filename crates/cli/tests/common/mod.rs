@@ -245,3 +245,53 @@ pub fn shared(rel: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// A Prometheus server (the Debian binary scripts/test installs), killed when dropped.
+pub struct Prometheus {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `http://ADDR`.
+    pub url: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts Prometheus scraping `target` every second as job `job`, with `labels` (YAML
+/// flow mapping, e.g. `{pod: node-0-abcde-0}`) on its series.
+pub fn start_prometheus(job: &str, target: SocketAddr, labels: &str) -> Prometheus {
+    // One folder per server: tests run in parallel.
+    let dir = temp_dir(&format!("prometheus-{}", target.port()));
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n        labels: {labels}\n"
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the prometheus binary is installed by scripts/test (Debian package prometheus)");
+    Prometheus {
+        child,
+        addr,
+        url: format!("http://{addr}"),
+        dir,
+    }
+}

@@ -1,0 +1,295 @@
+//! `meshload run --backend k8s`: the runner's [`Backend`] on a cluster. `up` renders and
+//! server-side applies the manifests, waits for every rollout, and port-forwards to the
+//! load generator and the cluster's Prometheus; each load goes through the load
+//! generator's Fortio REST API; `down` deletes everything the run created (also after an
+//! error or a stop request, since the runner always calls it).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use meshload_config::Config;
+use meshload_loadgen::{FortioResult, Live, LoadOptions};
+use meshload_runner::backend::{Backend, Deployment, Facts, ReplicaExit};
+use meshload_runner::plan::Plan;
+use meshload_runner::{RunError, StopSignal};
+use serde_json::{Value, json};
+
+use crate::cluster::{Cluster, K8sError, ServiceRef};
+use crate::forward::Forward;
+use crate::render::{LOADGEN, LOADGEN_PORT, LoadGen, RenderOptions, render};
+
+/// How a run on a cluster is set up.
+#[derive(Debug, Clone)]
+pub struct K8sSettings {
+    /// Mesh, namespace, image, load generator, run id, resources.
+    pub render: RenderOptions,
+    /// How long every rollout may take.
+    pub rollout_timeout: Duration,
+    /// The cluster's Prometheus service, when metric queries go to it.
+    pub prometheus: Option<ServiceRef>,
+}
+
+/// What `down` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    /// What was deleted (`namespace/x`, `mesh/y`).
+    pub deleted: Vec<String>,
+    /// Why deleting failed, when it did.
+    pub error: Option<String>,
+}
+
+/// The Kubernetes backend.
+pub struct K8sBackend {
+    cluster: Cluster,
+    config: Config,
+    settings: K8sSettings,
+    /// Set before the first apply: from then on `down` deletes the run's objects.
+    applied: bool,
+    version: Option<String>,
+    loadgen: Option<Forward>,
+    prometheus: Option<Forward>,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    cleanup: Option<Cleanup>,
+}
+
+impl K8sBackend {
+    /// A backend that deploys `config` on `cluster`.
+    pub fn new(cluster: Cluster, config: Config, settings: K8sSettings) -> K8sBackend {
+        K8sBackend {
+            cluster,
+            config,
+            settings,
+            applied: false,
+            version: None,
+            loadgen: None,
+            prometheus: None,
+            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+            cleanup: None,
+        }
+    }
+
+    /// What `down` deleted or failed to delete; `None` before `down` or when nothing
+    /// was applied.
+    pub fn cleanup(&self) -> Option<&Cleanup> {
+        self.cleanup.as_ref()
+    }
+
+    /// The run id in the `meshload.io/run` label of every object.
+    pub fn run_id(&self) -> &str {
+        &self.settings.render.run_id
+    }
+
+    /// The Deployments to wait for: every node's and the load generator's.
+    pub fn deployments(&self) -> Vec<String> {
+        self.config
+            .nodes
+            .keys()
+            .map(|n| format!("node-{n}"))
+            .chain([LOADGEN.to_string()])
+            .collect()
+    }
+
+    async fn bring_up(&mut self) -> Result<(), K8sError> {
+        let ns = self.settings.render.namespace.clone();
+        self.version = Some(self.cluster.version().await?);
+        self.cluster.check_namespace(&ns).await?;
+        let objects = render(&self.config, &self.settings.render);
+        self.applied = true;
+        self.cluster.apply(&objects).await?;
+        self.cluster
+            .wait_ready(&ns, &self.deployments(), self.settings.rollout_timeout)
+            .await?;
+        let pod = self
+            .cluster
+            .ready_pod(&ns, &format!("app={LOADGEN}"))
+            .await?;
+        let pod = pod.metadata.name.unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(self.cluster.client().clone(), &ns);
+        self.loadgen = Some(forward(pods, &pod, LOADGEN_PORT).await?);
+        if let Some(service) = &self.settings.prometheus {
+            let (pod, port) = self.cluster.service_backend(service).await?;
+            let pods: Api<Pod> = Api::namespaced(self.cluster.client().clone(), &service.namespace);
+            self.prometheus = Some(forward(pods, &pod, port).await?);
+        }
+        Ok(())
+    }
+
+    /// POSTs a load to the load generator's `/fortio/rest/run` and reads its result.
+    async fn post_run(&self, options: &LoadOptions) -> Result<FortioResult, String> {
+        let forward = self
+            .loadgen
+            .as_ref()
+            .ok_or("the load generator is not port-forwarded (the backend is not up)")?;
+        let url = format!("http://{}/fortio/rest/run", forward.local);
+        let body = serde_json::to_vec(&rest_body(options, self.settings.render.loadgen))
+            .map_err(|e| e.to_string())?;
+        let request = http::Request::post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        // The call lasts as long as the load: allow its duration, the last requests'
+        // timeout, and a margin for the API server's forwarding.
+        let limit =
+            options.duration.unwrap_or(Duration::ZERO) + options.timeout + Duration::from_secs(60);
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|e| {
+                format!(
+                    "the load generator ({}, forwarded to {}) did not answer: {e}",
+                    forward.target, forward.local
+                )
+            })?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("reading the load generator's answer: {e}"))?
+                .to_bytes();
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&body);
+                return Err(format!(
+                    "the load generator answered {status}: {}",
+                    text.trim()
+                ));
+            }
+            serde_json::from_slice::<FortioResult>(&body)
+                .map_err(|e| format!("the load generator's answer is not a Fortio result: {e}"))
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| format!("the load generator gave no result within {limit:?}"))?
+    }
+}
+
+async fn forward(pods: Api<Pod>, pod: &str, port: u16) -> Result<Forward, K8sError> {
+    Forward::start(pods, pod, port)
+        .await
+        .map_err(|e| K8sError::Object(format!("cannot listen for a port-forward to {pod}: {e}")))
+}
+
+/// Fortio's REST parameters of a load: strings as the seed's driver sent them; headers
+/// under Fortio's `H` or `meshload serve`'s `headers`.
+pub fn rest_body(o: &LoadOptions, loadgen: LoadGen) -> Value {
+    let headers_key = match loadgen {
+        LoadGen::Meshload => "headers",
+        LoadGen::Fortio => "H",
+    };
+    let mut body = json!({
+        "url": o.url,
+        "qps": if o.qps > 0.0 { o.qps.to_string() } else { "-1".to_string() },
+        "c": o.connections.to_string(),
+        "timeout": format!("{}ms", o.timeout.as_millis()),
+    });
+    body[headers_key] = o.headers.clone().into();
+    match o.requests {
+        Some(n) => body["n"] = n.to_string().into(),
+        None => {
+            let t = o.duration.unwrap_or(Duration::from_secs(5));
+            body["t"] = format!("{}ms", t.as_millis()).into();
+        }
+    }
+    for (key, on) in [
+        ("uniform", o.uniform),
+        ("jitter", o.jitter),
+        ("nocatchup", o.nocatchup),
+        ("h2", o.h2),
+    ] {
+        if on {
+            body[key] = "on".into();
+        }
+    }
+    if !o.labels.is_empty() {
+        body["labels"] = o.labels.clone().into();
+    }
+    if let Some(payload) = &o.payload {
+        body["payload"] = String::from_utf8_lossy(payload).into_owned().into();
+    }
+    body
+}
+
+impl Backend for K8sBackend {
+    fn name(&self) -> &'static str {
+        "k8s"
+    }
+
+    async fn up(&mut self, _plan: &Plan) -> Result<Deployment, RunError> {
+        self.bring_up()
+            .await
+            .map_err(|e| RunError::Backend(e.to_string()))?;
+        // The replicas are pods in the cluster: nothing here scrapes or pins them.
+        Ok(Deployment::default())
+    }
+
+    fn exited(&mut self) -> Vec<ReplicaExit> {
+        Vec::new()
+    }
+
+    async fn down(&mut self) {
+        self.loadgen = None;
+        self.prometheus = None;
+        if !self.applied || self.cleanup.is_some() {
+            return;
+        }
+        let cleanup = match self.cluster.cleanup(Some(self.run_id())).await {
+            Ok(deleted) => Cleanup {
+                deleted,
+                error: None,
+            },
+            Err(e) => Cleanup {
+                deleted: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        };
+        self.cleanup = Some(cleanup);
+    }
+
+    async fn drive(
+        &mut self,
+        options: LoadOptions,
+        stop: &StopSignal,
+        _live: Live,
+    ) -> Result<Option<FortioResult>, String> {
+        tokio::select! {
+            result = self.post_run(&options) => result.map(Some),
+            () = stop.stopped() => Ok(None),
+        }
+    }
+
+    fn prometheus(&self) -> Option<String> {
+        self.prometheus
+            .as_ref()
+            .map(|f| format!("http://{}", f.local))
+    }
+
+    fn facts(&self) -> Facts {
+        let r = &self.settings.render;
+        let mut facts = Facts::new();
+        facts.insert("cluster".into(), self.cluster.name.clone().into());
+        facts.insert(
+            "kubernetes_version".into(),
+            self.version.clone().unwrap_or_default().into(),
+        );
+        facts.insert("mesh".into(), r.mesh.to_string().into());
+        facts.insert("namespace".into(), r.namespace.clone().into());
+        facts.insert("image".into(), r.image.clone().into());
+        facts.insert(
+            "loadgen".into(),
+            match r.loadgen {
+                LoadGen::Meshload => "meshload",
+                LoadGen::Fortio => "fortio",
+            }
+            .into(),
+        );
+        facts.insert("k8s_run_id".into(), r.run_id.clone().into());
+        if let Some(p) = &self.settings.prometheus {
+            facts.insert("prometheus_service".into(), p.to_string().into());
+        }
+        facts
+    }
+}
