@@ -231,3 +231,66 @@ fn real_cluster_cleanup_connects_and_lists() {
         "nothing to delete"
     );
 }
+
+/// Runs a small config on a real cluster: only with KUBECONFIG and MESHLOAD_TEST_IMAGE (a
+/// meshload image the cluster can pull) given; MESHLOAD_TEST_MESH picks the mesh (default
+/// none).
+#[test]
+fn real_cluster_run_deploys_measures_and_deletes() {
+    let (Some(_), Some(image)) = (
+        std::env::var_os("KUBECONFIG"),
+        std::env::var("MESHLOAD_TEST_IMAGE").ok(),
+    ) else {
+        eprintln!(
+            "SKIPPED real_cluster_run_deploys_measures_and_deletes: needs KUBECONFIG and MESHLOAD_TEST_IMAGE (a meshload image the cluster can pull)"
+        );
+        return;
+    };
+    let mesh = std::env::var("MESHLOAD_TEST_MESH").unwrap_or_else(|_| "none".into());
+    let namespace = format!("meshload-test-{}", std::process::id());
+    let dir = common::temp_dir("real-cluster");
+    let config = common::write_config(
+        &dir,
+        &format!(
+            r#"{{"namespace": "{namespace}", "ConnectivityCheckPerURL": 10,
+                "backends_map": {{"front": ["back"], "back": []}},
+                "load_tests": [{{"test_name": "real-cluster", "target": "front", "qps": 20, "t": "5s", "c": 2}}]}}"#
+        ),
+    );
+    let store = dir.join("results");
+    let out = run(
+        &[
+            "run",
+            config.to_str().unwrap(),
+            "--backend",
+            "k8s",
+            "--mesh",
+            &mesh,
+            "--image",
+            &image,
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("deleted namespace/{namespace}")),
+        "{stderr}"
+    );
+    let run_dir = common::run_dir(&store, "real-cluster");
+    let fortio = common::json(&run_dir.join("fortio.json"));
+    assert!(
+        fortio["RetCodes"]["200"].as_u64().unwrap_or(0) > 50,
+        "{fortio}"
+    );
+    let metadata = common::json(&run_dir.join("metadata.json"));
+    assert_eq!(metadata["backend_facts"]["mesh"], mesh.as_str());
+    assert!(
+        metadata["backend_facts"]["kubernetes_version"]
+            .as_str()
+            .unwrap()
+            .starts_with('v')
+    );
+}

@@ -383,6 +383,7 @@ fn a_run_on_a_cluster_applies_forwards_measures_stores_and_deletes() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains("cluster fake-context (http://127.0.0.1:"),
@@ -579,5 +580,4 @@ fn k8s_settings_are_checked_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("get the Kubernetes version"), "{stderr}");
-    eprintln!("{stderr}");
 }

@@ -56,6 +56,7 @@ pub struct K8sBackend {
     prometheus: Option<Forward>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
     cleanup: Option<Cleanup>,
+    phase: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 impl K8sBackend {
@@ -71,7 +72,13 @@ impl K8sBackend {
             prometheus: None,
             http: HttpClient::builder(TokioExecutor::new()).build_http(),
             cleanup: None,
+            phase: Box::new(|_| {}),
         }
+    }
+
+    /// Reports the steps of bringing the topology up (applying, waiting, forwarding).
+    pub fn on_phase(&mut self, phase: impl Fn(&str) + Send + Sync + 'static) {
+        self.phase = Box::new(phase);
     }
 
     /// What `down` deleted or failed to delete; `None` before `down` or when nothing
@@ -100,10 +107,21 @@ impl K8sBackend {
         self.version = Some(self.cluster.version().await?);
         self.cluster.check_namespace(&ns).await?;
         let objects = render(&self.config, &self.settings.render);
+        (self.phase)(&format!(
+            "applying {} objects (mesh {}) in namespace {ns}",
+            objects.len(),
+            self.settings.render.mesh
+        ));
         self.applied = true;
         self.cluster.apply(&objects).await?;
+        let deployments = self.deployments();
+        (self.phase)(&format!(
+            "waiting for {} rollouts (at most {})",
+            deployments.len(),
+            humantime::format_duration(self.settings.rollout_timeout)
+        ));
         self.cluster
-            .wait_ready(&ns, &self.deployments(), self.settings.rollout_timeout)
+            .wait_ready(&ns, &deployments, self.settings.rollout_timeout)
             .await?;
         let pod = self
             .cluster
@@ -111,11 +129,21 @@ impl K8sBackend {
             .await?;
         let pod = pod.metadata.name.unwrap_or_default();
         let pods: Api<Pod> = Api::namespaced(self.cluster.client().clone(), &ns);
-        self.loadgen = Some(forward(pods, &pod, LOADGEN_PORT).await?);
+        let loadgen = forward(pods, &pod, LOADGEN_PORT).await?;
+        (self.phase)(&format!(
+            "load generator {} forwarded to {}",
+            loadgen.target, loadgen.local
+        ));
+        self.loadgen = Some(loadgen);
         if let Some(service) = &self.settings.prometheus {
             let (pod, port) = self.cluster.service_backend(service).await?;
             let pods: Api<Pod> = Api::namespaced(self.cluster.client().clone(), &service.namespace);
-            self.prometheus = Some(forward(pods, &pod, port).await?);
+            let prometheus = forward(pods, &pod, port).await?;
+            (self.phase)(&format!(
+                "prometheus {service} ({}) forwarded to {}",
+                prometheus.target, prometheus.local
+            ));
+            self.prometheus = Some(prometheus);
         }
         Ok(())
     }

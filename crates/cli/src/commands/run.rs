@@ -43,12 +43,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let observer = Printer::default();
     let mut cleanup_failed = None;
     let outcome = runtime.block_on(async {
+        // Quitting at once leaves a cluster's objects behind: say how to delete them.
+        let quit_note = k8s.as_ref().map(|k| {
+            format!(
+                "meshload: quitting without deleting the run's objects: `meshload k8s cleanup --run {}` deletes them",
+                k.render.run_id
+            )
+        });
         let stop = StopSignal::new(async {
             super::shutdown_signal().await;
             eprintln!("meshload: stopping: storing what was measured, stopping the nodes (again to quit at once)");
-            // A second Ctrl-C quits at once; the nodes notice and exit by themselves.
-            tokio::spawn(async {
+            // A second Ctrl-C quits at once; local nodes notice and exit by themselves.
+            tokio::spawn(async move {
                 super::shutdown_signal().await;
+                if let Some(note) = quit_note {
+                    eprintln!("{note}");
+                }
                 std::process::exit(i32::from(INTERRUPTED));
             });
         });
@@ -61,10 +71,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| RunError::Backend(e.to_string()))?;
         observer.phase(&format!(
-            "cluster {}, run {} (objects labelled meshload.io/run={0})",
+            "cluster {}, run {1} (objects labelled meshload.io/run={1})",
             cluster.name, k8s.render.run_id
         ));
         let mut backend = K8sBackend::new(cluster, config.clone(), k8s);
+        backend.on_phase(|text| eprintln!("meshload: {text}"));
         let outcome = meshload_runner::run(&config, &mut backend, &settings, &observer, stop).await;
         if let Some(cleanup) = backend.cleanup() {
             if !cleanup.deleted.is_empty() {
