@@ -720,7 +720,9 @@ pub struct ReportArgs {
 /fortio/rest/run with the parameters as query string or as a JSON body of strings (url, qps, \
 t, c, n, p, jitter, uniform, nocatchup, headers or H, payload, timeout, labels; with \
 ?jsonPath=.metadata for parameters nested in the body, as the seed's driver sent them). The \
-answer, when the run ends, is the Fortio-compatible JSON result. GET /health answers 200.
+answer, when the run ends, is the Fortio-compatible JSON result. GET or POST /fortio/rest/stop \
+stops every run in progress: each pending call then answers with what was measured, marked \
+interrupted. GET /health answers 200.
 
 WARNING: this server sends load to whatever URL it is asked to. It listens on loopback by \
 default; listen elsewhere only where every client that can reach it may do so (e.g. inside a \

@@ -536,6 +536,16 @@ fn ctrl_c_during_a_test_on_a_cluster_deletes_what_the_run_created() {
         seen.iter().any(|l| l.contains("deleted namespace/perf")),
         "{seen:#?}"
     );
+    // The load generator was stopped too, and what it measured is stored.
+    let run = run_dir(&store, "k8s-qps40");
+    let metadata = json(&run.join("metadata.json"));
+    assert_eq!(metadata["status"], "interrupted", "{metadata}");
+    let fortio = json(&run.join("fortio.json"));
+    let requests = fortio["DurationHistogram"]["Count"].as_u64().unwrap();
+    assert!(
+        (20..=200).contains(&requests),
+        "about a second at 40 req/s: {requests}"
+    );
     assert!(
         cluster
             .requests()

@@ -53,3 +53,33 @@ async fn the_seed_driver_style_request_runs_a_load_test() {
         "{result}"
     );
 }
+
+#[tokio::test]
+async fn a_stop_request_ends_a_run_which_answers_with_what_it_measured() {
+    let node = NodeProc::start(&[]);
+    let server = NodeProc::spawn(&["-q", "serve", "--listen", "127.0.0.1:0"], &[]);
+    let base = format!("http://{}/fortio/rest", server.addr);
+    let body = format!(
+        r#"{{"url": "{}", "qps": "50", "t": "60s", "c": "1", "headers": ["x-test: 1"]}}"#,
+        node.url()
+    );
+    let run_url = format!("{base}/run");
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(async move { post(&run_url, &body).await });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, reply) = post(&format!("{base}/stop"), "").await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["Count"], 1, "one run was going: {reply}");
+    let (status, result) = run.await.unwrap();
+    assert_eq!(status, 200, "{result}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the 60 s run ended at the stop request"
+    );
+    assert_eq!(result["Interrupted"], true, "{result}");
+    let ok = result["RetCodes"]["200"].as_u64().unwrap();
+    assert!((40..=120).contains(&ok), "about 1.5 s at 50 req/s: {ok}");
+    // Nothing runs any more: a second stop counts none.
+    let (_, reply) = post(&format!("{base}/stop"), "").await;
+    assert_eq!(reply["Count"], 0, "{reply}");
+}

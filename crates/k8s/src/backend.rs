@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use meshload_config::Config;
+use meshload_loadgen::rest::{RUN_PATH, STOP_PATH};
 use meshload_loadgen::{FortioResult, Live, LoadOptions};
 use meshload_runner::backend::{Backend, Deployment, Facts, ReplicaExit};
 use meshload_runner::plan::Plan;
@@ -23,6 +24,9 @@ use serde_json::{Value, json};
 use crate::cluster::{Cluster, K8sError, ServiceRef};
 use crate::forward::Forward;
 use crate::render::{LOADGEN, LOADGEN_PORT, LoadGen, RenderOptions, render};
+
+/// How long a stopped load generator may take to answer with its partial result.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How a run on a cluster is set up.
 #[derive(Debug, Clone)]
@@ -150,21 +154,27 @@ impl K8sBackend {
 
     /// POSTs a load to the load generator's `/fortio/rest/run` and reads its result.
     async fn post_run(&self, options: &LoadOptions) -> Result<FortioResult, String> {
-        let forward = self
-            .loadgen
-            .as_ref()
-            .ok_or("the load generator is not port-forwarded (the backend is not up)")?;
-        let url = format!("http://{}/fortio/rest/run", forward.local);
-        let body = serde_json::to_vec(&rest_body(options, self.settings.render.loadgen))
-            .map_err(|e| e.to_string())?;
-        let request = http::Request::post(&url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&rest_body(options)).map_err(|e| e.to_string())?;
         // The call lasts as long as the load: allow its duration, the last requests'
         // timeout, and a margin for the API server's forwarding.
         let limit =
             options.duration.unwrap_or(Duration::ZERO) + options.timeout + Duration::from_secs(60);
+        let answer = self.post(RUN_PATH, body, limit).await?;
+        serde_json::from_slice::<FortioResult>(&answer)
+            .map_err(|e| format!("the load generator's answer is not a Fortio result: {e}"))
+    }
+
+    /// POSTs `body` to `path` of the load generator (through its port-forward) and
+    /// returns the body of a 2xx answer.
+    async fn post(&self, path: &str, body: Vec<u8>, limit: Duration) -> Result<Bytes, String> {
+        let forward = self
+            .loadgen
+            .as_ref()
+            .ok_or("the load generator is not port-forwarded (the backend is not up)")?;
+        let request = http::Request::post(format!("http://{}{path}", forward.local))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
         let exchange = async {
             let response = self.http.request(request).await.map_err(|e| {
                 format!(
@@ -186,12 +196,11 @@ impl K8sBackend {
                     text.trim()
                 ));
             }
-            serde_json::from_slice::<FortioResult>(&body)
-                .map_err(|e| format!("the load generator's answer is not a Fortio result: {e}"))
+            Ok(body)
         };
         tokio::time::timeout(limit, exchange)
             .await
-            .map_err(|_| format!("the load generator gave no result within {limit:?}"))?
+            .map_err(|_| format!("the load generator gave no answer within {limit:?}"))?
     }
 }
 
@@ -201,20 +210,17 @@ async fn forward(pods: Api<Pod>, pod: &str, port: u16) -> Result<Forward, K8sErr
         .map_err(|e| K8sError::Object(format!("cannot listen for a port-forward to {pod}: {e}")))
 }
 
-/// Fortio's REST parameters of a load: strings as the seed's driver sent them; headers
-/// under Fortio's `H` or `meshload serve`'s `headers`.
-pub fn rest_body(o: &LoadOptions, loadgen: LoadGen) -> Value {
-    let headers_key = match loadgen {
-        LoadGen::Meshload => "headers",
-        LoadGen::Fortio => "H",
-    };
+/// Fortio's REST parameters of a load: strings as the seed's driver sent them, headers as
+/// a JSON array of `Name: value` strings (how both Fortio and `meshload serve` read a
+/// JSON body).
+pub fn rest_body(o: &LoadOptions) -> Value {
     let mut body = json!({
         "url": o.url,
         "qps": if o.qps > 0.0 { o.qps.to_string() } else { "-1".to_string() },
         "c": o.connections.to_string(),
         "timeout": format!("{}ms", o.timeout.as_millis()),
+        "headers": o.headers,
     });
-    body[headers_key] = o.headers.clone().into();
     match o.requests {
         Some(n) => body["n"] = n.to_string().into(),
         None => {
@@ -283,9 +289,24 @@ impl Backend for K8sBackend {
         stop: &StopSignal,
         _live: Live,
     ) -> Result<Option<FortioResult>, String> {
+        let call = self.post_run(&options);
+        tokio::pin!(call);
         tokio::select! {
-            result = self.post_run(&options) => result.map(Some),
-            () = stop.stopped() => Ok(None),
+            result = &mut call => return result.map(Some),
+            () = stop.stopped() => {}
+        }
+        // Stopped: ask the load generator to stop too; the pending call then answers
+        // with what was measured so far.
+        if let Err(e) = self.post(STOP_PATH, Vec::new(), STOP_GRACE).await {
+            tracing::warn!(error = %e, "the load generator did not take the stop request");
+            return Ok(None);
+        }
+        match tokio::time::timeout(STOP_GRACE, call).await {
+            Ok(Ok(mut fortio)) => {
+                fortio.interrupted = true;
+                Ok(Some(fortio))
+            }
+            _ => Ok(None),
         }
     }
 

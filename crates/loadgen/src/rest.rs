@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,11 +21,24 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::spec::{LoadOptions, LoadSpec};
 
 /// The REST path Fortio serves runs on.
 pub const RUN_PATH: &str = "/fortio/rest/run";
+/// The REST path that stops the running runs (Fortio's; every run, whatever `runid`).
+/// A stopped run's pending call answers with what was measured, marked interrupted.
+pub const STOP_PATH: &str = "/fortio/rest/stop";
+
+/// What every connection of a server shares.
+struct Shared {
+    resolve: Resolve,
+    /// Bumped by a stop request; each run stops when it changes.
+    stop: watch::Sender<u64>,
+    /// Runs in progress.
+    running: AtomicUsize,
+}
 
 /// Largest request body accepted (a run's parameters and payload).
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -54,7 +68,11 @@ pub fn parse_resolve(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
 
 /// Serves the REST API on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, resolve: Resolve) {
-    let resolve = Arc::new(resolve);
+    let shared = Arc::new(Shared {
+        resolve,
+        stop: watch::channel(0).0,
+        running: AtomicUsize::new(0),
+    });
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     tokio::pin!(shutdown);
     loop {
@@ -70,9 +88,9 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, re
             () = &mut shutdown => return,
         };
         let builder = builder.clone();
-        let resolve = resolve.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, resolve.clone()));
+            let svc = service_fn(move |req| handle(req, shared.clone()));
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -82,11 +100,20 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, re
 
 async fn handle(
     req: Request<Incoming>,
-    resolve: Arc<Resolve>,
+    shared: Arc<Shared>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => reply(StatusCode::OK, json!({"status": "ok"})),
-        (&Method::GET | &Method::POST, RUN_PATH) => run(req, &resolve).await,
+        (&Method::GET | &Method::POST, RUN_PATH) => run(req, &shared).await,
+        (&Method::GET | &Method::POST, STOP_PATH) => {
+            let count = shared.running.load(Ordering::SeqCst);
+            shared.stop.send_modify(|generation| *generation += 1);
+            tracing::info!(count, "stop requested over REST");
+            reply(
+                StatusCode::OK,
+                json!({"Message": "stopping", "RunID": 0, "Count": count}),
+            )
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no such endpoint; runs are on {RUN_PATH}")}),
@@ -105,7 +132,8 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     r
 }
 
-async fn run(req: Request<Incoming>, resolve: &Resolve) -> Response<Full<Bytes>> {
+async fn run(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let resolve = &shared.resolve;
     let query = req.uri().query().unwrap_or("").to_string();
     let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
@@ -144,7 +172,16 @@ async fn run(req: Request<Incoming>, resolve: &Resolve) -> Response<Full<Bytes>>
         Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
     };
     tracing::info!(url = %spec.uri, "run requested over REST");
-    match crate::run::run(spec, std::future::pending(), crate::Live::default()).await {
+    let mut stop_requests = shared.stop.subscribe();
+    let stop = async move {
+        if stop_requests.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    shared.running.fetch_add(1, Ordering::SeqCst);
+    let outcome = crate::run::run(spec, stop, crate::Live::default()).await;
+    shared.running.fetch_sub(1, Ordering::SeqCst);
+    match outcome {
         Ok(result) => match serde_json::to_value(result.to_fortio()) {
             Ok(v) => reply(StatusCode::OK, v),
             Err(e) => reply(
