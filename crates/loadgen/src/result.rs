@@ -188,7 +188,7 @@ pub struct FortioResult {
     /// Service time, seconds, from the actual send (Fortio's meaning).
     pub duration_histogram: HistogramData,
     /// Service time of failed requests, seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub errors_duration_histogram: HistogramData,
     /// Exact request count asked for (0 when by duration).
     #[serde(default)]
@@ -203,6 +203,7 @@ pub struct FortioResult {
     #[serde(default)]
     pub no_catch_up: bool,
     /// Count per status code; `-1` for requests without one.
+    #[serde(deserialize_with = "null_as_default")]
     pub ret_codes: BTreeMap<String, u64>,
     /// Target URL.
     #[serde(rename = "URL")]
@@ -217,10 +218,10 @@ pub struct FortioResult {
     #[serde(default, rename = "HTTPReqTimeOut")]
     pub http_req_time_out: u64,
     /// Response sizes in bytes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub sizes: HistogramData,
     /// Response head sizes in bytes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub header_sizes: HistogramData,
     /// Sockets opened.
     #[serde(default)]
@@ -256,6 +257,16 @@ impl FortioResult {
     }
 }
 
+/// Reads `null` as the default: Go's encoder writes empty slices, maps and pointers as
+/// `null`, so Fortio's results have them.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Base64 HdrHistogram V2 deflate encodings, values in nanoseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -285,7 +296,7 @@ pub struct HistogramData {
     /// Standard deviation.
     pub std_dev: f64,
     /// Non-empty buckets.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub data: Vec<Bucket>,
     /// Requested percentiles.
     #[serde(default)]
@@ -409,6 +420,40 @@ mod tests {
         assert!((last.end - d.max).abs() < 1e-12);
         assert!(d.data.windows(2).all(|w| w[0].end <= w[1].start + 1e-12));
         assert!((d.percentile(50.0).expect("asked") - 0.0003).abs() < 1e-6);
+    }
+
+    #[test]
+    fn fortios_own_result_json_is_read() {
+        // The shape Fortio's HTTP runner writes (fortio.org/fortio, HTTPRunnerResults):
+        // its extra keys, and Go's nulls for empty slices and pointers.
+        let fortio = r#"{
+          "RunType": "HTTP", "Labels": "", "StartTime": "2026-11-27T10:00:00.123456789Z",
+          "RequestedQPS": "50", "RequestedDuration": "10s", "ActualQPS": 49.98,
+          "ActualDuration": 10004000000, "NumThreads": 4, "Version": "1.69.0",
+          "DurationHistogram": {"Count": 500, "Min": 0.0004, "Max": 0.012, "Sum": 0.9,
+            "Avg": 0.0018, "StdDev": 0.0007,
+            "Data": [{"Start": 0.0004, "End": 0.001, "Percent": 40, "Count": 200},
+                     {"Start": 0.001, "End": 0.012, "Percent": 100, "Count": 300}],
+            "Percentiles": [{"Percentile": 50, "Value": 0.0015}, {"Percentile": 99, "Value": 0.009}]},
+          "ErrorsDurationHistogram": {"Count": 0, "Min": 0, "Max": 0, "Sum": 0, "Avg": 0,
+            "StdDev": 0, "Data": null},
+          "Exactly": 0, "Jitter": false, "Uniform": false, "NoCatchUp": false, "RunID": 1,
+          "AccessLoggerInfo": "", "ID": "2026-11-27-100000", "RetCodes": {"200": 500},
+          "IPCountMap": {"10.0.0.7:9080": 4}, "Insecure": false, "MTLS": false,
+          "URL": "http://service-0.perf.svc.cluster.local:9080/", "NumConnections": 1,
+          "Compression": false, "H2": false, "HTTPReqTimeOut": 3000000000, "Payload": null,
+          "Sizes": {"Count": 500, "Min": 100, "Max": 100, "Sum": 50000, "Avg": 100,
+            "StdDev": 0, "Data": null},
+          "HeaderSizes": null, "Sockets": [1, 1, 1, 1], "SocketCount": 4, "AbortOn": 0
+        }"#;
+        let r: FortioResult = serde_json::from_str(fortio).expect("Fortio's JSON reads");
+        assert_eq!(r.ret_codes.get("200"), Some(&500));
+        assert_eq!(r.duration_histogram.count, 500);
+        assert_eq!(r.duration_histogram.percentile(99.0), Some(0.009));
+        assert!(r.errors_duration_histogram.data.is_empty());
+        assert_eq!(r.header_sizes, HistogramData::default());
+        assert_eq!(r.error_count(), 0);
+        assert!(!r.interrupted && r.per_second.is_empty());
     }
 
     #[test]

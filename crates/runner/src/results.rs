@@ -78,6 +78,13 @@ impl TestSummary {
         let ms = |h: &meshload_loadgen::result::HistogramData, p: f64| {
             h.percentile(p).unwrap_or(0.0) * 1e3
         };
+        // Fortio's own results (`--loadgen fortio`) have no response time from the due
+        // time: their service time is the only latency there is.
+        let response = if fortio.response_time_histogram.count == 0 {
+            &fortio.duration_histogram
+        } else {
+            &fortio.response_time_histogram
+        };
         TestSummary {
             test_name: test.name.clone(),
             run_dir: String::new(),
@@ -98,8 +105,8 @@ impl TestSummary {
             },
             service_p50_ms: ms(&fortio.duration_histogram, 50.0),
             service_p99_ms: ms(&fortio.duration_histogram, 99.0),
-            response_p50_ms: ms(&fortio.response_time_histogram, 50.0),
-            response_p99_ms: ms(&fortio.response_time_histogram, 99.0),
+            response_p50_ms: ms(response, 50.0),
+            response_p99_ms: ms(response, 99.0),
             slo_failures: Vec::new(),
             metrics: Vec::new(),
             node_exits: Vec::new(),
@@ -257,4 +264,37 @@ fn metadata(run_id: &str, f: &RunFiles<'_>) -> Value {
         "metrics": metrics,
         "node_exits": f.exits.iter().map(|e| json!({"pod": e.pod, "status": e.status})).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fortio_result_without_response_times_uses_its_service_times() {
+        let config = meshload_config::from_str(
+            r#"{"backends_map": {"0": []}, "load_tests": [{"test_name": "t", "target": "0", "qps": 10, "t": "1s", "c": 1, "slo": {"p99_ms": 5}}]}"#,
+            false,
+            "t",
+        )
+        .expect("valid")
+        .config;
+        let fortio: FortioResult = serde_json::from_value(json!({
+            "RunType": "HTTP", "Labels": "", "StartTime": "", "RequestedQPS": "10",
+            "RequestedDuration": "1s", "ActualQPS": 10.0, "ActualDuration": 1_000_000_000u64,
+            "NumThreads": 1, "RetCodes": {"200": 10}, "URL": "http://x/",
+            "DurationHistogram": {"Count": 10, "Min": 0.001, "Max": 0.02, "Sum": 0.1, "Avg": 0.01,
+              "StdDev": 0.005, "Percentiles": [{"Percentile": 50, "Value": 0.008}, {"Percentile": 99, "Value": 0.02}]}
+        }))
+        .expect("a Fortio result");
+        let test = &config.tests[0];
+        let s = TestSummary::new(test, &fortio, false);
+        assert_eq!(s.response_p99_ms, s.service_p99_ms);
+        assert!((s.response_p99_ms - 20.0).abs() < 1e-9);
+        assert_eq!(
+            slo_failures(&test.slo, &s, test.qps).len(),
+            1,
+            "p99 20 ms > 5 ms"
+        );
+    }
 }
