@@ -28,6 +28,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+/// Where the fake cluster's Prometheus Service is found: the tests' own name and the
+/// seed's (the `--mesh appmesh` default).
+const PROMETHEUS_SERVICES: [(&str, &str); 2] = [
+    ("monitoring", "prometheus"),
+    ("appmesh-system", "appmesh-prometheus"),
+];
+
 /// What the fake cluster holds and saw.
 #[derive(Default)]
 struct State {
@@ -118,18 +125,44 @@ async fn handle(
                 ),
             )
         }
-        ("GET", "/api/v1/namespaces/monitoring/services/prometheus") => reply(
-            200,
-            &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "prometheus", "namespace": "monitoring"},
-                    "spec": {"selector": {"app": "prometheus"}, "ports": [{"port": 9090, "targetPort": "http"}]}}),
-        ),
-        ("GET", "/api/v1/namespaces/monitoring/pods") if query.contains("app%3Dprometheus") => {
+        // The cluster's Prometheus, under the name of the test's choice or the seed's.
+        ("GET", p)
+            if PROMETHEUS_SERVICES
+                .iter()
+                .any(|(ns, name)| p == format!("/api/v1/namespaces/{ns}/services/{name}")) =>
+        {
+            reply(
+                200,
+                &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "prometheus"},
+                        "spec": {"selector": {"app": "prometheus"}, "ports": [{"port": 9090, "targetPort": "http"}]}}),
+            )
+        }
+        ("GET", p) if p.ends_with("/pods") && query.contains("app%3Dprometheus") => {
+            let namespace = p.split('/').nth(4).unwrap();
             reply(
                 200,
                 &list(
                     "PodList",
-                    vec![ready_pod("prometheus-0", "monitoring", "prometheus", 9090)],
+                    vec![ready_pod("prometheus-0", namespace, "prometheus", 9090)],
                 ),
+            )
+        }
+        ("GET", "/apis/appmesh.k8s.aws/v1beta2/meshes")
+            if st.applied.values().any(|o| o["kind"] == "Mesh") =>
+        {
+            let meshes: Vec<Value> = st
+                .applied
+                .values()
+                .filter(|o| o["kind"] == "Mesh")
+                .cloned()
+                .collect();
+            reply(200, &list("MeshList", meshes))
+        }
+        ("DELETE", p) if p.starts_with("/apis/appmesh.k8s.aws/v1beta2/meshes/") => {
+            st.applied.remove(p);
+            reply(
+                200,
+                &json!({"apiVersion": "appmesh.k8s.aws/v1beta2", "kind": "Mesh", "metadata": {}}),
             )
         }
         ("GET", "/api/v1/namespaces") if query.contains("labelSelector") => {
@@ -150,7 +183,7 @@ async fn handle(
                 &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
             )
         }
-        // The namespace does not exist yet; no App Mesh CRD in this cluster.
+        // The namespace does not exist yet; no App Mesh CRD until a Mesh is applied.
         _ => not_found(),
     };
     Ok(response)
@@ -272,7 +305,7 @@ impl FakeCluster {
     fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("kubeconfig");
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake-context\n  context:\n    cluster: fake\n    user: tester\ncurrent-context: fake-context\nusers:\n- name: tester\n  user: {{}}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake-context\n  context:\n    cluster: fake\n    user: tester\n- name: second-context\n  context:\n    cluster: fake\n    user: tester\ncurrent-context: fake-context\nusers:\n- name: tester\n  user: {{}}\n",
             self.addr
         );
         std::fs::write(&path, text).unwrap();
@@ -348,6 +381,41 @@ fn fake_cluster(pods: &Pods) -> FakeCluster {
     ]))
 }
 
+/// A finished run on a fake cluster, with the stand-in pods it used.
+struct FakeRun {
+    _pods: Pods,
+    cluster: FakeCluster,
+    store: std::path::PathBuf,
+    stderr: String,
+}
+
+/// Runs `meshload run CONFIG --backend k8s EXTRA...` on a new fake cluster; it must succeed.
+fn run_on_fake_cluster(name: &str, config: &str, extra: &[&str]) -> FakeRun {
+    let pods = pods();
+    let cluster = fake_cluster(&pods);
+    let dir = temp_dir(name);
+    let kubeconfig = cluster.kubeconfig(&dir);
+    let config = write_config(&dir, config);
+    let store = dir.join("results");
+    let out = bin()
+        .args(["run", config.to_str().unwrap(), "--backend", "k8s"])
+        .args(extra)
+        .args(["--store", store.to_str().unwrap()])
+        .args(["--sleep-between-tests", "0"])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    FakeRun {
+        _pods: pods,
+        cluster,
+        store,
+        stderr,
+    }
+}
+
 const CONFIG: &str = r#"{
   "namespace": "perf",
   "scrape_interval": "2s",
@@ -363,28 +431,17 @@ const CONFIG: &str = r#"{
 
 #[test]
 fn a_run_on_a_cluster_applies_forwards_measures_stores_and_deletes() {
-    let pods = pods();
-    let cluster = fake_cluster(&pods);
-    let dir = temp_dir("k8s-run");
-    let kubeconfig = cluster.kubeconfig(&dir);
-    let config = write_config(&dir, CONFIG);
-    let store = dir.join("results");
-    let out = bin()
-        .args(["run", config.to_str().unwrap(), "--backend", "k8s"])
-        .args(["--prometheus-service", "monitoring/prometheus:9090"])
-        .args([
-            "--store",
-            store.to_str().unwrap(),
-            "--sleep-between-tests",
-            "0",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let FakeRun {
+        cluster,
+        store,
+        stderr,
+        ..
+    } = run_on_fake_cluster(
+        "k8s-run",
+        CONFIG,
+        &["--prometheus-service", "monitoring/prometheus:9090"],
+    );
     eprintln!("{stderr}");
-    assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains("cluster fake-context (http://127.0.0.1:"),
         "{stderr}"
@@ -466,6 +523,57 @@ fn a_run_on_a_cluster_applies_forwards_measures_stores_and_deletes() {
             .any(|r| r.starts_with("GET /api/v1/namespaces?") && r.contains("meshload.io%2Frun%3D")),
         "cleanup by the run's label: {requests:#?}"
     );
+}
+
+#[test]
+fn app_mesh_runs_with_the_seeds_prometheus_and_deletes_the_mesh_too() {
+    let FakeRun {
+        cluster,
+        store,
+        stderr,
+        ..
+    } = run_on_fake_cluster(
+        "k8s-appmesh",
+        &CONFIG.replace("\"t\": \"4s\"", "\"t\": \"2s\""),
+        &["--mesh", "appmesh", "--context", "second-context"],
+    );
+    assert!(
+        stderr.contains("prometheus appmesh-system/appmesh-prometheus:9090"),
+        "the seed's Prometheus by default: {stderr}"
+    );
+    let metadata = json(&run_dir(&store, "k8s-qps40").join("metadata.json"));
+    let facts = &metadata["backend_facts"];
+    assert_eq!(facts["mesh"], "appmesh");
+    assert!(
+        facts["cluster"]
+            .as_str()
+            .unwrap()
+            .starts_with("second-context"),
+        "{facts}"
+    );
+    assert_eq!(
+        metadata["metrics"]["requests_by_pod"]["result"], "1 series",
+        "{metadata}"
+    );
+    let requests = cluster.requests();
+    let mesh = requests
+        .iter()
+        .find(|r| r.starts_with("PATCH /apis/appmesh.k8s.aws/v1beta2/meshes/meshload-"))
+        .expect("the Mesh applied");
+    let name = mesh.split('/').nth(5).unwrap().split('?').next().unwrap();
+    for expected in [
+        "PATCH /apis/appmesh.k8s.aws/v1beta2/namespaces/perf/virtualnodes/node-0?".to_string(),
+        "PATCH /apis/appmesh.k8s.aws/v1beta2/namespaces/perf/virtualservices/service-0?"
+            .to_string(),
+        format!("DELETE /apis/appmesh.k8s.aws/v1beta2/meshes/{name}?"),
+        "DELETE /api/v1/namespaces/perf?".to_string(),
+    ] {
+        assert!(
+            requests.iter().any(|r| r.starts_with(&expected)),
+            "{expected} in {requests:#?}"
+        );
+    }
+    assert!(stderr.contains(&format!("mesh/{name}")), "{stderr}");
 }
 
 #[test]

@@ -127,15 +127,23 @@ impl Cluster {
         &self.client
     }
 
-    /// The cluster of the kubeconfig's current (or named) context.
+    /// The cluster of the kubeconfig's current (or named) context, or, inside a pod
+    /// without a kubeconfig, the pod's own cluster.
     pub async fn connect(context: Option<&str>) -> Result<Cluster, K8sError> {
         let options = kube::config::KubeConfigOptions {
             context: context.map(String::from),
             ..Default::default()
         };
-        let config = kube::Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| K8sError::Config(e.to_string()))?;
+        // Without a context: the kubeconfig's current one, or the pod's service account
+        // when meshload itself runs in a cluster.
+        let config = match context {
+            Some(_) => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| K8sError::Config(e.to_string()))?,
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| K8sError::Config(e.to_string()))?,
+        };
         let kubeconfig = kube::config::Kubeconfig::read().ok();
         let context = context
             .map(String::from)
