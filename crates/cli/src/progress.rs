@@ -25,7 +25,8 @@ pub struct Progress {
 
 impl Progress {
     /// Starts a bar (a no-op when stderr is not a terminal). Call inside a Tokio runtime.
-    pub fn start(total: Total, live: Live) -> Progress {
+    /// Without `live` figures (a load generator in a cluster) it shows the time only.
+    pub fn start(total: Total, live: Option<Live>) -> Progress {
         if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             return Progress {
                 bar: None,
@@ -55,6 +56,11 @@ impl Progress {
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                let Some(live) = &live else {
+                    shown.set_position(started.elapsed().as_secs());
+                    shown.set_message("load generator in the cluster: figures at the end");
+                    continue;
+                };
                 let stats = live.lock().map(|s| s.clone()).unwrap_or_default();
                 shown.set_position(if by_count {
                     stats.requests

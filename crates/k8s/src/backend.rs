@@ -310,6 +310,10 @@ impl Backend for K8sBackend {
         }
     }
 
+    fn live_figures(&self) -> bool {
+        false
+    }
+
     fn prometheus(&self) -> Option<String> {
         self.prometheus
             .as_ref()

@@ -32,8 +32,14 @@ impl Forward {
         let label = target.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    continue;
+                let mut conn = match listener.accept().await {
+                    Ok((conn, _)) => conn,
+                    Err(e) => {
+                        // Out of descriptors, say: wait rather than spin.
+                        tracing::warn!(error = %e, "accepting a forwarded connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 let pods = pods.clone();
                 let pod = pod.clone();

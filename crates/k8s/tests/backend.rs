@@ -148,7 +148,7 @@ struct Quiet;
 
 impl Observer for Quiet {
     fn phase(&self, _: &str) {}
-    fn test_started(&self, _: usize, _: usize, _: &LoadTest, _: Live) {}
+    fn test_started(&self, _: usize, _: usize, _: &LoadTest, _: Option<Live>) {}
     fn test_finished(&self, _: &TestSummary) {}
 }
 

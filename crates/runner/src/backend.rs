@@ -83,6 +83,12 @@ pub trait Backend {
         drive_here(options, stop.clone(), live)
     }
 
+    /// Whether `drive` keeps the live figures it is given up to date (a remote load
+    /// generator answers only at the end).
+    fn live_figures(&self) -> bool {
+        true
+    }
+
     /// The Prometheus (a URL) that answers metric queries the config leaves to the
     /// embedded engine: a cluster's, reached through a port-forward. `None` locally.
     fn prometheus(&self) -> Option<String> {

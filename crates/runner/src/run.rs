@@ -27,8 +27,9 @@ const SAMPLES_LOOKBACK: Duration = Duration::from_secs(300);
 pub trait Observer {
     /// A phase of the run began (`starting 7 replicas`, `connectivity check`, ...).
     fn phase(&self, text: &str);
-    /// Test `index` of `total` started; `live` has its running figures.
-    fn test_started(&self, index: usize, total: usize, test: &LoadTest, live: Live);
+    /// Test `index` of `total` started; `live` has its running figures, when the
+    /// backend's load generator gives any before the end.
+    fn test_started(&self, index: usize, total: usize, test: &LoadTest, live: Option<Live>);
     /// A test ended and was stored.
     fn test_finished(&self, summary: &TestSummary);
 }
@@ -374,7 +375,8 @@ async fn run_test<B: Backend>(
 ) -> Result<Option<TestSummary>, RunError> {
     let options = load_options(test, ctx.deployment);
     let live = Live::default();
-    observer.test_started(index, ctx.config.tests.len(), test, live.clone());
+    let shown = backend.live_figures().then(|| live.clone());
+    observer.test_started(index, ctx.config.tests.len(), test, shown);
     let started = SystemTime::now();
     let fortio = match backend.drive(options, stop, live).await {
         Ok(Some(fortio)) => fortio,

@@ -64,7 +64,7 @@ async fn drive(spec: LoadSpec) -> anyhow::Result<meshload_loadgen::LoadResult> {
         Stop::Duration(d) => Total::Time(d),
         Stop::Never => Total::Unbounded,
     };
-    let progress = Progress::start(total, live.clone());
+    let progress = Progress::start(total, Some(live.clone()));
     let outcome = meshload_loadgen::run(spec, super::shutdown_signal(), live).await;
     progress.finish();
     outcome.context("cannot run the load test")

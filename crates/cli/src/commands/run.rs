@@ -162,7 +162,7 @@ impl Observer for Printer {
         eprintln!("meshload: {text}");
     }
 
-    fn test_started(&self, index: usize, total: usize, test: &LoadTest, live: Live) {
+    fn test_started(&self, index: usize, total: usize, test: &LoadTest, live: Option<Live>) {
         let rate = test
             .qps
             .map_or("max rate".to_string(), |q| format!("{q} req/s"));
@@ -177,9 +177,12 @@ impl Observer for Printer {
                 |n| format!("{n} requests")
             )
         );
-        let bar_total = test
-            .requests
-            .map_or(Total::Time(test.duration), Total::Requests);
+        let bar_total = match (test.requests, &live) {
+            (Some(n), Some(_)) => Total::Requests(n),
+            // Without live figures a request count cannot be followed.
+            (Some(_), None) => Total::Unbounded,
+            (None, _) => Total::Time(test.duration),
+        };
         *self.progress.lock().expect("not poisoned") = Some(Progress::start(bar_total, live));
     }
 
