@@ -101,15 +101,19 @@ async fn handle(
             st.applied.insert(path.clone(), obj.clone());
             reply(200, &obj)
         }
-        ("GET", p) if p.starts_with("/apis/apps/v1/namespaces/perf/deployments/") => {
-            match st.applied.get(p) {
-                Some(d) => {
+        // Every applied Deployment is ready at once.
+        ("GET", "/apis/apps/v1/namespaces/perf/deployments") => {
+            let ready: Vec<Value> = st
+                .applied
+                .values()
+                .filter(|o| o["kind"] == "Deployment")
+                .map(|d| {
                     let mut d = d.clone();
                     d["status"] = json!({"readyReplicas": d["spec"]["replicas"]});
-                    reply(200, &d)
-                }
-                None => not_found(),
-            }
+                    d
+                })
+                .collect();
+            reply(200, &list("DeploymentList", ready))
         }
         ("GET", "/api/v1/namespaces/perf/pods") if query.contains("app%3Dmeshload-loadgen") => {
             reply(

@@ -304,19 +304,27 @@ impl Cluster {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // One list per poll, whatever the number of nodes.
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(api_err(format!("list deployments in {namespace}")))?;
             let mut pending = Vec::new();
             for name in deployments {
-                let d = api
-                    .get(name)
-                    .await
-                    .map_err(api_err(format!("get deployment {name}")))?;
-                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                let ready = d
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.ready_replicas)
-                    .unwrap_or(0);
-                if ready < want {
+                let found = list
+                    .items
+                    .iter()
+                    .find(|d| d.metadata.name.as_deref() == Some(name.as_str()));
+                let ready = found.is_some_and(|d| {
+                    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    let ready = d
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0);
+                    ready >= want
+                });
+                if !ready {
                     pending.push(name.clone());
                 }
             }

@@ -74,6 +74,17 @@ fn deployment(name: &str, ready: i32) -> Value {
            "status": {"readyReplicas": ready}})
 }
 
+/// The run's two deployments (node-0 and the load generator), `ready` of 1 replica ready.
+fn deployments(ready: i32) -> Value {
+    list(
+        "DeploymentList",
+        vec![
+            deployment("node-0", ready),
+            deployment("meshload-loadgen", ready),
+        ],
+    )
+}
+
 fn pod(name: &str, app: &str, ready: bool) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": "perf", "labels": {"app": app}},
@@ -185,9 +196,7 @@ async fn an_interrupted_run_still_deletes_what_it_created() {
     // Deployments never become ready; Ctrl-C comes during the rollout wait.
     let (cluster, seen) = fake_cluster(|m, p, q| {
         common(m, p, q).unwrap_or_else(|| match p {
-            p if p.starts_with("/apis/apps/v1/namespaces/perf/deployments/") => {
-                (200, deployment(p.rsplit('/').next().unwrap(), 0))
-            }
+            "/apis/apps/v1/namespaces/perf/deployments" => (200, deployments(0)),
             _ => not_found(),
         })
     });
@@ -217,9 +226,7 @@ async fn an_interrupted_run_still_deletes_what_it_created() {
 async fn a_rollout_timeout_fails_the_run_names_the_pod_and_deletes() {
     let (cluster, seen) = fake_cluster(|m, p, q| {
         common(m, p, q).unwrap_or_else(|| match p {
-            p if p.starts_with("/apis/apps/v1/namespaces/perf/deployments/") => {
-                (200, deployment(p.rsplit('/').next().unwrap(), 0))
-            }
+            "/apis/apps/v1/namespaces/perf/deployments" => (200, deployments(0)),
             "/api/v1/namespaces/perf/pods" => (
                 200,
                 list("PodList", vec![pod("node-0-abc-1", "node-0", false)]),
@@ -281,9 +288,7 @@ async fn a_namespace_that_is_not_meshloads_is_refused_and_left_alone() {
 async fn the_load_generator_is_port_forwarded_from_its_ready_pod() {
     let (cluster, seen) = fake_cluster(|m, p, q| {
         common(m, p, q).unwrap_or_else(|| match p {
-            p if p.starts_with("/apis/apps/v1/namespaces/perf/deployments/") => {
-                (200, deployment(p.rsplit('/').next().unwrap(), 1))
-            }
+            "/apis/apps/v1/namespaces/perf/deployments" => (200, deployments(1)),
             "/api/v1/namespaces/perf/pods" => (
                 200,
                 list(

@@ -107,6 +107,11 @@ async fn an_api_error_is_reported_with_what_was_being_done() {
     );
 }
 
+/// A namespace's deployments: node-0 with `ready` of its 1 replica ready.
+fn deployments(ready: i32) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {}, "items": [deployment(ready)]})
+}
+
 fn deployment(ready: i32) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "node-0", "namespace": "perf"},
            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "node-0"}}, "template": {}},
@@ -117,8 +122,8 @@ fn deployment(ready: i32) -> Value {
 async fn a_rollout_that_becomes_ready_is_waited_for() {
     let (cluster, mut server) = cluster();
     tokio::spawn(async move {
-        answer(&mut server, 200, deployment(0)).await;
-        answer(&mut server, 200, deployment(1)).await;
+        answer(&mut server, 200, deployments(0)).await;
+        answer(&mut server, 200, deployments(1)).await;
     });
     cluster
         .wait_ready("perf", &["node-0".into()], Duration::from_secs(5))
@@ -136,7 +141,7 @@ async fn a_rollout_timeout_names_the_pods_not_ready_and_their_last_events() {
             let path = request.uri().path().to_string();
             let query = request.uri().query().unwrap_or("").to_string();
             let body = match path.as_str() {
-                "/apis/apps/v1/namespaces/perf/deployments/node-0" => deployment(0),
+                "/apis/apps/v1/namespaces/perf/deployments" => deployments(0),
                 "/api/v1/namespaces/perf/pods" => {
                     assert!(query.contains("labelSelector=app%3Dnode-0"), "{query}");
                     json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
