@@ -67,7 +67,8 @@ fn ready_pod(name: &str, namespace: &str, app: &str, port: u16) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": namespace, "labels": {"app": app}},
            "spec": {"containers": [{"name": "app", "ports": [{"name": "http", "containerPort": port}]}]},
-           "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+           "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                      "containerStatuses": [{"name": "app", "ready": true, "restartCount": 0, "image": "", "imageID": ""}]}})
 }
 
 fn list(kind: &str, items: Vec<Value>) -> Value {
@@ -115,20 +116,19 @@ async fn handle(
                 .collect();
             reply(200, &list("DeploymentList", ready))
         }
-        ("GET", "/api/v1/namespaces/perf/pods") if query.contains("app%3Dmeshload-loadgen") => {
-            reply(
-                200,
-                &list(
-                    "PodList",
-                    vec![ready_pod(
-                        "meshload-loadgen-7f9c4",
-                        "perf",
-                        "meshload-loadgen",
-                        8080,
-                    )],
-                ),
-            )
-        }
+        // The load generator's pod, asked for by its app label or by the run's label.
+        ("GET", "/api/v1/namespaces/perf/pods") => reply(
+            200,
+            &list(
+                "PodList",
+                vec![ready_pod(
+                    "meshload-loadgen-7f9c4",
+                    "perf",
+                    "meshload-loadgen",
+                    8080,
+                )],
+            ),
+        ),
         // The cluster's Prometheus, under the name of the test's choice or the seed's.
         ("GET", p)
             if PROMETHEUS_SERVICES

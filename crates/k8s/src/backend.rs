@@ -21,7 +21,7 @@ use meshload_runner::plan::Plan;
 use meshload_runner::{RunError, StopSignal};
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, K8sError, ServiceRef};
+use crate::cluster::{Cluster, K8sError, Restarts, ServiceRef};
 use crate::forward::Forward;
 use crate::render::{LOADGEN, LOADGEN_PORT, LoadGen, RenderOptions, render};
 
@@ -59,6 +59,8 @@ pub struct K8sBackend {
     loadgen: Option<Forward>,
     prometheus: Option<Forward>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
+    /// Each container's restarts when last looked at.
+    restarts: Restarts,
     cleanup: Option<Cleanup>,
     phase: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -75,6 +77,7 @@ impl K8sBackend {
             loadgen: None,
             prometheus: None,
             http: HttpClient::builder(TokioExecutor::new()).build_http(),
+            restarts: Restarts::new(),
             cleanup: None,
             phase: Box::new(|_| {}),
         }
@@ -127,6 +130,7 @@ impl K8sBackend {
         self.cluster
             .wait_ready(&ns, &deployments, self.settings.rollout_timeout)
             .await?;
+        self.restarts = self.cluster.restarts(&ns, self.run_id()).await?;
         let pod = self
             .cluster
             .ready_pod(&ns, &format!("app={LOADGEN}"))
@@ -210,6 +214,40 @@ async fn forward(pods: Api<Pod>, pod: &str, port: u16) -> Result<Forward, K8sErr
         .map_err(|e| K8sError::Object(format!("cannot listen for a port-forward to {pod}: {e}")))
 }
 
+/// What happened to the run's pods between two looks: containers that restarted (with
+/// the last termination's reason, e.g. `OOMKilled`) and pods that went away.
+pub fn restarts_since(before: &Restarts, now: &Restarts) -> Vec<ReplicaExit> {
+    let mut out = Vec::new();
+    for ((pod, container), (count, last)) in now {
+        let was = before
+            .get(&(pod.clone(), container.clone()))
+            .map_or(0, |(c, _)| *c);
+        if *count > was {
+            out.push(ReplicaExit {
+                pod: pod.clone(),
+                status: format!(
+                    "container {container} restarted {} time(s), last: {last}",
+                    count - was
+                ),
+            });
+        }
+    }
+    let pods_now: std::collections::BTreeSet<&String> = now.keys().map(|(p, _)| p).collect();
+    let mut gone: Vec<&String> = before
+        .keys()
+        .map(|(p, _)| p)
+        .filter(|p| !pods_now.contains(p))
+        .collect();
+    gone.dedup();
+    for pod in gone {
+        out.push(ReplicaExit {
+            pod: pod.clone(),
+            status: "gone (deleted or evicted)".to_string(),
+        });
+    }
+    out
+}
+
 /// Fortio's REST parameters of a load: strings as the seed's driver sent them, headers as
 /// a JSON array of `Name: value` strings (how both Fortio and `meshload serve` read a
 /// JSON body).
@@ -260,8 +298,18 @@ impl Backend for K8sBackend {
         Ok(Deployment::default())
     }
 
-    fn exited(&mut self) -> Vec<ReplicaExit> {
-        Vec::new()
+    async fn exited(&mut self) -> Vec<ReplicaExit> {
+        let ns = self.settings.render.namespace.clone();
+        let now = match self.cluster.restarts(&ns, self.run_id()).await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the run's pods for restarts");
+                return Vec::new();
+            }
+        };
+        let exits = restarts_since(&self.restarts, &now);
+        self.restarts = now;
+        exits
     }
 
     async fn down(&mut self) {

@@ -59,6 +59,10 @@ pub struct Cluster {
     pub name: String,
 }
 
+/// Per (pod, container) of a run: how many times it restarted and how it last ended
+/// (`OOMKilled (exit code 137)`).
+pub type Restarts = std::collections::BTreeMap<(String, String), (i32, String)>;
+
 /// A Service's port in another namespace: `NAMESPACE/NAME:PORT` (e.g. the seed's
 /// `appmesh-system/appmesh-prometheus:9090`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +198,37 @@ impl Cluster {
             )));
         }
         Ok(())
+    }
+
+    /// The restarts of every container of the run's pods.
+    pub async fn restarts(&self, namespace: &str, run: &str) -> Result<Restarts, K8sError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let list = pods
+            .list(&ListParams::default().labels(&format!("{RUN_LABEL}={run}")))
+            .await
+            .map_err(api_err(format!("list the run's pods in {namespace}")))?;
+        let mut out = Restarts::new();
+        for pod in list.items {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let statuses = pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default();
+            for c in statuses {
+                let last = c.last_state.and_then(|s| s.terminated).map_or_else(
+                    || "unknown".to_string(),
+                    |t| {
+                        format!(
+                            "{} (exit code {})",
+                            t.reason.unwrap_or_else(|| "terminated".into()),
+                            t.exit_code
+                        )
+                    },
+                );
+                out.insert((name.clone(), c.name), (c.restart_count, last));
+            }
+        }
+        Ok(out)
     }
 
     /// A ready pod among those `selector` picks in `namespace`.

@@ -402,3 +402,69 @@ fn loads_become_the_seed_drivers_string_parameters() {
     assert!(back.jitter && !back.uniform);
     assert_eq!(back.headers, vec!["x-a: 1".to_string()]);
 }
+
+#[tokio::test]
+async fn restarts_and_oom_kills_during_a_test_are_reported() {
+    // Up with every container at 0 restarts; then node-0's app was OOM-killed twice.
+    let oom = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let after = oom.clone();
+    let (cluster, _seen) = fake_cluster(move |m, p, q| {
+        common(m, p, q).unwrap_or_else(|| match p {
+            "/apis/apps/v1/namespaces/perf/deployments" => (200, deployments(1)),
+            "/api/v1/namespaces/perf/pods" => {
+                let restarted = after.load(std::sync::atomic::Ordering::SeqCst);
+                let mut node = pod("node-0-abc-1", "node-0", true);
+                node["status"]["containerStatuses"] = json!([{
+                    "name": "app", "ready": true, "image": "", "imageID": "",
+                    "restartCount": if restarted { 2 } else { 0 },
+                    "lastState": if restarted { json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}}) } else { json!({}) },
+                }]);
+                (200, list("PodList", vec![node, pod("meshload-loadgen-x", "meshload-loadgen", true)]))
+            }
+            _ => not_found(),
+        })
+    });
+    let mut backend = K8sBackend::new(cluster, config(), settings(Duration::from_secs(5)));
+    let plan = meshload_runner::plan::Plan::new(&config(), "r1");
+    meshload_runner::Backend::up(&mut backend, &plan)
+        .await
+        .unwrap();
+    assert!(
+        meshload_runner::Backend::exited(&mut backend)
+            .await
+            .is_empty()
+    );
+    oom.store(true, std::sync::atomic::Ordering::SeqCst);
+    let exits = meshload_runner::Backend::exited(&mut backend).await;
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0].pod, "node-0-abc-1");
+    assert_eq!(
+        exits[0].status,
+        "container app restarted 2 time(s), last: OOMKilled (exit code 137)"
+    );
+    // Reported once.
+    assert!(
+        meshload_runner::Backend::exited(&mut backend)
+            .await
+            .is_empty()
+    );
+    meshload_runner::Backend::down(&mut backend).await;
+}
+
+#[test]
+fn pods_that_go_away_are_reported() {
+    use meshload_k8s::cluster::Restarts;
+    let mut before = Restarts::new();
+    before.insert(("p1".into(), "app".into()), (0, String::new()));
+    before.insert(("p1".into(), "istio-proxy".into()), (0, String::new()));
+    before.insert(("p2".into(), "app".into()), (1, String::new()));
+    let mut now = Restarts::new();
+    now.insert(("p2".into(), "app".into()), (1, String::new()));
+    now.insert(("p3".into(), "app".into()), (0, String::new()));
+    let exits = meshload_k8s::backend::restarts_since(&before, &now);
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(
+        (exits[0].pod.as_str(), exits[0].status.as_str()),
+        ("p1", "gone (deleted or evicted)")
+    );
+}

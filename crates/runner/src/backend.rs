@@ -64,8 +64,9 @@ pub trait Backend {
     /// Brings every node of the plan up and waits until each replica is ready.
     fn up(&mut self, plan: &Plan) -> impl Future<Output = Result<Deployment, RunError>>;
 
-    /// Replicas that exited since the last call.
-    fn exited(&mut self) -> Vec<ReplicaExit>;
+    /// Replicas that exited (or, on Kubernetes, restarted or went away) since the last
+    /// call.
+    fn exited(&mut self) -> impl Future<Output = Vec<ReplicaExit>>;
 
     /// Stops everything `up` started; safe to call twice.
     fn down(&mut self) -> impl Future<Output = ()>;

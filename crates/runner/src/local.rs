@@ -187,7 +187,7 @@ impl Backend for LocalBackend {
         Ok(deployment)
     }
 
-    fn exited(&mut self) -> Vec<ReplicaExit> {
+    async fn exited(&mut self) -> Vec<ReplicaExit> {
         let mut out = Vec::new();
         for (replica, child) in &mut self.children {
             if self.exited.contains(&replica.pod) {

@@ -418,7 +418,7 @@ async fn run_test<B: Backend>(
             series,
         });
     }
-    let exits = backend.exited();
+    let exits = backend.exited().await;
     let mut summary = TestSummary::new(test, &fortio, fortio.interrupted);
     summary.slo_failures = slo_failures(&test.slo, &summary, test.qps);
     summary.metrics = metrics.iter().map(|m| (m.name.clone(), m.note())).collect();
