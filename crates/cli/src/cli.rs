@@ -742,6 +742,11 @@ pub struct ServeArgs {
     /// knows, such as service-0.perf.svc.cluster.local:9080 outside a cluster.
     #[arg(long, value_name = "HOST:PORT=ADDR[,ADDR]", value_parser = meshload_loadgen::rest::parse_resolve)]
     pub resolve: Vec<(String, Vec<SocketAddr>)>,
+    /// While a run goes on, send a space this often ahead of its JSON result (JSON allows
+    /// leading whitespace), so that idle timeouts of proxies, load balancers and
+    /// port-forwards do not cut long runs.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
 }
 
 /// `meshload k8s ...`.

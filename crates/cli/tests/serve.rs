@@ -83,3 +83,80 @@ async fn a_stop_request_ends_a_run_which_answers_with_what_it_measured() {
     let (_, reply) = post(&format!("{base}/stop"), "").await;
     assert_eq!(reply["Count"], 0, "{reply}");
 }
+
+#[tokio::test]
+async fn a_long_run_keeps_its_call_alive_with_leading_spaces() {
+    let node = NodeProc::start(&[]);
+    let server = NodeProc::spawn(
+        &[
+            "-q",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--keepalive",
+            "200ms",
+        ],
+        &[],
+    );
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let body = format!(
+        r#"{{"url": "{}", "qps": "20", "t": "1s", "c": "1"}}"#,
+        node.url()
+    );
+    let req = http::Request::post(format!("http://{}/fortio/rest/run", server.addr))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = client.request(req).await.unwrap();
+    // The answer starts at once, long before the run ends.
+    assert!(started.elapsed() < std::time::Duration::from_millis(800));
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut chunks = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            chunks.push((started.elapsed(), data));
+        }
+    }
+    let spaces: Vec<_> = chunks
+        .iter()
+        .filter(|(_, d)| d.iter().all(|b| *b == b' '))
+        .collect();
+    assert!(
+        spaces.len() >= 3,
+        "a space about every 200 ms of a 1 s run: {spaces:?}"
+    );
+    let whole: Vec<u8> = chunks.iter().flat_map(|(_, d)| d.to_vec()).collect();
+    let result: Value = serde_json::from_slice(&whole).unwrap();
+    assert_eq!(result["RetCodes"]["200"], 20, "{result}");
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_stops_its_run() {
+    let node = NodeProc::start(&[]);
+    let server = NodeProc::spawn(&["-q", "serve", "--listen", "127.0.0.1:0"], &[]);
+    let base = format!("http://{}/fortio/rest", server.addr);
+    let body = format!(
+        r#"{{"url": "{}", "qps": "20", "t": "60s", "c": "1"}}"#,
+        node.url()
+    );
+    let run_url = format!("{base}/run");
+    let call = tokio::spawn(async move { post(&run_url, &body).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    call.abort();
+    let _ = call.await;
+    // The run notices within moments: the node stops getting requests.
+    let served = || async {
+        let metrics = common::get(&format!("{}metrics", node.url())).await.body;
+        common::sample(&metrics, r#"meshload_node_requests_total{code="200"}"#).unwrap_or(0.0)
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after_abort = served().await;
+    assert!(after_abort >= 5.0, "the run had started: {after_abort}");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        served().await,
+        after_abort,
+        "requests went on after the client left"
+    );
+}

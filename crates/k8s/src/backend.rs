@@ -164,7 +164,14 @@ impl K8sBackend {
         let limit =
             options.duration.unwrap_or(Duration::ZERO) + options.timeout + Duration::from_secs(60);
         let answer = self.post(RUN_PATH, body, limit).await?;
-        serde_json::from_slice::<FortioResult>(&answer)
+        // `meshload serve` answers 200 at once (keeping the call alive), so a run that
+        // failed after it started is an `{"error": ...}` body.
+        let value: Value = serde_json::from_slice(&answer)
+            .map_err(|e| format!("the load generator's answer is not JSON: {e}"))?;
+        if let Some(error) = value.get("error").and_then(Value::as_str) {
+            return Err(format!("the load generator failed: {error}"));
+        }
+        serde_json::from_value::<FortioResult>(value)
             .map_err(|e| format!("the load generator's answer is not a Fortio result: {e}"))
     }
 

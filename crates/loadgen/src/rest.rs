@@ -14,14 +14,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::spec::{LoadOptions, LoadSpec};
 
@@ -31,9 +33,29 @@ pub const RUN_PATH: &str = "/fortio/rest/run";
 /// A stopped run's pending call answers with what was measured, marked interrupted.
 pub const STOP_PATH: &str = "/fortio/rest/stop";
 
+/// How a load-generator server behaves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Names sent to given addresses.
+    pub resolve: Resolve,
+    /// While a run goes on, a space (JSON allows leading whitespace) is sent this often,
+    /// so that idle timeouts of proxies and port-forwards do not cut long runs.
+    pub keepalive: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            resolve: Resolve::new(),
+            keepalive: Duration::from_secs(10),
+        }
+    }
+}
+
 /// What every connection of a server shares.
 struct Shared {
     resolve: Resolve,
+    keepalive: Duration,
     /// Bumped by a stop request; each run stops when it changes.
     stop: watch::Sender<u64>,
     /// Runs in progress.
@@ -67,9 +89,14 @@ pub fn parse_resolve(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
 }
 
 /// Serves the REST API on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, resolve: Resolve) {
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) {
     let shared = Arc::new(Shared {
-        resolve,
+        resolve: options.resolve,
+        keepalive: options.keepalive.max(Duration::from_millis(10)),
         stop: watch::channel(0).0,
         running: AtomicUsize::new(0),
     });
@@ -98,13 +125,12 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>, re
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Body>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => reply(StatusCode::OK, json!({"status": "ok"})),
-        (&Method::GET | &Method::POST, RUN_PATH) => run(req, &shared).await,
+        (&Method::GET | &Method::POST, RUN_PATH) => run(req, shared).await,
         (&Method::GET | &Method::POST, STOP_PATH) => {
             let count = shared.running.load(Ordering::SeqCst);
             shared.stop.send_modify(|generation| *generation += 1);
@@ -122,8 +148,8 @@ async fn handle(
     Ok(response)
 }
 
-fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+fn reply(status: StatusCode, body: Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -132,7 +158,10 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     r
 }
 
-async fn run(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+/// Starts a run and answers at once with a body that sends a space every `keepalive`
+/// while it goes on, then the result (an `{"error": ...}` object if it failed). A client
+/// that goes away stops the run.
+async fn run(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     let resolve = &shared.resolve;
     let query = req.uri().query().unwrap_or("").to_string();
     let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
@@ -172,25 +201,51 @@ async fn run(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
     };
     tracing::info!(url = %spec.uri, "run requested over REST");
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
     let mut stop_requests = shared.stop.subscribe();
+    let client = tx.clone();
     let stop = async move {
-        if stop_requests.changed().await.is_err() {
-            std::future::pending::<()>().await;
+        tokio::select! {
+            changed = stop_requests.changed() => {
+                if changed.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = client.closed() => tracing::info!("the client went away: stopping its run"),
         }
     };
     shared.running.fetch_add(1, Ordering::SeqCst);
-    let outcome = crate::run::run(spec, stop, crate::Live::default()).await;
-    shared.running.fetch_sub(1, Ordering::SeqCst);
-    match outcome {
-        Ok(result) => match serde_json::to_value(result.to_fortio()) {
-            Ok(v) => reply(StatusCode::OK, v),
-            Err(e) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": e.to_string()}),
-            ),
-        },
-        Err(e) => reply(StatusCode::BAD_REQUEST, json!({"error": format!("{e}")})),
-    }
+    tokio::spawn(async move {
+        let run = crate::run::run(spec, stop, crate::Live::default());
+        tokio::pin!(run);
+        let mut ticker = tokio::time::interval(shared.keepalive);
+        ticker.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                _ = ticker.tick() => {
+                    let _ = tx.send(Bytes::from_static(b" ")).await;
+                }
+            }
+        };
+        shared.running.fetch_sub(1, Ordering::SeqCst);
+        let body = match outcome {
+            Ok(result) => serde_json::to_string(&result.to_fortio())
+                .unwrap_or_else(|e| json!({"error": e.to_string()}).to_string()),
+            Err(e) => json!({"error": e.to_string()}).to_string(),
+        };
+        let _ = tx.send(Bytes::from(body)).await;
+    });
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let bytes = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
+    });
+    let mut r = Response::new(StreamBody::new(frames).boxed());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Query parameters, overlaid by the JSON body's fields (at `jsonPath` when given).

@@ -24,8 +24,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         stdout.flush().context("cannot write to stdout")?;
         drop(stdout);
         tracing::info!(%addr, "serving {}", meshload_loadgen::rest::RUN_PATH);
-        let resolve = args.resolve.iter().cloned().collect();
-        meshload_loadgen::rest::serve(listener, super::shutdown_signal(), resolve).await;
+        let options = meshload_loadgen::rest::ServeOptions {
+            resolve: args.resolve.iter().cloned().collect(),
+            keepalive: args.keepalive,
+        };
+        meshload_loadgen::rest::serve(listener, super::shutdown_signal(), options).await;
         Ok(ExitCode::SUCCESS)
     })
 }
