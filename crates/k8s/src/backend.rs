@@ -112,7 +112,14 @@ impl K8sBackend {
     async fn bring_up(&mut self) -> Result<(), K8sError> {
         let ns = self.settings.render.namespace.clone();
         self.version = Some(self.cluster.version().await?);
-        self.cluster.check_namespace(&ns).await?;
+        let phase = &self.phase;
+        self.cluster
+            .check_namespace(&ns, self.settings.rollout_timeout, || {
+                phase(&format!(
+                    "waiting for namespace {ns} to be deleted (a previous run's)"
+                ));
+            })
+            .await?;
         let objects = render(&self.config, &self.settings.render);
         (self.phase)(&format!(
             "applying {} objects (mesh {}) in namespace {ns}",

@@ -171,8 +171,14 @@ impl Cluster {
     }
 
     /// Refuses a namespace that exists but is not meshload's (deleting it at the end
-    /// would delete someone else's objects), or that is still being deleted.
-    pub async fn check_namespace(&self, namespace: &str) -> Result<(), K8sError> {
+    /// would delete someone else's objects); waits (at most `timeout`) for one that a
+    /// previous run's clean-up is still deleting, calling `waiting` first.
+    pub async fn check_namespace(
+        &self,
+        namespace: &str,
+        timeout: Duration,
+        waiting: impl FnOnce(),
+    ) -> Result<(), K8sError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let Some(ns) = api
             .get_opt(namespace)
@@ -192,12 +198,28 @@ impl Cluster {
                 "namespace {namespace}: it exists and meshload did not create it; a run deletes its namespace at the end, so choose a new one (\"namespace\" in the config)"
             )));
         }
-        if ns.metadata.deletion_timestamp.is_some() {
-            return Err(K8sError::Object(format!(
-                "namespace {namespace}: a previous run's namespace is still being deleted; try again when `kubectl get namespace {namespace}` finds nothing"
-            )));
+        if ns.metadata.deletion_timestamp.is_none() {
+            return Ok(());
         }
-        Ok(())
+        waiting();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1).min(timeout)).await;
+            let gone = api
+                .get_opt(namespace)
+                .await
+                .map_err(api_err(format!("get namespace {namespace}")))?
+                .is_none();
+            if gone {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(K8sError::Object(format!(
+                    "namespace {namespace}: a previous run's namespace is still being deleted after {}; try again when `kubectl get namespace {namespace}` finds nothing",
+                    humantime::format_duration(timeout)
+                )));
+            }
+        }
     }
 
     /// The restarts of every container of the run's pods.

@@ -468,3 +468,84 @@ fn pods_that_go_away_are_reported() {
         ("p1", "gone (deleted or evicted)")
     );
 }
+
+/// A previous run's namespace, being deleted.
+fn terminating_namespace() -> (u16, Value) {
+    (
+        200,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "perf", "deletionTimestamp": "2026-11-27T10:00:00Z",
+                            "labels": {"app.kubernetes.io/managed-by": "meshload", "meshload.io/run": "r0"}}}),
+    )
+}
+
+#[tokio::test]
+async fn a_previous_runs_namespace_still_being_deleted_is_waited_for() {
+    let looks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = looks.clone();
+    let (cluster, seen) = fake_cluster(move |m, p, q| match (m, p) {
+        ("GET", "/api/v1/namespaces/perf") => {
+            // Gone at the third look.
+            if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                terminating_namespace()
+            } else {
+                not_found()
+            }
+        }
+        ("GET", "/apis/apps/v1/namespaces/perf/deployments") => (200, deployments(1)),
+        ("GET", "/api/v1/namespaces/perf/pods") => (
+            200,
+            list(
+                "PodList",
+                vec![pod("meshload-loadgen-x", "meshload-loadgen", true)],
+            ),
+        ),
+        _ => common(m, p, q).unwrap_or_else(not_found),
+    });
+    let phases = Arc::new(Mutex::new(Vec::new()));
+    let shown = phases.clone();
+    let mut backend = K8sBackend::new(cluster, config(), settings(Duration::from_secs(30)));
+    backend.on_phase(move |t| shown.lock().unwrap().push(t.to_string()));
+    let plan = meshload_runner::plan::Plan::new(&config(), "r1");
+    meshload_runner::Backend::up(&mut backend, &plan)
+        .await
+        .unwrap();
+    assert!(
+        phases
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p == "waiting for namespace perf to be deleted (a previous run's)"),
+        "{phases:?}"
+    );
+    let seen = seen.lock().unwrap();
+    let last_look = seen
+        .iter()
+        .rposition(|s| s.path == "/api/v1/namespaces/perf" && s.method == "GET")
+        .unwrap();
+    let first_apply = seen.iter().position(|s| s.method == "PATCH").unwrap();
+    assert!(
+        first_apply > last_look,
+        "applied only once the old namespace was gone"
+    );
+    assert_eq!(looks.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_namespace_that_stays_terminating_fails_the_run_after_the_timeout() {
+    let (cluster, seen) = fake_cluster(|m, p, q| match (m, p) {
+        ("GET", "/api/v1/namespaces/perf") => terminating_namespace(),
+        _ => common(m, p, q).unwrap_or_else(not_found),
+    });
+    let mut backend = K8sBackend::new(cluster, config(), settings(Duration::from_secs(1)));
+    let plan = meshload_runner::plan::Plan::new(&config(), "r1");
+    let Err(RunError::Backend(message)) = meshload_runner::Backend::up(&mut backend, &plan).await
+    else {
+        panic!("the run must fail");
+    };
+    assert!(
+        message.contains("still being deleted after 1s"),
+        "{message}"
+    );
+    assert!(!seen.lock().unwrap().iter().any(|s| s.method == "PATCH"));
+}
