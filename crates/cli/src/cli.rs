@@ -556,7 +556,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "DURATION",
-        default_value = "5m",
+        default_value = DEFAULT_ROLLOUT_TIMEOUT,
         value_parser = humantime::parse_duration,
         help_heading = "Kubernetes (--backend k8s)"
     )]
@@ -813,6 +813,11 @@ pub struct K8sRenderArgs {
     pub deploy: K8sDeployArgs,
 }
 
+/// The image the manifests name unless `--image` says otherwise.
+pub const DEFAULT_IMAGE: &str = "meshload:latest";
+/// How long rollouts may take unless `--rollout-timeout` says otherwise.
+pub const DEFAULT_ROLLOUT_TIMEOUT: &str = "5m";
+
 /// How the topology is deployed on Kubernetes (`k8s render` and `run --backend k8s`).
 #[derive(Debug, Clone, Args)]
 pub struct K8sDeployArgs {
@@ -820,7 +825,7 @@ pub struct K8sDeployArgs {
     #[arg(long, default_value = "none")]
     pub mesh: meshload_k8s::Mesh,
     /// The meshload image for the nodes and the load generator.
-    #[arg(long, value_name = "IMAGE", default_value = "meshload:latest")]
+    #[arg(long, value_name = "IMAGE", default_value = DEFAULT_IMAGE)]
     pub image: String,
     /// The load generator: meshload (its Fortio-compatible server) or fortio.
     #[arg(long, default_value = "meshload")]

@@ -688,6 +688,25 @@ fn k8s_settings_are_checked_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("--prometheus-service"), "{stderr}");
+    // Kubernetes flags without --backend k8s are a mistake, not silently ignored.
+    let out = bin()
+        .args([
+            "run",
+            config.to_str().unwrap(),
+            "--mesh",
+            "istio",
+            "--context",
+            "c",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--context, --mesh only apply with --backend k8s"),
+        "{stderr}"
+    );
     let out = run(&["--prometheus-service", "prometheus"]);
     assert_eq!(out.status.code(), Some(64), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAMESPACE/SERVICE:PORT"));

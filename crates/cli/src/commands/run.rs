@@ -12,7 +12,7 @@ use meshload_loadgen::Live;
 use meshload_runner::{LocalBackend, Observer, RunError, RunSettings, StopSignal, TestSummary};
 use meshload_store::ResultStore;
 
-use crate::cli::{BackendKind, RunArgs};
+use crate::cli::{BackendKind, DEFAULT_IMAGE, DEFAULT_ROLLOUT_TIMEOUT, RunArgs};
 use crate::exit::{Exit, INTERRUPTED, THRESHOLD};
 use crate::progress::{Progress, Total};
 
@@ -36,7 +36,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         sleep_between_tests,
     };
     let k8s = match args.backend {
-        BackendKind::Local => None,
+        BackendKind::Local => {
+            let ignored = k8s_flags_given(&args);
+            if !ignored.is_empty() {
+                return Err(Exit::usage(format!(
+                    "{} only apply with --backend k8s",
+                    ignored.join(", ")
+                ))
+                .into());
+            }
+            None
+        }
         BackendKind::K8s => Some(k8s_settings(&args, &config)?),
     };
     let runtime = super::runtime()?;
@@ -115,6 +125,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The Kubernetes flags given other values than their defaults.
+fn k8s_flags_given(args: &RunArgs) -> Vec<&'static str> {
+    let d = &args.deploy;
+    [
+        ("--context", args.context.is_some()),
+        ("--prometheus-service", args.prometheus_service.is_some()),
+        (
+            "--rollout-timeout",
+            humantime::parse_duration(DEFAULT_ROLLOUT_TIMEOUT).ok() != Some(args.rollout_timeout),
+        ),
+        ("--mesh", d.mesh != Mesh::None),
+        ("--image", d.image != DEFAULT_IMAGE),
+        ("--loadgen", d.loadgen != meshload_k8s::LoadGen::Meshload),
+        ("--cpu-request", d.cpu_request.is_some()),
+        ("--memory-request", d.memory_request.is_some()),
+        ("--cpu-limit", d.cpu_limit.is_some()),
+        ("--memory-limit", d.memory_limit.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect()
 }
 
 /// The Kubernetes settings of a run, checked before anything is started.
