@@ -803,9 +803,6 @@ pub struct K8sCleanupArgs {
 pub struct K8sRenderArgs {
     /// The config file.
     pub config: std::path::PathBuf,
-    /// The namespace (default: the config's namespace, else tls-e2e).
-    #[arg(long, value_name = "NS")]
-    pub namespace: Option<String>,
     /// The run id put in every object's meshload.io/run label (default: the time, YYYYMMDDHHMMSS).
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
@@ -821,6 +818,10 @@ pub const DEFAULT_ROLLOUT_TIMEOUT: &str = "5m";
 /// How the topology is deployed on Kubernetes (`k8s render` and `run --backend k8s`).
 #[derive(Debug, Clone, Args)]
 pub struct K8sDeployArgs {
+    /// The namespace (default: the config's namespace, else tls-e2e); a run points its
+    /// test URLs (service-<node>.<ns>.svc.cluster.local) at it.
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
     /// The service mesh: none, istio, linkerd or appmesh.
     #[arg(long, default_value = "none")]
     pub mesh: meshload_k8s::Mesh,

@@ -103,11 +103,12 @@ async fn handle(
             reply(200, &obj)
         }
         // Every applied Deployment is ready at once.
-        ("GET", "/apis/apps/v1/namespaces/perf/deployments") => {
+        ("GET", p) if p.starts_with("/apis/apps/v1/namespaces/") && p.ends_with("/deployments") => {
+            let namespace = p.split('/').nth(5).unwrap();
             let ready: Vec<Value> = st
                 .applied
                 .values()
-                .filter(|o| o["kind"] == "Deployment")
+                .filter(|o| o["kind"] == "Deployment" && o["metadata"]["namespace"] == namespace)
                 .map(|d| {
                     let mut d = d.clone();
                     d["status"] = json!({"readyReplicas": d["spec"]["replicas"]});
@@ -116,19 +117,6 @@ async fn handle(
                 .collect();
             reply(200, &list("DeploymentList", ready))
         }
-        // The load generator's pod, asked for by its app label or by the run's label.
-        ("GET", "/api/v1/namespaces/perf/pods") => reply(
-            200,
-            &list(
-                "PodList",
-                vec![ready_pod(
-                    "meshload-loadgen-7f9c4",
-                    "perf",
-                    "meshload-loadgen",
-                    8080,
-                )],
-            ),
-        ),
         // The cluster's Prometheus, under the name of the test's choice or the seed's.
         ("GET", p)
             if PROMETHEUS_SERVICES
@@ -148,6 +136,22 @@ async fn handle(
                 &list(
                     "PodList",
                     vec![ready_pod("prometheus-0", namespace, "prometheus", 9090)],
+                ),
+            )
+        }
+        // The load generator's pod, asked for by its app label or by the run's label.
+        ("GET", p) if p.starts_with("/api/v1/namespaces/") && p.ends_with("/pods") => {
+            let namespace = p.split('/').nth(4).unwrap();
+            reply(
+                200,
+                &list(
+                    "PodList",
+                    vec![ready_pod(
+                        "meshload-loadgen-7f9c4",
+                        namespace,
+                        "meshload-loadgen",
+                        8080,
+                    )],
                 ),
             )
         }
@@ -355,9 +359,10 @@ struct Pods {
     prometheus: Prometheus,
 }
 
-fn pods() -> Pods {
+/// The stand-ins, with node 0 reachable as service-0 in `namespace`.
+fn pods_in(namespace: &str) -> Pods {
     let node = NodeProc::start(&[]);
-    let resolve = format!("service-0.perf.svc.cluster.local:9080={}", node.addr);
+    let resolve = format!("service-0.{namespace}.svc.cluster.local:9080={}", node.addr);
     let loadgen = NodeProc::spawn(
         &[
             "-q",
@@ -393,9 +398,14 @@ struct FakeRun {
     stderr: String,
 }
 
-/// Runs `meshload run CONFIG --backend k8s EXTRA...` on a new fake cluster; it must succeed.
-fn run_on_fake_cluster(name: &str, config: &str, extra: &[&str]) -> FakeRun {
-    let pods = pods();
+fn pods() -> Pods {
+    pods_in("perf")
+}
+
+/// Runs `meshload run CONFIG --backend k8s EXTRA...` on a new fake cluster whose pods
+/// live in `namespace`; it must succeed.
+fn run_on_fake_cluster(name: &str, namespace: &str, config: &str, extra: &[&str]) -> FakeRun {
+    let pods = pods_in(namespace);
     let cluster = fake_cluster(&pods);
     let dir = temp_dir(name);
     let kubeconfig = cluster.kubeconfig(&dir);
@@ -442,6 +452,7 @@ fn a_run_on_a_cluster_applies_forwards_measures_stores_and_deletes() {
         ..
     } = run_on_fake_cluster(
         "k8s-run",
+        "perf",
         CONFIG,
         &["--prometheus-service", "monitoring/prometheus:9090"],
     );
@@ -538,8 +549,16 @@ fn app_mesh_runs_with_the_seeds_prometheus_and_deletes_the_mesh_too() {
         ..
     } = run_on_fake_cluster(
         "k8s-appmesh",
+        "mesh-perf",
         &CONFIG.replace("\"t\": \"4s\"", "\"t\": \"2s\""),
-        &["--mesh", "appmesh", "--context", "second-context"],
+        &[
+            "--mesh",
+            "appmesh",
+            "--context",
+            "second-context",
+            "--namespace",
+            "mesh-perf",
+        ],
     );
     assert!(
         stderr.contains("prometheus appmesh-system/appmesh-prometheus:9090"),
@@ -548,6 +567,17 @@ fn app_mesh_runs_with_the_seeds_prometheus_and_deletes_the_mesh_too() {
     let metadata = json(&run_dir(&store, "k8s-qps40").join("metadata.json"));
     let facts = &metadata["backend_facts"];
     assert_eq!(facts["mesh"], "appmesh");
+    assert_eq!(facts["namespace"], "mesh-perf");
+    // The test's URL was pointed at --namespace, where the load generator found the node.
+    let fortio = json(&run_dir(&store, "k8s-qps40").join("fortio.json"));
+    assert_eq!(
+        fortio["URL"],
+        "http://service-0.mesh-perf.svc.cluster.local:9080/"
+    );
+    assert!(
+        fortio["RetCodes"]["200"].as_u64().unwrap() >= 70,
+        "{fortio}"
+    );
     assert!(
         facts["cluster"]
             .as_str()
@@ -566,11 +596,11 @@ fn app_mesh_runs_with_the_seeds_prometheus_and_deletes_the_mesh_too() {
         .expect("the Mesh applied");
     let name = mesh.split('/').nth(5).unwrap().split('?').next().unwrap();
     for expected in [
-        "PATCH /apis/appmesh.k8s.aws/v1beta2/namespaces/perf/virtualnodes/node-0?".to_string(),
-        "PATCH /apis/appmesh.k8s.aws/v1beta2/namespaces/perf/virtualservices/service-0?"
+        "PATCH /apis/appmesh.k8s.aws/v1beta2/namespaces/mesh-perf/virtualnodes/node-0?".to_string(),
+        "PATCH /apis/appmesh.k8s.aws/v1beta2/namespaces/mesh-perf/virtualservices/service-0?"
             .to_string(),
         format!("DELETE /apis/appmesh.k8s.aws/v1beta2/meshes/{name}?"),
-        "DELETE /api/v1/namespaces/perf?".to_string(),
+        "DELETE /api/v1/namespaces/mesh-perf?".to_string(),
     ] {
         assert!(
             requests.iter().any(|r| r.starts_with(&expected)),

@@ -12,7 +12,8 @@ pub fn render(args: &K8sRenderArgs) -> anyhow::Result<ExitCode> {
     let config = super::validate::load(&args.config)?.config;
     let opts = render_options(
         &args.deploy,
-        args.namespace
+        args.deploy
+            .namespace
             .clone()
             .unwrap_or_else(|| config.namespace.clone()),
         args.run_id

@@ -137,6 +137,7 @@ fn k8s_flags_given(args: &RunArgs) -> Vec<&'static str> {
             "--rollout-timeout",
             humantime::parse_duration(DEFAULT_ROLLOUT_TIMEOUT).ok() != Some(args.rollout_timeout),
         ),
+        ("--namespace", d.namespace.is_some()),
         ("--mesh", d.mesh != Mesh::None),
         ("--image", d.image != DEFAULT_IMAGE),
         ("--loadgen", d.loadgen != meshload_k8s::LoadGen::Meshload),
@@ -178,7 +179,14 @@ fn k8s_settings(args: &RunArgs, config: &Config) -> Result<K8sSettings, Exit> {
     }
     let run_id = meshload_store::run_id(std::time::SystemTime::now());
     Ok(K8sSettings {
-        render: super::k8s::render_options(&args.deploy, config.namespace.clone(), run_id),
+        render: super::k8s::render_options(
+            &args.deploy,
+            args.deploy
+                .namespace
+                .clone()
+                .unwrap_or_else(|| config.namespace.clone()),
+            run_id,
+        ),
         rollout_timeout: args.rollout_timeout,
         prometheus,
     })
