@@ -608,6 +608,22 @@ fn app_mesh_runs_with_the_seeds_prometheus_and_deletes_the_mesh_too() {
         );
     }
     assert!(stderr.contains(&format!("mesh/{name}")), "{stderr}");
+    // `results show` says where the run ran.
+    let out = bin()
+        .args([
+            "results",
+            "show",
+            "--store",
+            store.to_str().unwrap(),
+            "k8s-qps40",
+        ])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("Backend    k8s, mesh appmesh, namespace mesh-perf, Kubernetes v1.33.1-fake, cluster second-context"),
+        "{shown}"
+    );
 }
 
 #[test]

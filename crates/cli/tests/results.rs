@@ -56,6 +56,7 @@ fn list_show_compare_and_the_seed_analysis_read_stored_runs() {
     assert!(out.status.success());
     for needle in [
         "Run        fast/",
+        "Backend    local",
         "Achieved",
         "envoy_memory_MB_by_replica_set",
         "max memory MiB",
@@ -79,6 +80,7 @@ fn list_show_compare_and_the_seed_analysis_read_stored_runs() {
     for key in ["rate", "p99", "error_ratio", "memory:0", "cpu:1"] {
         assert!(keys.contains(&key), "{key} missing in {keys:?}");
     }
+    assert_eq!(doc["backend_a"], "local");
     // Half the rate of the baseline fails a 10% gate: exit 1, the figure named.
     let out = run(
         &[
@@ -93,7 +95,9 @@ fn list_show_compare_and_the_seed_analysis_read_stored_runs() {
         &[],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("REGRESSION achieved req/s"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("REGRESSION achieved req/s"), "{table}");
+    assert!(table.contains("A ran on local\nB ran on local"), "{table}");
     let out = run(&["compare", "--store", s, "fast", "nosuchtest"], &[]);
     assert_eq!(out.status.code(), Some(64));
 

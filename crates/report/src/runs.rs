@@ -72,6 +72,27 @@ impl Run {
         }
     }
 
+    /// Where the run ran: `local`, or `k8s` with the mesh, namespace, Kubernetes version
+    /// and cluster; empty for runs without metadata (other tools' results).
+    pub fn backend(&self) -> String {
+        let Some(backend) = self.metadata["backend"].as_str() else {
+            return String::new();
+        };
+        let facts = &self.metadata["backend_facts"];
+        let mut parts = vec![backend.to_string()];
+        for (label, key) in [
+            ("mesh", "mesh"),
+            ("namespace", "namespace"),
+            ("Kubernetes", "kubernetes_version"),
+            ("cluster", "cluster"),
+        ] {
+            if let Some(v) = facts[key].as_str().filter(|v| !v.is_empty()) {
+                parts.push(format!("{label} {v}"));
+            }
+        }
+        parts.join(", ")
+    }
+
     /// `complete` or `interrupted` (metadata), else from the result.
     pub fn status(&self) -> String {
         match self.metadata["status"].as_str() {

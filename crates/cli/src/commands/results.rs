@@ -160,6 +160,10 @@ pub fn show(args: &ResultsShowArgs) -> anyhow::Result<ExitCode> {
         run.status(),
         run.metadata["start"].as_str().unwrap_or("?")
     )?;
+    let backend = run.backend();
+    if !backend.is_empty() {
+        writeln!(out, "Backend    {backend}")?;
+    }
     meshload_loadgen::summary::write_summary(&mut out, &run.fortio)?;
     if let Some(metrics) = run.metadata["metrics"].as_object() {
         writeln!(out, "Metrics")?;
@@ -189,8 +193,8 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     let regressions = compare::regressions(&figures, &args.max_regression);
     let mut out = std::io::stdout().lock();
     if args.json {
-        let doc =
-            json!({"a": a.name(), "b": b.name(), "figures": figures, "regressions": regressions});
+        let doc = json!({"a": a.name(), "b": b.name(), "backend_a": a.backend(),
+            "backend_b": b.backend(), "figures": figures, "regressions": regressions});
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
         writeln!(out, "{:<32} {:>16} {:>16} {:>9}", "", "A", "B", "change")?;
@@ -208,6 +212,13 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
                 show(f.b),
                 change
             )?;
+        }
+        // Where each ran: the mesh is often the point of the comparison.
+        for (label, run) in [("A", &a), ("B", &b)] {
+            let backend = run.backend();
+            if !backend.is_empty() {
+                writeln!(out, "{label} ran on {backend}")?;
+            }
         }
         for r in &regressions {
             writeln!(out, "REGRESSION {r}")?;
