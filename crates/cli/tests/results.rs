@@ -180,6 +180,10 @@ fn the_report_renders_every_chart_in_a_browser() {
             "the report fetches something: {fetch}"
         );
     }
+    assert!(
+        html.contains("<th>where</th>") && html.contains("<td class=\"name\">local</td>"),
+        "each run says where it ran"
+    );
     for title in [
         "Maximum memory of each node against achieved rate",
         "Latency percentiles against achieved rate",
