@@ -568,6 +568,10 @@ fn app_mesh_runs_with_the_seeds_prometheus_and_deletes_the_mesh_too() {
     let facts = &metadata["backend_facts"];
     assert_eq!(facts["mesh"], "appmesh");
     assert_eq!(facts["namespace"], "mesh-perf");
+    assert_eq!(
+        metadata["parameters"]["url"], "http://service-0.mesh-perf.svc.cluster.local:9080/",
+        "the URL the test used, as stored"
+    );
     // The test's URL was pointed at --namespace, where the load generator found the node.
     let fortio = json(&run_dir(&store, "k8s-qps40").join("fortio.json"));
     assert_eq!(

@@ -136,3 +136,23 @@ pub struct Config {
     /// The whole file as read, stored with every run.
     pub raw: serde_json::Value,
 }
+
+impl Config {
+    /// The config with its services in namespace `namespace` instead: test URLs that
+    /// name the old one (`http://service-<node>.<old>.svc.cluster.local:9080/`) name the
+    /// new one. `raw` stays the file as written.
+    pub fn in_namespace(mut self, namespace: &str) -> Config {
+        let old = format!(".{}.svc.cluster.local", self.namespace);
+        let new = format!(".{namespace}.svc.cluster.local");
+        for test in &mut self.tests {
+            let Some(rest) = test.url.strip_prefix("http://") else {
+                continue;
+            };
+            let end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            test.url = format!("http://{}{path}", authority.replacen(&old, &new, 1));
+        }
+        self.namespace = namespace.to_string();
+        self
+    }
+}

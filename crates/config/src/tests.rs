@@ -149,3 +149,31 @@ fn urls_map_to_nodes() {
     assert!(parse::node_of_url("http://127.0.0.1:9080/", &nodes).is_err());
     assert!(parse::node_of_url("https://service-0/", &nodes).is_err());
 }
+
+#[test]
+fn a_namespace_override_carries_the_test_urls_along() {
+    let config = crate::from_str(&seed_text(), false, "seed.json")
+        .expect("the seed parses")
+        .config
+        .in_namespace("perf-2");
+    assert_eq!(config.namespace, "perf-2");
+    assert_eq!(
+        config.tests[0].url,
+        "http://service-0.perf-2.svc.cluster.local:9080/"
+    );
+    assert_eq!(
+        config.raw["load_tests"][0]["url"],
+        "http://service-0.tls-e2e.svc.cluster.local:9080/"
+    );
+    // A URL that does not name the namespace, or names it only in its path, is left alone.
+    let text = r#"{"backends_map": {"0": []}, "namespace": "a", "load_tests": [
+        {"test_name": "t1", "url": "http://service-0:9080/x.a.svc.cluster.local"}]}"#;
+    let config = crate::from_str(text, false, "t")
+        .expect("valid")
+        .config
+        .in_namespace("b");
+    assert_eq!(
+        config.tests[0].url,
+        "http://service-0:9080/x.a.svc.cluster.local"
+    );
+}

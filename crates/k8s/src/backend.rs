@@ -262,19 +262,6 @@ pub fn restarts_since(before: &Restarts, now: &Restarts) -> Vec<ReplicaExit> {
     out
 }
 
-/// `url` with a service host in namespace `from` pointed at namespace `to`
-/// (`service-0.from.svc.cluster.local` -> `service-0.to.svc.cluster.local`).
-pub fn in_namespace(url: &str, from: &str, to: &str) -> String {
-    if from == to {
-        return url.to_string();
-    }
-    url.replacen(
-        &format!(".{from}.svc.cluster.local"),
-        &format!(".{to}.svc.cluster.local"),
-        1,
-    )
-}
-
 /// Fortio's REST parameters of a load: strings as the seed's driver sent them, headers as
 /// a JSON array of `Name: value` strings (how both Fortio and `meshload serve` read a
 /// JSON body).
@@ -364,12 +351,6 @@ impl Backend for K8sBackend {
         stop: &StopSignal,
         _live: Live,
     ) -> Result<Option<FortioResult>, String> {
-        let mut options = options;
-        options.url = in_namespace(
-            &options.url,
-            &self.config.namespace,
-            &self.settings.render.namespace,
-        );
         let call = self.post_run(&options);
         tokio::pin!(call);
         tokio::select! {

@@ -549,14 +549,3 @@ async fn a_namespace_that_stays_terminating_fails_the_run_after_the_timeout() {
     );
     assert!(!seen.lock().unwrap().iter().any(|s| s.method == "PATCH"));
 }
-
-#[test]
-fn test_urls_follow_the_namespace_the_run_uses() {
-    use meshload_k8s::backend::in_namespace;
-    let url = "http://service-0.tls-e2e.svc.cluster.local:9080/a?b=1";
-    assert_eq!(
-        in_namespace(url, "tls-e2e", "perf-2"),
-        "http://service-0.perf-2.svc.cluster.local:9080/a?b=1"
-    );
-    assert_eq!(in_namespace(url, "tls-e2e", "tls-e2e"), url);
-}

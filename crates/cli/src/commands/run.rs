@@ -19,7 +19,11 @@ use crate::progress::{Progress, Total};
 /// Runs every test of the config locally.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let loaded = super::validate::load(&args.config)?;
-    let config = loaded.config;
+    // On a cluster `--namespace` moves the services, and the test URLs naming them.
+    let config = match &args.deploy.namespace {
+        Some(ns) if args.backend == BackendKind::K8s => loaded.config.in_namespace(ns),
+        _ => loaded.config,
+    };
     let store_address = args
         .store
         .clone()
@@ -179,14 +183,7 @@ fn k8s_settings(args: &RunArgs, config: &Config) -> Result<K8sSettings, Exit> {
     }
     let run_id = meshload_store::run_id(std::time::SystemTime::now());
     Ok(K8sSettings {
-        render: super::k8s::render_options(
-            &args.deploy,
-            args.deploy
-                .namespace
-                .clone()
-                .unwrap_or_else(|| config.namespace.clone()),
-            run_id,
-        ),
+        render: super::k8s::render_options(&args.deploy, config.namespace.clone(), run_id),
         rollout_timeout: args.rollout_timeout,
         prometheus,
     })
