@@ -247,6 +247,16 @@ pub struct FortioResult {
 }
 
 impl FortioResult {
+    /// Response time from each request's due time; for results without it (Fortio's
+    /// own), their service time, the only latency they have.
+    pub fn response_or_service(&self) -> &HistogramData {
+        if self.response_time_histogram.count == 0 {
+            &self.duration_histogram
+        } else {
+            &self.response_time_histogram
+        }
+    }
+
     /// Requests that got a status outside 2xx/3xx or none at all.
     pub fn error_count(&self) -> u64 {
         self.ret_codes

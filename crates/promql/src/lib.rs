@@ -18,6 +18,8 @@ pub mod output;
 pub mod promqltest;
 pub mod store;
 
-pub use eval::{QueryError, QueryOptions, QueryResult, Value, instant_query, range_query};
+pub use eval::{
+    QueryError, QueryOptions, QueryResult, Value, instant_query, range_query, system_time_ms,
+};
 pub use labels::Labels;
 pub use store::Store;

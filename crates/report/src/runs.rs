@@ -113,12 +113,10 @@ impl Run {
     /// Response time percentile `p` in milliseconds (corrected; service time for results
     /// from tools that only have that).
     pub fn response_ms(&self, p: f64) -> Option<f64> {
-        let h = if self.fortio.response_time_histogram.count > 0 {
-            &self.fortio.response_time_histogram
-        } else {
-            &self.fortio.duration_histogram
-        };
-        h.percentile(p).map(|v| v * 1e3)
+        self.fortio
+            .response_or_service()
+            .percentile(p)
+            .map(|v| v * 1e3)
     }
 
     /// Service time percentile `p` in milliseconds.

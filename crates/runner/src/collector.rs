@@ -5,7 +5,7 @@
 //! A target that stops answering gets `up 0` and staleness markers, as in Prometheus.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use meshload_promql::Store;
 use meshload_promql::exposition::{self, Format};
@@ -253,7 +253,5 @@ fn record_process(store: &mut Store, target: &mut Target, now: i64) {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    meshload_promql::system_time_ms(&SystemTime::now())
 }

@@ -120,9 +120,7 @@ impl SpawnedPrometheus {
         let client = meshload_promql::client::PrometheusClient::new(&self.url)
             .map_err(|e| RunError::Prometheus(e.to_string()))?;
         for _ in 0..300 {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let now = meshload_promql::system_time_ms(&std::time::SystemTime::now());
             if let Ok(r) = client.query("count(up)", now).await
                 && let meshload_promql::Value::Vector(v) = r.value
                 && v.first().is_some_and(|s| s.value as usize >= targets)

@@ -78,13 +78,7 @@ impl TestSummary {
         let ms = |h: &meshload_loadgen::result::HistogramData, p: f64| {
             h.percentile(p).unwrap_or(0.0) * 1e3
         };
-        // Fortio's own results (`--loadgen fortio`) have no response time from the due
-        // time: their service time is the only latency there is.
-        let response = if fortio.response_time_histogram.count == 0 {
-            &fortio.duration_histogram
-        } else {
-            &fortio.response_time_histogram
-        };
+        let response = fortio.response_or_service();
         TestSummary {
             test_name: test.name.clone(),
             run_dir: String::new(),
@@ -209,11 +203,6 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn millis(t: SystemTime) -> u128 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-}
-
 fn metadata(run_id: &str, f: &RunFiles<'_>) -> Value {
     let t = f.test;
     let metrics: serde_json::Map<String, Value> = f
@@ -236,8 +225,8 @@ fn metadata(run_id: &str, f: &RunFiles<'_>) -> Value {
         "prometheus": f.prometheus,
         "start": rfc3339(f.window.0),
         "end": rfc3339(f.window.1),
-        "start_ms": millis(f.window.0),
-        "end_ms": millis(f.window.1),
+        "start_ms": meshload_promql::system_time_ms(&f.window.0),
+        "end_ms": meshload_promql::system_time_ms(&f.window.1),
         "parameters": {
             "url": t.url,
             "target": t.target,

@@ -3,7 +3,7 @@
 //! down. Teardown happens whatever happens: success, error or a stop request.
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use meshload_config::{Config, LoadTest, PrometheusSetting};
 use meshload_loadgen::{Live, LoadOptions};
@@ -398,6 +398,7 @@ async fn run_test<B: Backend>(
         let wait = ctx.config.scrape_interval.min(Duration::from_secs(60));
         tokio::time::sleep(wait + Duration::from_millis(200)).await;
     }
+    let ms = |t: SystemTime| meshload_promql::system_time_ms(&t);
     let (start_ms, end_ms) = (ms(started), ms(ended));
     let step = i64::try_from(ctx.config.metrics_step.as_millis())
         .unwrap_or(10_000)
@@ -475,9 +476,4 @@ async fn run_test<B: Backend>(
         }
     }
     Ok(Some(summary))
-}
-
-fn ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -3,7 +3,7 @@
 use std::io::{BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use anyhow::Context as _;
 use meshload_promql::client::PrometheusClient;
@@ -151,9 +151,7 @@ fn sample_span(store: &Store) -> Option<(i64, i64)> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    meshload_promql::system_time_ms(&SystemTime::now())
 }
 
 /// RFC 3339, Unix seconds (with fractions), `now`, or `now-DURATION`.
@@ -171,9 +169,7 @@ fn parse_time(s: &str, now: i64) -> Option<i64> {
         return Some((secs * 1000.0).round() as i64);
     }
     let t = humantime::parse_rfc3339_weak(s).ok()?;
-    t.duration_since(UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_millis() as i64)
+    Some(meshload_promql::system_time_ms(&t))
 }
 
 fn print(args: &QueryArgs, result: &QueryResult, timing: &Timing) -> anyhow::Result<()> {

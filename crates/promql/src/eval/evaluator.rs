@@ -539,7 +539,8 @@ pub(crate) fn duration_ms(d: &Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn system_time_ms(t: &std::time::SystemTime) -> i64 {
+/// A time as PromQL timestamps are: milliseconds since the Unix epoch (negative before).
+pub fn system_time_ms(t: &std::time::SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => duration_ms(&d),
         Err(e) => -duration_ms(&e.duration()),

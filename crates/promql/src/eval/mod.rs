@@ -9,6 +9,7 @@
 mod aggregate;
 mod binary;
 mod evaluator;
+pub use evaluator::system_time_ms;
 mod functions;
 mod range_functions;
 
