@@ -7,10 +7,10 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Client;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
+use kube::{Client, ResourceExt};
 use serde_json::Value;
 
 use crate::render::{MANAGED_BY, RUN_LABEL};
@@ -452,43 +452,42 @@ impl Cluster {
         let lp = ListParams::default().labels(&selector);
         let mut deleted = Vec::new();
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        for ns in namespaces
+        let list = namespaces
             .list(&lp)
             .await
-            .map_err(api_err("list namespaces"))?
-            .items
-        {
-            let Some(name) = ns.metadata.name else {
-                continue;
-            };
-            namespaces
-                .delete(&name, &DeleteParams::foreground())
-                .await
-                .map_err(api_err(format!("delete namespace {name}")))?;
-            deleted.push(format!("namespace/{name}"));
-        }
+            .map_err(api_err("list namespaces"))?;
+        delete_each(&namespaces, list.items, "namespace", &mut deleted).await?;
         let mesh =
             ApiResource::from_gvk(&GroupVersionKind::gvk("appmesh.k8s.aws", "v1beta2", "Mesh"));
         let meshes: Api<DynamicObject> = Api::all_with(self.client.clone(), &mesh);
         match meshes.list(&lp).await {
-            Ok(list) => {
-                for m in list.items {
-                    let Some(name) = m.metadata.name else {
-                        continue;
-                    };
-                    meshes
-                        .delete(&name, &DeleteParams::foreground())
-                        .await
-                        .map_err(api_err(format!("delete mesh {name}")))?;
-                    deleted.push(format!("mesh/{name}"));
-                }
-            }
+            Ok(list) => delete_each(&meshes, list.items, "mesh", &mut deleted).await?,
             // No App Mesh CRD in this cluster: nothing to delete.
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(api_err("list meshes")(e)),
         }
         Ok(deleted)
     }
+}
+
+/// Deletes each of `items` (foreground), adding `kind/name` to `deleted`.
+async fn delete_each<K>(
+    api: &Api<K>,
+    items: Vec<K>,
+    kind: &str,
+    deleted: &mut Vec<String>,
+) -> Result<(), K8sError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for item in items {
+        let name = item.name_any();
+        api.delete(&name, &DeleteParams::foreground())
+            .await
+            .map_err(api_err(format!("delete {kind} {name}")))?;
+        deleted.push(format!("{kind}/{name}"));
+    }
+    Ok(())
 }
 
 fn is_ready(pod: &Pod) -> bool {

@@ -163,6 +163,13 @@ async fn run_tests<B: Backend>(
         ));
         connectivity_check(config, backend, plan, deployment, stop).await?;
         let mut report = RunReport::default();
+        let ctx = TestContext {
+            config,
+            deployment,
+            settings,
+            answerer,
+            collector: &collector,
+        };
         for (i, test) in config.tests.iter().enumerate() {
             if i > 0 && !settings.sleep_between_tests.is_zero() {
                 observer.phase(&format!(
@@ -178,13 +185,6 @@ async fn run_tests<B: Backend>(
                 report.interrupted = true;
                 break;
             }
-            let ctx = TestContext {
-                config,
-                deployment,
-                settings,
-                answerer,
-                collector: &collector,
-            };
             let Some(summary) = run_test(&ctx, backend, i, test, observer, stop).await? else {
                 report.interrupted = true;
                 break;
