@@ -6,7 +6,7 @@
 //! - [`exit`]: exit codes and how errors become them.
 //! - [`progress`]: the live progress bar of load tests.
 
-// Only the binary prints: libraries log with `tracing` (see STYLE.md).
+// Only the binary prints: the libraries deny printing and log with `tracing`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;

@@ -64,11 +64,6 @@ impl Plan {
             self.namespace
         )
     }
-
-    /// The node named `name`.
-    pub fn node(&self, name: &str) -> Option<&PlannedNode> {
-        self.nodes.iter().find(|n| n.name == name)
-    }
 }
 
 /// Five lowercase letters and digits from a string (FNV-1a), like a pod-template hash.
