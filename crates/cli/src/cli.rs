@@ -541,7 +541,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "local")]
     pub backend: BackendKind,
     /// The kubeconfig context (default: the current one).
-    #[arg(long, value_name = "NAME", help_heading = "Kubernetes (--backend k8s)")]
+    #[arg(long, value_name = "NAME", help_heading = K8S_HEADING)]
     pub context: Option<String>,
     /// The cluster's Prometheus that answers the metric queries, reached through a
     /// port-forward (default with --mesh appmesh: appmesh-system/appmesh-prometheus:9090,
@@ -549,7 +549,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "NS/SERVICE:PORT",
-        help_heading = "Kubernetes (--backend k8s)"
+        help_heading = K8S_HEADING
     )]
     pub prometheus_service: Option<meshload_k8s::cluster::ServiceRef>,
     /// How long every Deployment may take to become ready.
@@ -558,11 +558,36 @@ pub struct RunArgs {
         value_name = "DURATION",
         default_value = DEFAULT_ROLLOUT_TIMEOUT,
         value_parser = humantime::parse_duration,
-        help_heading = "Kubernetes (--backend k8s)"
+        help_heading = K8S_HEADING
     )]
     pub rollout_timeout: Duration,
-    #[command(flatten, next_help_heading = "Kubernetes (--backend k8s)")]
+    #[command(flatten, next_help_heading = K8S_HEADING)]
     pub deploy: K8sDeployArgs,
+}
+
+/// The help heading of the `meshload run` flags that only apply with `--backend k8s`.
+pub const K8S_HEADING: &str = "Kubernetes (--backend k8s)";
+
+/// The `--long` names of the Kubernetes flags that `run`'s command line (or their
+/// environment variables) gave, in the order `--help` lists them.
+pub fn k8s_flags_given(run: &clap::ArgMatches) -> Vec<String> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let Some(run_command) = command.find_subcommand("run") else {
+        return Vec::new();
+    };
+    run_command
+        .get_arguments()
+        .filter(|a| a.get_help_heading() == Some(K8S_HEADING))
+        .filter(|a| {
+            matches!(
+                run.value_source(a.get_id().as_str()),
+                Some(
+                    clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
+                )
+            )
+        })
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect()
 }
 
 /// Where `meshload run` brings the topology up.
@@ -613,7 +638,7 @@ Examples:
 #[derive(Debug, Args)]
 pub struct ResultsPullArgs {
     /// The store (s3://BUCKET/PREFIX, a folder or file://PATH).
-    #[arg(long, value_name = "STORE", default_value = "results")]
+    #[arg(long, value_name = "STORE", default_value = meshload_store::DEFAULT_STORE)]
     pub store: String,
     /// The local folder to copy into (same layout).
     #[arg(long, value_name = "DIR")]
@@ -633,7 +658,7 @@ pub struct ResultsPushArgs {
 #[derive(Debug, Args)]
 pub struct ResultsListArgs {
     /// The store (a folder, file://PATH or s3://BUCKET/PREFIX).
-    #[arg(long, value_name = "STORE", default_value = "results")]
+    #[arg(long, value_name = "STORE", default_value = meshload_store::DEFAULT_STORE)]
     pub store: String,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -646,7 +671,7 @@ pub struct ResultsShowArgs {
     /// `<test_name>/<YYYYMMDDHHMMSS>`, or `<test_name>` for its latest run.
     pub run: String,
     /// The store (a folder, file://PATH or s3://BUCKET/PREFIX).
-    #[arg(long, value_name = "STORE", default_value = "results")]
+    #[arg(long, value_name = "STORE", default_value = meshload_store::DEFAULT_STORE)]
     pub store: String,
 }
 
@@ -676,7 +701,7 @@ pub struct CompareArgs {
     /// Run B.
     pub run_b: String,
     /// The store (a folder, file://PATH or s3://BUCKET/PREFIX).
-    #[arg(long, value_name = "STORE", default_value = "results")]
+    #[arg(long, value_name = "STORE", default_value = meshload_store::DEFAULT_STORE)]
     pub store: String,
     /// Limits, comma-separated (p99=10%,error_ratio=0.1%,...).
     #[arg(long, value_name = "LIMITS", value_delimiter = ',')]
@@ -702,7 +727,7 @@ Examples:
 )]
 pub struct ReportArgs {
     /// The store (a folder, file://PATH or s3://BUCKET/PREFIX).
-    #[arg(long, value_name = "STORE", default_value = "results")]
+    #[arg(long, value_name = "STORE", default_value = meshload_store::DEFAULT_STORE)]
     pub store: String,
     /// Only tests whose name matches this pattern (`*` and `?` wildcards).
     #[arg(long, value_name = "PATTERN")]

@@ -16,15 +16,21 @@ mod progress;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse_from(cli::fortio_style_args(std::env::args_os())) {
-        Ok(cli) => cli,
+    let args = cli::fortio_style_args(std::env::args_os());
+    // The matches are kept beside the parsed values: `run` asks them which flags were
+    // given (clap's value source) rather than comparing values with defaults.
+    let parsed = cli::Cli::command()
+        .try_get_matches_from(args)
+        .and_then(|m| cli::Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) => return exit::usage(&err),
     };
     init_tracing(cli.verbose, cli.quiet);
-    match commands::run(cli.command) {
+    match commands::run(cli.command, &matches) {
         Ok(code) => code,
         Err(err) => exit::report(&err),
     }

@@ -10,11 +10,13 @@
 //! - [`model`]: the validated types the rest of meshload takes.
 //! - [`parse`]: value to config, with every problem reported.
 //! - [`reader`]: path-tracking helpers and Go-style durations.
+//! - [`service`]: the services' names and port, and a node's behaviour as node flags.
 //! - [`topology`]: cycles, entry points, depth, fan-out, start order.
 
 pub mod model;
 pub mod parse;
 pub mod reader;
+pub mod service;
 pub mod topology;
 
 use std::path::Path;

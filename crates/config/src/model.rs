@@ -142,8 +142,8 @@ impl Config {
     /// name the old one (`http://service-<node>.<old>.svc.cluster.local:9080/`) name the
     /// new one. `raw` stays the file as written.
     pub fn in_namespace(mut self, namespace: &str) -> Config {
-        let old = format!(".{}.svc.cluster.local", self.namespace);
-        let new = format!(".{namespace}.svc.cluster.local");
+        let old = format!(".{}", crate::service::namespace_domain(&self.namespace));
+        let new = format!(".{}", crate::service::namespace_domain(namespace));
         for test in &mut self.tests {
             let Some(rest) = test.url.strip_prefix("http://") else {
                 continue;

@@ -75,10 +75,8 @@ const FORTIO_UNSUPPORTED: [&str; 14] = [
     "runid",
 ];
 
-/// The seed's port.
-const SERVICE_PORT: u16 = 9080;
-
-/// Reads the whole configuration; `Err` holds every problem found.
+/// Reads the whole configuration; `None` when a problem was found (every problem is
+/// recorded in `r`). Long on purpose: one key after another, in the file's order.
 pub fn config(raw: &Value, r: &mut Reader) -> Option<Config> {
     let top = r.object("", raw)?;
     r.unknown_keys("", top, &TOP_LEVEL);
@@ -368,6 +366,8 @@ fn tests(
     out
 }
 
+/// One load test. Long on purpose: it reads the test's keys one after another, each
+/// check beside the key it concerns, so every problem of a test is found in one pass.
 fn test(
     path: &str,
     o: &Map<String, Value>,
@@ -537,8 +537,7 @@ fn target(
                 r.error(&key, format!("{name:?} names no node of backends_map"));
                 return None;
             }
-            let url =
-                format!("http://service-{name}.{namespace}.svc.cluster.local:{SERVICE_PORT}/");
+            let url = crate::service::service_url(name, namespace);
             Some((name.to_string(), url, "/".to_string()))
         }
         (Some(u), None) => {
@@ -578,7 +577,12 @@ pub fn node_of_url(
         .flatten()
         .find(|c| nodes.contains_key(*c))
         .map(|n| (n.to_string(), path.to_string()))
-        .ok_or_else(|| format!("names no node of backends_map (expected http://service-<node>.<namespace>.svc.cluster.local:{SERVICE_PORT}/)"))
+        .ok_or_else(|| {
+            format!(
+                "names no node of backends_map (expected {})",
+                crate::service::service_url("<node>", "<namespace>")
+            )
+        })
 }
 
 fn metrics(v: &Value, r: &mut Reader) -> Vec<(String, String)> {

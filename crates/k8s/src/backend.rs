@@ -18,12 +18,12 @@ use meshload_loadgen::rest::{RUN_PATH, STOP_PATH};
 use meshload_loadgen::{FortioResult, Live, LoadOptions};
 use meshload_runner::backend::{Backend, Deployment, Facts, ReplicaExit};
 use meshload_runner::plan::Plan;
-use meshload_runner::{RunError, StopSignal};
+use meshload_runner::{BoxError, RunError, StopSignal};
 use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, K8sError, Restarts, ServiceRef};
 use crate::forward::Forward;
-use crate::render::{LOADGEN, LOADGEN_PORT, LoadGen, RenderOptions, render};
+use crate::render::{LOADGEN, LOADGEN_PORT, LoadGen, RenderOptions, deployment_name, render};
 
 /// How long a stopped load generator may take to answer with its partial result.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -37,6 +37,48 @@ pub struct K8sSettings {
     pub rollout_timeout: Duration,
     /// The cluster's Prometheus service, when metric queries go to it.
     pub prometheus: Option<ServiceRef>,
+}
+
+/// Why a load through the cluster's load generator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadGenError {
+    /// `drive` before `up` forwarded the load generator.
+    #[error("the load generator is not port-forwarded (the backend is not up)")]
+    NotForwarded,
+    /// The request could not be built.
+    #[error("cannot build the request to the load generator")]
+    Request(#[source] http::Error),
+    /// The port-forward or the load generator did not answer.
+    #[error("the load generator ({target}, forwarded to {local}) did not answer")]
+    Unreachable {
+        /// The pod and port forwarded to.
+        target: String,
+        /// The local end of the forward.
+        local: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The answer broke off.
+    #[error("reading the load generator's answer")]
+    Read(#[source] hyper::Error),
+    /// The load generator refused the request.
+    #[error("the load generator answered {status}: {body}")]
+    Status {
+        /// Its status.
+        status: http::StatusCode,
+        /// Its body.
+        body: String,
+    },
+    /// No answer in time.
+    #[error("the load generator gave no answer within {0:?}")]
+    Timeout(Duration),
+    /// The answer is not JSON, or not a Fortio result.
+    #[error("the load generator's answer is not {0}")]
+    Answer(&'static str, #[source] serde_json::Error),
+    /// The load generator ran the load and it failed.
+    #[error("the load generator failed: {0}")]
+    Failed(String),
 }
 
 /// What `down` did.
@@ -99,17 +141,16 @@ impl K8sBackend {
         &self.settings.render.run_id
     }
 
-    /// The Deployments to wait for: every node's and the load generator's.
-    pub fn deployments(&self) -> Vec<String> {
-        self.config
-            .nodes
-            .keys()
-            .map(|n| format!("node-{n}"))
+    /// The Deployments to wait for: every node's of the plan and the load generator's.
+    pub fn deployments(plan: &Plan) -> Vec<String> {
+        plan.nodes
+            .iter()
+            .map(|n| deployment_name(&n.name))
             .chain([LOADGEN.to_string()])
             .collect()
     }
 
-    async fn bring_up(&mut self) -> Result<(), K8sError> {
+    async fn bring_up(&mut self, plan: &Plan) -> Result<(), K8sError> {
         let ns = self.settings.render.namespace.clone();
         self.version = Some(self.cluster.version().await?);
         let phase = &self.phase;
@@ -128,7 +169,7 @@ impl K8sBackend {
         ));
         self.applied = true;
         self.cluster.apply(&objects).await?;
-        let deployments = self.deployments();
+        let deployments = Self::deployments(plan);
         (self.phase)(&format!(
             "waiting for {} rollouts (at most {})",
             deployments.len(),
@@ -164,8 +205,8 @@ impl K8sBackend {
     }
 
     /// POSTs a load to the load generator's `/fortio/rest/run` and reads its result.
-    async fn post_run(&self, options: &LoadOptions) -> Result<FortioResult, String> {
-        let body = serde_json::to_vec(&rest_body(options)).map_err(|e| e.to_string())?;
+    async fn post_run(&self, options: &LoadOptions) -> Result<FortioResult, LoadGenError> {
+        let body = rest_body(options).to_string().into_bytes();
         // The call lasts as long as the load: allow its duration, the last requests'
         // timeout, and a margin for the API server's forwarding.
         let limit =
@@ -173,59 +214,65 @@ impl K8sBackend {
         let answer = self.post(RUN_PATH, body, limit).await?;
         // `meshload serve` answers 200 at once (keeping the call alive), so a run that
         // failed after it started is an `{"error": ...}` body.
-        let value: Value = serde_json::from_slice(&answer)
-            .map_err(|e| format!("the load generator's answer is not JSON: {e}"))?;
+        let value: Value =
+            serde_json::from_slice(&answer).map_err(|e| LoadGenError::Answer("JSON", e))?;
         if let Some(error) = value.get("error").and_then(Value::as_str) {
-            return Err(format!("the load generator failed: {error}"));
+            return Err(LoadGenError::Failed(error.to_string()));
         }
         serde_json::from_value::<FortioResult>(value)
-            .map_err(|e| format!("the load generator's answer is not a Fortio result: {e}"))
+            .map_err(|e| LoadGenError::Answer("a Fortio result", e))
     }
 
     /// POSTs `body` to `path` of the load generator (through its port-forward) and
     /// returns the body of a 2xx answer.
-    async fn post(&self, path: &str, body: Vec<u8>, limit: Duration) -> Result<Bytes, String> {
-        let forward = self
-            .loadgen
-            .as_ref()
-            .ok_or("the load generator is not port-forwarded (the backend is not up)")?;
+    async fn post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        limit: Duration,
+    ) -> Result<Bytes, LoadGenError> {
+        let forward = self.loadgen.as_ref().ok_or(LoadGenError::NotForwarded)?;
         let request = http::Request::post(format!("http://{}{path}", forward.local))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| {
-                format!(
-                    "the load generator ({}, forwarded to {}) did not answer: {e}",
-                    forward.target, forward.local
-                )
-            })?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("reading the load generator's answer: {e}"))?
-                .to_bytes();
-            if !status.is_success() {
-                let text = String::from_utf8_lossy(&body);
-                return Err(format!(
-                    "the load generator answered {status}: {}",
-                    text.trim()
-                ));
-            }
-            Ok(body)
-        };
+            .map_err(LoadGenError::Request)?;
+        let exchange =
+            async {
+                let response = self.http.request(request).await.map_err(|source| {
+                    LoadGenError::Unreachable {
+                        target: forward.target.to_string(),
+                        local: forward.local,
+                        source,
+                    }
+                })?;
+                let status = response.status();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(LoadGenError::Read)?
+                    .to_bytes();
+                if !status.is_success() {
+                    return Err(LoadGenError::Status {
+                        status,
+                        body: String::from_utf8_lossy(&body).trim().to_string(),
+                    });
+                }
+                Ok(body)
+            };
         tokio::time::timeout(limit, exchange)
             .await
-            .map_err(|_| format!("the load generator gave no answer within {limit:?}"))?
+            .map_err(|_| LoadGenError::Timeout(limit))?
     }
 }
 
 async fn forward(pods: Api<Pod>, pod: &str, port: u16) -> Result<Forward, K8sError> {
     Forward::start(pods, pod, port)
         .await
-        .map_err(|e| K8sError::Object(format!("cannot listen for a port-forward to {pod}: {e}")))
+        .map_err(|source| K8sError::Forward {
+            pod: pod.to_string(),
+            source,
+        })
 }
 
 /// What happened to the run's pods between two looks: containers that restarted (with
@@ -304,11 +351,13 @@ impl Backend for K8sBackend {
         "k8s"
     }
 
-    async fn up(&mut self, _plan: &Plan) -> Result<Deployment, RunError> {
-        self.bring_up()
-            .await
-            .map_err(|e| RunError::Backend(e.to_string()))?;
-        // The replicas are pods in the cluster: nothing here scrapes or pins them.
+    async fn up(&mut self, plan: &Plan) -> Result<Deployment, RunError> {
+        self.bring_up(plan).await.map_err(|e| RunError::Backend {
+            backend: "k8s",
+            source: e.into(),
+        })?;
+        // The replicas are pods in the cluster: nothing here scrapes, samples or pins
+        // them (loads go by service name from the cluster's load generator).
         Ok(Deployment::default())
     }
 
@@ -350,11 +399,11 @@ impl Backend for K8sBackend {
         options: LoadOptions,
         stop: &StopSignal,
         _live: Live,
-    ) -> Result<Option<FortioResult>, String> {
+    ) -> Result<Option<FortioResult>, BoxError> {
         let call = self.post_run(&options);
         tokio::pin!(call);
         tokio::select! {
-            result = &mut call => return result.map(Some),
+            result = &mut call => return result.map(Some).map_err(BoxError::from),
             () = stop.stopped() => {}
         }
         // Stopped: ask the load generator to stop too; the pending call then answers

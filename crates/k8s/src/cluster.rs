@@ -31,11 +31,34 @@ pub enum K8sError {
         source: kube::Error,
     },
     /// The kubeconfig cannot be used.
-    #[error("kubeconfig: {0}")]
-    Config(String),
+    #[error("kubeconfig")]
+    Config(#[source] kube::config::KubeconfigError),
+    /// Neither a kubeconfig nor the pod's own service account could be used.
+    #[error("no cluster to connect to")]
+    Infer(#[source] kube::config::InferConfigError),
     /// A rendered object cannot be applied.
     #[error("cannot apply {0}")]
     Object(String),
+    /// The namespace cannot be used for the run.
+    #[error("namespace {namespace}: {reason}")]
+    Namespace {
+        /// The namespace.
+        namespace: String,
+        /// Why.
+        reason: String,
+    },
+    /// Something the run needs is not in the cluster (a ready pod, a Service's port).
+    #[error("{0}")]
+    Missing(String),
+    /// A local port for a port-forward could not be opened.
+    #[error("cannot listen for a port-forward to {pod}")]
+    Forward {
+        /// The pod.
+        pod: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Deployments did not become ready in time.
     #[error("not ready after {timeout:?}: {details}")]
     RolloutTimeout {
@@ -143,10 +166,8 @@ impl Cluster {
         let config = match context {
             Some(_) => kube::Config::from_kubeconfig(&options)
                 .await
-                .map_err(|e| K8sError::Config(e.to_string()))?,
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| K8sError::Config(e.to_string()))?,
+                .map_err(K8sError::Config)?,
+            None => kube::Config::infer().await.map_err(K8sError::Infer)?,
         };
         let kubeconfig = kube::config::Kubeconfig::read().ok();
         let context = context
@@ -194,9 +215,10 @@ impl Cluster {
             .and_then(|l| l.get(MANAGED_BY))
             .is_some_and(|v| v == "meshload");
         if !ours {
-            return Err(K8sError::Object(format!(
-                "namespace {namespace}: it exists and meshload did not create it; a run deletes its namespace at the end, so choose a new one (\"namespace\" in the config)"
-            )));
+            return Err(K8sError::Namespace {
+                namespace: namespace.to_string(),
+                reason: "it exists and meshload did not create it; a run deletes its namespace at the end, so choose a new one (\"namespace\" in the config)".to_string(),
+            });
         }
         if ns.metadata.deletion_timestamp.is_none() {
             return Ok(());
@@ -214,10 +236,13 @@ impl Cluster {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(K8sError::Object(format!(
-                    "namespace {namespace}: a previous run's namespace is still being deleted after {}; try again when `kubectl get namespace {namespace}` finds nothing",
-                    humantime::format_duration(timeout)
-                )));
+                return Err(K8sError::Namespace {
+                    namespace: namespace.to_string(),
+                    reason: format!(
+                        "a previous run's namespace is still being deleted after {}; try again when `kubectl get namespace {namespace}` finds nothing",
+                        humantime::format_duration(timeout)
+                    ),
+                });
             }
         }
     }
@@ -264,7 +289,7 @@ impl Cluster {
             .into_iter()
             .find(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
             .ok_or_else(|| {
-                K8sError::Object(format!(
+                K8sError::Missing(format!(
                     "no ready pod with labels {selector} in {namespace}"
                 ))
             })
@@ -282,7 +307,7 @@ impl Cluster {
         let selector = spec
             .selector
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| K8sError::Object(format!("service {service} has no pod selector")))?;
+            .ok_or_else(|| K8sError::Missing(format!("service {service} has no pod selector")))?;
         let selector: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let pod = self
             .ready_pod(&service.namespace, &selector.join(","))
@@ -293,7 +318,7 @@ impl Cluster {
             .into_iter()
             .find(|p| p.port == i32::from(service.port))
             .ok_or_else(|| {
-                K8sError::Object(format!("service {service} has no port {}", service.port))
+                K8sError::Missing(format!("service {service} has no port {}", service.port))
             })?
             .target_port;
         let port = match target {
@@ -309,7 +334,7 @@ impl Cluster {
                 .and_then(|p| u16::try_from(p.container_port).ok()),
         }
         .ok_or_else(|| {
-            K8sError::Object(format!(
+            K8sError::Missing(format!(
                 "service {service}: cannot find the container port behind it"
             ))
         })?;

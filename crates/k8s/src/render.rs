@@ -7,11 +7,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use meshload_config::service::{self, SERVICE_PORT};
 use meshload_config::{Behaviour, Config};
 use serde_json::{Map, Value, json};
-
-/// The port every node serves on (the seed's).
-pub const PORT: u16 = 9080;
 /// The load generator's port.
 pub const LOADGEN_PORT: u16 = 8080;
 /// The label naming the tool that manages an object.
@@ -131,6 +129,11 @@ fn meta(name: &str, opts: &RenderOptions, extra: &[(&str, &str)]) -> Value {
     json!({"name": name, "namespace": opts.namespace, "labels": labels(opts, extra)})
 }
 
+/// `node-<name>`: the Deployment, app label and VirtualNode of a node.
+pub fn deployment_name(node: &str) -> String {
+    format!("node-{node}")
+}
+
 /// The App Mesh mesh's name.
 pub fn mesh_name(opts: &RenderOptions) -> String {
     format!("meshload-{}", opts.run_id)
@@ -155,17 +158,17 @@ pub fn render(config: &Config, opts: &RenderOptions) -> Vec<Value> {
             &spec.behaviour,
             opts,
         ));
-        for service in [format!("node-{name}"), format!("service-{name}")] {
+        for service in [deployment_name(name), format!("service-{name}")] {
             out.push(service_object(
                 &service,
-                &format!("node-{name}"),
-                PORT,
+                &deployment_name(name),
+                SERVICE_PORT,
                 opts,
             ));
         }
         if opts.mesh == Mesh::AppMesh {
             out.push(virtual_node(
-                &format!("node-{name}"),
+                &deployment_name(name),
                 &spec.backends,
                 config,
                 opts,
@@ -193,27 +196,6 @@ fn namespace(opts: &RenderOptions) -> Value {
         }
     }
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": metadata})
-}
-
-fn service_host(name: &str, opts: &RenderOptions) -> String {
-    format!("service-{name}.{}.svc.cluster.local:{PORT}", opts.namespace)
-}
-
-/// `meshload node` flags for a node's behaviour.
-fn behaviour_args(b: &Behaviour) -> Vec<String> {
-    let mut args = Vec::new();
-    let mut flag = |name: &str, value: Option<String>| {
-        if let Some(v) = value {
-            args.push(format!("--{name}={v}"));
-        }
-    };
-    flag("latency", b.latency.clone());
-    flag("error-rate", b.error_rate.map(|v| v.to_string()));
-    flag("error-code", b.error_code.map(|v| v.to_string()));
-    flag("response-size", b.response_size.map(|v| v.to_string()));
-    flag("timeout", b.timeout.map(|d| format!("{}ms", d.as_millis())));
-    flag("call-mode", b.call_mode.clone());
-    args
 }
 
 fn resources(r: &Resources) -> Value {
@@ -246,14 +228,17 @@ fn deployment(
     behaviour: &Behaviour,
     opts: &RenderOptions,
 ) -> Value {
-    let app = format!("node-{name}");
+    let app = deployment_name(name);
     let mut args = vec![
         "node".to_string(),
-        format!("--listen=0.0.0.0:{PORT}"),
+        format!("--listen=0.0.0.0:{SERVICE_PORT}"),
         format!("--name={name}"),
     ];
-    args.extend(behaviour_args(behaviour));
-    let backends: Vec<String> = backends.iter().map(|b| service_host(b, opts)).collect();
+    args.extend(service::behaviour_flags(behaviour));
+    let backends: Vec<String> = backends
+        .iter()
+        .map(|b| service::service_authority(b, &opts.namespace))
+        .collect();
     let pod_labels = labels(opts, &[("app", &app), ("meshload.io/node", name)]);
     json!({
         "apiVersion": "apps/v1",
@@ -265,7 +250,7 @@ fn deployment(
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": PORT.to_string(), "prometheus.io/path": "/metrics"},
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": SERVICE_PORT.to_string(), "prometheus.io/path": "/metrics"},
                 },
                 "spec": {
                     "containers": [{
@@ -273,8 +258,8 @@ fn deployment(
                         "image": opts.image,
                         "args": args,
                         "env": [{"name": "BACKENDS", "value": backends.join(",")}],
-                        "ports": [{"name": "http", "containerPort": PORT}],
-                        "readinessProbe": {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": 2},
+                        "ports": [{"name": "http", "containerPort": SERVICE_PORT}],
+                        "readinessProbe": {"httpGet": {"path": "/health", "port": SERVICE_PORT}, "periodSeconds": 2},
                         "resources": resources(&opts.resources),
                     }],
                 },
@@ -293,11 +278,11 @@ fn service_object(name: &str, app: &str, port: u16, opts: &RenderOptions) -> Val
 }
 
 fn virtual_node(name: &str, backends: &[String], config: &Config, opts: &RenderOptions) -> Value {
-    let mut listener = json!({"portMapping": {"port": PORT, "protocol": "http"}});
+    let mut listener = json!({"portMapping": {"port": SERVICE_PORT, "protocol": "http"}});
     let mut spec = json!({
         "podSelector": {"matchLabels": {"app": name}},
         "listeners": [],
-        "serviceDiscovery": {"dns": {"hostname": format!("{name}.{}.svc.cluster.local", opts.namespace)}},
+        "serviceDiscovery": {"dns": {"hostname": format!("{name}.{}", service::namespace_domain(&opts.namespace))}},
         "backends": backends.iter().map(|b| json!({"virtualService": {"virtualServiceRef": {"name": format!("service-{b}")}}})).collect::<Vec<_>>(),
     });
     if config.mtls {
@@ -319,8 +304,8 @@ fn virtual_service(node: &str, opts: &RenderOptions) -> Value {
         "kind": "VirtualService",
         "metadata": meta(&name, opts, &[]),
         "spec": {
-            "awsName": format!("{name}.{}.svc.cluster.local", opts.namespace),
-            "provider": {"virtualNode": {"virtualNodeRef": {"name": format!("node-{node}")}}},
+            "awsName": service::service_host(node, &opts.namespace),
+            "provider": {"virtualNode": {"virtualNodeRef": {"name": deployment_name(node)}}},
         },
     })
 }

@@ -247,9 +247,10 @@ async fn a_rollout_timeout_fails_the_run_names_the_pod_and_deletes() {
     let stop = StopSignal::new(std::future::pending());
     let outcome =
         meshload_runner::run(&config(), &mut backend, &run_settings(&dir), &Quiet, stop).await;
-    let Err(RunError::Backend(message)) = outcome else {
+    let Err(RunError::Backend { source, .. }) = outcome else {
         panic!("{outcome:?}");
     };
+    let message = meshload_runner::error_chain(&*source);
     assert!(message.contains("not ready after 1s"), "{message}");
     assert!(message.contains("pod node-0-abc-1 not ready"), "{message}");
     assert!(message.contains("Failed to pull image"), "{message}");
@@ -270,9 +271,10 @@ async fn a_namespace_that_is_not_meshloads_is_refused_and_left_alone() {
     let stop = StopSignal::new(std::future::pending());
     let outcome =
         meshload_runner::run(&config(), &mut backend, &run_settings(&dir), &Quiet, stop).await;
-    let Err(RunError::Backend(message)) = outcome else {
+    let Err(RunError::Backend { source, .. }) = outcome else {
         panic!("{outcome:?}");
     };
+    let message = meshload_runner::error_chain(&*source);
     assert!(message.contains("meshload did not create it"), "{message}");
     let seen = seen.lock().unwrap();
     assert!(
@@ -315,9 +317,10 @@ async fn the_load_generator_is_port_forwarded_from_its_ready_pod() {
     let outcome =
         meshload_runner::run(&config, &mut backend, &run_settings(&dir), &Quiet, stop).await;
     // The connectivity check goes through the forward, which the API server refuses.
-    let Err(RunError::Check { node, reason }) = outcome else {
+    let Err(RunError::Check { node, source }) = outcome else {
         panic!("{outcome:?}");
     };
+    let reason = meshload_runner::error_chain(&*source);
     assert_eq!(node, "0");
     assert!(
         reason.contains("the load generator (perf/meshload-loadgen-new:8080"),
@@ -539,10 +542,12 @@ async fn a_namespace_that_stays_terminating_fails_the_run_after_the_timeout() {
     });
     let mut backend = K8sBackend::new(cluster, config(), settings(Duration::from_secs(1)));
     let plan = meshload_runner::plan::Plan::new(&config(), "r1");
-    let Err(RunError::Backend(message)) = meshload_runner::Backend::up(&mut backend, &plan).await
+    let Err(RunError::Backend { source, .. }) =
+        meshload_runner::Backend::up(&mut backend, &plan).await
     else {
         panic!("the run must fail");
     };
+    let message = meshload_runner::error_chain(&*source);
     assert!(
         message.contains("still being deleted after 1s"),
         "{message}"

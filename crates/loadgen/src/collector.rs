@@ -45,9 +45,15 @@ pub(crate) struct Sample {
     pub header_bytes: u64,
 }
 
+/// Whether a request with this outcome counts as an error: no status at all (`-1`) or
+/// one outside 2xx/3xx, as Fortio counts them.
+pub fn is_error_code(code: i32) -> bool {
+    !(200..400).contains(&code)
+}
+
 impl Sample {
     fn is_error(&self) -> bool {
-        !(200..400).contains(&self.code)
+        is_error_code(self.code)
     }
 }
 
@@ -269,7 +275,7 @@ impl Collector {
             .collected
             .codes
             .iter()
-            .filter(|(c, _)| !(200..400).contains(*c))
+            .filter(|(c, _)| is_error_code(**c))
             .map(|(_, n)| n)
             .sum();
         let requests = self.collected.codes.values().sum();

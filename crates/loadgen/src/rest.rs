@@ -162,41 +162,7 @@ fn reply(status: StatusCode, body: Value) -> Response<Body> {
 /// while it goes on, then the result (an `{"error": ...}` object if it failed). A client
 /// that goes away stops the run.
 async fn run(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
-    let resolve = &shared.resolve;
-    let query = req.uri().query().unwrap_or("").to_string();
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("cannot read the body: {e}")}),
-            );
-        }
-    };
-    let params = match params(&query, &body) {
-        Ok(p) => p,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
-    };
-    let resolved = |mut o: LoadOptions| {
-        if let Ok(uri) = o.url.parse::<http::Uri>() {
-            let authority = format!(
-                "{}:{}",
-                uri.host().unwrap_or_default().to_ascii_lowercase(),
-                uri.port_u16().unwrap_or(80)
-            );
-            if let Some(addrs) = resolve.get(&authority) {
-                o.connect_to = addrs.clone();
-            }
-        }
-        o
-    };
-    let spec = match options(&params)
-        .map(resolved)
-        .and_then(|o| LoadSpec::try_new(o).map_err(|e| e.to_string()))
-    {
+    let spec = match requested_spec(req, &shared.resolve).await {
         Ok(spec) => spec,
         Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
     };
@@ -215,27 +181,7 @@ async fn run(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
         }
     };
     shared.running.fetch_add(1, Ordering::SeqCst);
-    tokio::spawn(async move {
-        let run = crate::run::run(spec, stop, crate::Live::default());
-        tokio::pin!(run);
-        let mut ticker = tokio::time::interval(shared.keepalive);
-        ticker.tick().await;
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut run => break outcome,
-                _ = ticker.tick() => {
-                    let _ = tx.send(Bytes::from_static(b" ")).await;
-                }
-            }
-        };
-        shared.running.fetch_sub(1, Ordering::SeqCst);
-        let body = match outcome {
-            Ok(result) => serde_json::to_string(&result.to_fortio())
-                .unwrap_or_else(|e| json!({"error": e.to_string()}).to_string()),
-            Err(e) => json!({"error": e.to_string()}).to_string(),
-        };
-        let _ = tx.send(Bytes::from(body)).await;
-    });
+    tokio::spawn(run_and_answer(spec, stop, shared, tx));
     let frames = futures_util::stream::unfold(rx, |mut rx| async move {
         let bytes = rx.recv().await?;
         Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
@@ -246,6 +192,56 @@ async fn run(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// The load a run request asks for (query and JSON body), with `--resolve` applied.
+async fn requested_spec(req: Request<Incoming>, resolve: &Resolve) -> Result<LoadSpec, String> {
+    let query = req.uri().query().unwrap_or("").to_string();
+    let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the body: {e}"))?
+        .to_bytes();
+    let mut options = options(&params(&query, &body)?)?;
+    if let Ok(uri) = options.url.parse::<http::Uri>() {
+        let authority = format!(
+            "{}:{}",
+            uri.host().unwrap_or_default().to_ascii_lowercase(),
+            uri.port_u16().unwrap_or(80)
+        );
+        if let Some(addrs) = resolve.get(&authority) {
+            options.connect_to = addrs.clone();
+        }
+    }
+    LoadSpec::try_new(options).map_err(|e| e.to_string())
+}
+
+/// Runs the load, sending a space every `keepalive` until the result, then the result.
+async fn run_and_answer(
+    spec: LoadSpec,
+    stop: impl Future<Output = ()> + Send + 'static,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let run = crate::run::run(spec, stop, crate::Live::default());
+    tokio::pin!(run);
+    let mut ticker = tokio::time::interval(shared.keepalive);
+    ticker.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            _ = ticker.tick() => {
+                let _ = tx.send(Bytes::from_static(b" ")).await;
+            }
+        }
+    };
+    shared.running.fetch_sub(1, Ordering::SeqCst);
+    let body = match outcome {
+        Ok(result) => serde_json::to_string(&result.to_fortio())
+            .unwrap_or_else(|e| json!({"error": e.to_string()}).to_string()),
+        Err(e) => json!({"error": e.to_string()}).to_string(),
+    };
+    let _ = tx.send(Bytes::from(body)).await;
 }
 
 /// Query parameters, overlaid by the JSON body's fields (at `jsonPath` when given).

@@ -261,7 +261,10 @@ impl FortioResult {
     pub fn error_count(&self) -> u64 {
         self.ret_codes
             .iter()
-            .filter(|(code, _)| !code.parse::<i32>().is_ok_and(|c| (200..400).contains(&c)))
+            .filter(|(code, _)| {
+                code.parse::<i32>()
+                    .map_or(true, crate::collector::is_error_code)
+            })
             .map(|(_, n)| n)
             .sum()
     }

@@ -107,7 +107,7 @@ pub async fn run(
 
     let mut tasks = tokio::task::JoinSet::new();
     for (i, conn) in connections.into_iter().enumerate() {
-        let plan = Plan {
+        let plan = ConnectionPlan {
             index: i,
             quota: quota_of(&spec, i),
             schedule: schedule.clone(),
@@ -187,7 +187,7 @@ fn deadline_of(spec: &LoadSpec) -> Option<Duration> {
 }
 
 /// What one connection is to do.
-struct Plan {
+struct ConnectionPlan {
     index: usize,
     quota: Option<u64>,
     schedule: Option<Schedule>,
@@ -198,7 +198,7 @@ struct Plan {
 /// Drives one connection to the end of its plan; returns the sockets it opened.
 async fn drive(
     mut conn: Connection,
-    plan: Plan,
+    plan: ConnectionPlan,
     shared: Arc<Shared>,
     tx: UnboundedSender<Vec<Sample>>,
 ) -> u64 {

@@ -59,13 +59,16 @@ impl Default for LoadOptions {
             nocatchup: false,
             headers: Vec::new(),
             payload: None,
-            timeout: Duration::from_secs(3),
+            timeout: DEFAULT_TIMEOUT,
             labels: String::new(),
             h2: false,
             connect_to: Vec::new(),
         }
     }
 }
+
+/// How long one request may take when no timeout is given (Fortio's default is 3 s too).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Percentiles reported when none are asked for.
 pub const DEFAULT_PERCENTILES: [f64; 5] = [50.0, 75.0, 90.0, 99.0, 99.9];
@@ -142,7 +145,8 @@ pub struct LoadSpec {
 }
 
 impl LoadSpec {
-    /// Validates options, reporting every problem at once.
+    /// Validates options, reporting every problem at once. Long on purpose: one
+    /// independent check per option, read top to bottom.
     pub fn try_new(options: LoadOptions) -> Result<LoadSpec, SpecErrors> {
         let mut errors = Vec::new();
         let mut bad =

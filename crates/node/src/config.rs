@@ -9,9 +9,6 @@ use http::Uri;
 
 use crate::behaviour::Behaviour;
 
-/// The seed's port, kept so that seed-style URLs (`...:9080/`) work unchanged.
-pub const DEFAULT_PORT: u16 = 9080;
-
 /// An error in a backend address.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum BackendError {

@@ -15,14 +15,44 @@ pub mod runs;
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// A stored file could not be read.
-    #[error("cannot read {0}")]
-    Read(String),
-    /// A chart or the page could not be drawn.
-    #[error("cannot draw {0}")]
-    Draw(String),
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored file is not what meshload writes.
+    #[error("cannot use {path}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A chart could not be drawn (plotters' backends' errors are not `Send`, so they
+    /// are kept as text).
+    #[error("cannot draw {chart}: {reason}")]
+    Draw {
+        /// The chart's id.
+        chart: String,
+        /// Why.
+        reason: String,
+    },
+    /// The page could not be rendered.
+    #[error("cannot render the report page")]
+    Page(#[source] minijinja::Error),
     /// A report file could not be written.
-    #[error("cannot write {0}")]
-    Write(String),
+    #[error("cannot write {path}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The store could not be listed.
     #[error(transparent)]
     Store(#[from] meshload_store::StoreError),

@@ -135,7 +135,7 @@ pub fn svg(chart: &Chart) -> Result<String, ReportError> {
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
-        draw(&root, chart).map_err(|e| ReportError::Draw(format!("{}: {e}", chart.id)))?;
+        draw(&root, chart).map_err(|e| draw_error(chart, &e))?;
     }
     Ok(out)
 }
@@ -144,7 +144,14 @@ pub fn svg(chart: &Chart) -> Result<String, ReportError> {
 pub fn png(chart: &Chart, path: &Path) -> Result<(), ReportError> {
     ensure_font();
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    draw(&root, chart).map_err(|e| ReportError::Draw(format!("{}: {e}", chart.id)))
+    draw(&root, chart).map_err(|e| draw_error(chart, &e))
+}
+
+fn draw_error(chart: &Chart, e: &dyn std::fmt::Display) -> ReportError {
+    ReportError::Draw {
+        chart: chart.id.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ pub struct Written {
     pub charts: Vec<String>,
 }
 
-/// The charts of a set of runs, given each run's per-node resources.
+/// The charts of a set of runs, given each run's per-node resources. Long on purpose:
+/// a list of chart definitions, one after another.
 pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Vec<Chart> {
     let nodes: std::collections::BTreeSet<&String> =
         resources.iter().flat_map(|r| r.keys()).collect();
@@ -194,10 +195,16 @@ fn row(r: &Run) -> RunRow {
     }
 }
 
+fn write_error(path: &Path, source: std::io::Error) -> ReportError {
+    ReportError::Write {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 /// Writes `index.html` and every chart as SVG and PNG into `out`.
 pub fn write(runs: &[Run], store: &str, out: &Path) -> Result<Written, ReportError> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| ReportError::Write(format!("{}: {e}", out.display())))?;
+    std::fs::create_dir_all(out).map_err(|source| write_error(out, source))?;
     let resources: Vec<BTreeMap<String, NodeResources>> =
         runs.iter().map(Run::node_resources).collect();
     let nodes: std::collections::BTreeSet<String> =
@@ -221,8 +228,8 @@ pub fn write(runs: &[Run], store: &str, out: &Path) -> Result<Written, ReportErr
     for chart in charts(runs, &resources) {
         let svg = plot::svg(&chart)?;
         let write = |name: String, bytes: &[u8]| {
-            std::fs::write(out.join(&name), bytes)
-                .map_err(|e| ReportError::Write(format!("{name}: {e}")))
+            let path = out.join(&name);
+            std::fs::write(&path, bytes).map_err(|source| write_error(&path, source))
         };
         write(format!("{}.svg", chart.id), svg.as_bytes())?;
         plot::png(&chart, &out.join(format!("{}.png", chart.id)))?;
@@ -239,7 +246,7 @@ pub fn write(runs: &[Run], store: &str, out: &Path) -> Result<Written, ReportErr
     }
     let mut env = minijinja::Environment::new();
     env.add_template("report.html", TEMPLATE)
-        .map_err(|e| ReportError::Draw(e.to_string()))?;
+        .map_err(ReportError::Page)?;
     let generated = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let html = env
         .get_template("report.html")
@@ -254,10 +261,9 @@ pub fn write(runs: &[Run], store: &str, out: &Path) -> Result<Written, ReportErr
                 version => env!("CARGO_PKG_VERSION"),
             })
         })
-        .map_err(|e| ReportError::Draw(e.to_string()))?;
+        .map_err(ReportError::Page)?;
     let index = out.join("index.html");
-    std::fs::write(&index, html)
-        .map_err(|e| ReportError::Write(format!("{}: {e}", index.display())))?;
+    std::fs::write(&index, html).map_err(|source| write_error(&index, source))?;
     Ok(Written {
         index,
         charts: views.into_iter().map(|v| v.id).collect(),

@@ -32,17 +32,24 @@ pub struct NodeResources {
 }
 
 fn read_json(path: &std::path::Path) -> Result<Json, ReportError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ReportError::Read(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| ReportError::Read(format!("{}: {e}", path.display())))
+    let text = std::fs::read_to_string(path).map_err(|source| ReportError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ReportError::Parse {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Reads a run's fortio.json and metadata.json.
 pub fn load(run: &RunRef) -> Result<Run, ReportError> {
     let fortio_json = read_json(&run.dir.join("fortio.json"))?;
-    let fortio: FortioResult = serde_json::from_value(fortio_json).map_err(|e| {
-        ReportError::Read(format!("{}: {e}", run.dir.join("fortio.json").display()))
-    })?;
+    let fortio: FortioResult =
+        serde_json::from_value(fortio_json).map_err(|source| ReportError::Parse {
+            path: run.dir.join("fortio.json").display().to_string(),
+            source,
+        })?;
     let metadata = read_json(&run.dir.join("metadata.json")).unwrap_or(Json::Null);
     Ok(Run {
         run: run.clone(),

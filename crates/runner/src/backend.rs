@@ -1,14 +1,15 @@
 //! The seam between orchestration and where nodes run: locally as processes (here) or on
 //! Kubernetes (the k8s crate).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 
 use meshload_loadgen::{FortioResult, Live, LoadOptions, LoadSpec};
 
-use crate::RunError;
 use crate::plan::Plan;
-use crate::run::StopSignal;
+use crate::stop::StopSignal;
+use crate::{BoxError, RunError};
 
 /// What a backend tells about where a run ran (cluster, mesh, versions), stored under
 /// `backend_facts` in each run's `metadata.json`.
@@ -25,18 +26,94 @@ pub struct Replica {
     pub pod: String,
     /// Where it serves (`/`, `/health`, `/metrics`).
     pub addr: SocketAddr,
-    /// Its process, when local (for memory and CPU samples).
-    pub pid: Option<u32>,
 }
 
-/// What a backend brought up.
+/// An endpoint in Prometheus's text format, scraped during the run with the labels a
+/// Kubernetes Prometheus would attach to the pod it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeTarget {
+    /// Where it serves.
+    pub addr: SocketAddr,
+    /// Its path (`/metrics`; an Envoy admin's `/stats/prometheus`).
+    pub path: String,
+    /// The pod it belongs to.
+    pub pod: String,
+    /// Target labels added to every sample (`job`, `instance`, `namespace`, `pod`, ...).
+    pub labels: Vec<(String, String)>,
+}
+
+impl ScrapeTarget {
+    /// The target at `addr` + `path` of a pod in `namespace`, with the labels the seed's
+    /// queries select on (`job`, `namespace`, `pod`, `kubernetes_pod_name`, ...).
+    pub fn of_pod(
+        addr: SocketAddr,
+        path: &str,
+        job: &str,
+        namespace: &str,
+        replica: &Replica,
+    ) -> ScrapeTarget {
+        let labels = [
+            ("job", job),
+            ("instance", &addr.to_string()),
+            ("namespace", namespace),
+            ("pod", &replica.pod),
+            ("kubernetes_namespace", namespace),
+            ("kubernetes_pod_name", &replica.pod),
+            ("node", &replica.node),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        ScrapeTarget {
+            addr,
+            path: path.to_string(),
+            pod: replica.pod.clone(),
+            labels,
+        }
+    }
+
+    /// The URL scraped.
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.addr, self.path)
+    }
+}
+
+/// A local process sampled as cAdvisor samples a container
+/// (`container_memory_working_set_bytes`, `container_cpu_usage_seconds_total`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    /// The process.
+    pub pid: u32,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod it belongs to.
+    pub pod: String,
+    /// Its container name (`app` for a node, `envoy` for its sidecar).
+    pub container: String,
+}
+
+/// What a backend brought up, and what of it this process can observe. On a cluster the
+/// replicas are pods meshload neither scrapes nor samples: the lists are empty and the
+/// cluster's Prometheus answers the metric queries.
 #[derive(Debug, Clone, Default)]
 pub struct Deployment {
-    /// Every replica of every node.
+    /// Every replica this process can reach, of every node.
     pub replicas: Vec<Replica>,
+    /// What to scrape during the run.
+    pub scrape_targets: Vec<ScrapeTarget>,
+    /// Local processes to sample during the run.
+    pub containers: Vec<Container>,
+    /// Where this process's load generator sends a node's traffic, by node (empty when
+    /// the load goes by name, from a load generator elsewhere).
+    pub entries: BTreeMap<String, Vec<SocketAddr>>,
 }
 
 impl Deployment {
+    /// Where the load for `node` goes (the addresses its name stands for).
+    pub fn entry(&self, node: &str) -> Vec<SocketAddr> {
+        self.entries.get(node).cloned().unwrap_or_default()
+    }
+
     /// The addresses of a node's replicas (its service's endpoints).
     pub fn endpoints(&self, node: &str) -> Vec<SocketAddr> {
         self.replicas
@@ -44,6 +121,11 @@ impl Deployment {
             .filter(|r| r.node == node)
             .map(|r| r.addr)
             .collect()
+    }
+
+    /// Whether anything here is collected during the run.
+    pub fn observable(&self) -> bool {
+        !self.scrape_targets.is_empty() || !self.containers.is_empty()
     }
 }
 
@@ -80,7 +162,7 @@ pub trait Backend {
         options: LoadOptions,
         stop: &StopSignal,
         live: Live,
-    ) -> impl Future<Output = Result<Option<FortioResult>, String>> {
+    ) -> impl Future<Output = Result<Option<FortioResult>, BoxError>> {
         drive_here(options, stop.clone(), live)
     }
 
@@ -107,10 +189,8 @@ pub async fn drive_here(
     options: LoadOptions,
     stop: StopSignal,
     live: Live,
-) -> Result<Option<FortioResult>, String> {
-    let spec = LoadSpec::try_new(options).map_err(|e| e.to_string())?;
-    let result = meshload_loadgen::run(spec, stop.stopped(), live)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Option<FortioResult>, BoxError> {
+    let spec = LoadSpec::try_new(options)?;
+    let result = meshload_loadgen::run(spec, stop.stopped(), live).await?;
     Ok(Some(result.to_fortio()))
 }

@@ -5,25 +5,31 @@
 //! - [`plan`]: nodes, replicas, pod and service names.
 //! - [`backend`]: the `Backend` trait (the seam for Kubernetes) and what it brings up.
 //! - [`local`]: the local backend (child `meshload node` processes on loopback).
-//! - [`collector`]: scrapes and `/proc` samples into the embedded store.
+//! - [`scrape`]: scrapes and `/proc` samples into the embedded store during a run.
 //! - [`prometheus`]: `prometheus: "spawn"`, a real Prometheus on the run's replicas.
 //! - [`results`]: summaries, SLO checks, the files of a run folder.
 //! - [`run`]: the orchestration.
+//! - [`stop`]: the stop request every part of a run awaits.
 //! - [`http`]: the small client for health checks and scrapes.
 
 pub mod backend;
-pub mod collector;
 pub mod http;
 pub mod local;
 pub mod plan;
 pub mod prometheus;
 pub mod results;
 pub mod run;
+pub mod scrape;
+pub mod stop;
 
-pub use backend::{Backend, Deployment, Facts, Replica};
+pub use backend::{Backend, Container, Deployment, Facts, Replica, ScrapeTarget};
 pub use local::LocalBackend;
 pub use results::TestSummary;
-pub use run::{Observer, RunReport, RunSettings, StopSignal, run};
+pub use run::{Observer, RunReport, RunSettings, run};
+pub use stop::StopSignal;
+
+/// An error from another layer, kept whole so that its chain of causes is printed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,34 +43,60 @@ pub enum RunError {
         reason: String,
     },
     /// Replicas did not become healthy.
-    #[error("not ready after 10s: {0}")]
-    NotReady(String),
+    #[error("not ready after {}: {pods}", humantime::format_duration(*.waited))]
+    NotReady {
+        /// How long was waited.
+        waited: std::time::Duration,
+        /// The replicas that did not answer.
+        pods: String,
+    },
     /// The connectivity check failed for a node.
-    #[error("connectivity check of node {node:?} failed: {reason}")]
+    #[error("connectivity check of node {node:?} failed")]
     Check {
         /// The node.
         node: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// A load test could not run.
-    #[error("test {test:?}: {reason}")]
+    #[error("test {test:?} could not run")]
     Test {
         /// The test.
         test: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// The backend failed (a cluster's API, a rollout, a port-forward).
-    #[error("{0}")]
-    Backend(String),
-    /// The configured Prometheus cannot be used.
-    #[error("{0}")]
-    Prometheus(String),
+    #[error("the {backend} backend failed")]
+    Backend {
+        /// The backend's name.
+        backend: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The Prometheus answering the metric queries cannot be used.
+    #[error("the metric queries' Prometheus cannot be used")]
+    Prometheus(#[source] BoxError),
     /// Results could not be stored.
     #[error(transparent)]
     Store(#[from] meshload_store::StoreError),
     /// The run was stopped before any test ran.
     #[error("interrupted")]
     Interrupted,
+}
+
+/// An error and its causes on one line (`outer: inner: innermost`), as `anyhow` prints
+/// them with `{:#}`: for figures stored as text, such as a metric's note.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -13,11 +13,18 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::RunError;
-use crate::backend::{Backend, Deployment, Replica, ReplicaExit};
+use crate::backend::{Backend, Container, Deployment, Replica, ReplicaExit, ScrapeTarget};
 use crate::plan::{Plan, PlannedNode};
+
+/// The `job` label of the nodes' own `/metrics`.
+pub const NODE_JOB: &str = "meshload-node";
+/// The container name of a node's process, as a pod's app container.
+pub const APP_CONTAINER: &str = "app";
 
 /// How long a replica may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the replicas may take to answer `/health` once started.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs nodes as child processes of this one.
 #[derive(Debug)]
@@ -78,19 +85,15 @@ impl LocalBackend {
             .strip_prefix("listening on http://")
             .and_then(|a| a.parse().ok());
         match (read, addr) {
-            (Ok(Ok(_)), Some(addr)) => {
-                let pid = child.id();
-                Ok((
-                    Replica {
-                        node: node.name.clone(),
-                        index,
-                        pod,
-                        addr,
-                        pid,
-                    },
-                    child,
-                ))
-            }
+            (Ok(Ok(_)), Some(addr)) => Ok((
+                Replica {
+                    node: node.name.clone(),
+                    index,
+                    pod,
+                    addr,
+                },
+                child,
+            )),
             _ => {
                 let _ = child.start_kill();
                 let status = child
@@ -117,8 +120,7 @@ fn node_args(node: &PlannedNode, index: u32, plan: &Plan, deployment: &Deploymen
         .map(|b| format!("http://{}/", plan.service_authority(b)))
         .collect();
     if !backends.is_empty() {
-        args.push("--backends".to_string());
-        args.push(backends.join(","));
+        args.push(format!("--backends={}", backends.join(",")));
     }
     for b in &node.spec.backends {
         let addrs: Vec<String> = deployment
@@ -126,35 +128,19 @@ fn node_args(node: &PlannedNode, index: u32, plan: &Plan, deployment: &Deploymen
             .iter()
             .map(ToString::to_string)
             .collect();
-        args.push("--resolve".to_string());
-        args.push(format!("{}={}", plan.service_authority(b), addrs.join(",")));
+        args.push(format!(
+            "--resolve={}={}",
+            plan.service_authority(b),
+            addrs.join(",")
+        ));
     }
-    let beh = &node.spec.behaviour;
-    let mut flag = |name: &str, value: Option<String>| {
-        if let Some(v) = value {
-            args.push(format!("--{name}"));
-            args.push(v);
-        }
-    };
-    flag("latency", beh.latency.clone());
-    flag("error-rate", beh.error_rate.map(|v| v.to_string()));
-    flag("error-code", beh.error_code.map(|v| v.to_string()));
-    flag("response-size", beh.response_size.map(|v| v.to_string()));
-    flag(
-        "timeout",
-        beh.timeout
-            .map(|d| humantime::format_duration(d).to_string()),
-    );
-    flag("call-mode", beh.call_mode.clone());
+    args.extend(meshload_config::service::behaviour_flags(
+        &node.spec.behaviour,
+    ));
     // A fixed seed per replica: the same config injects the same faults run after run.
-    flag("seed", Some(seed_of(&node.name, index).to_string()));
+    let seed = crate::plan::fnv1a(node.name.as_bytes()) ^ u64::from(index);
+    args.push(format!("--seed={seed}"));
     args
-}
-
-fn seed_of(name: &str, index: u32) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    }) ^ u64::from(index)
 }
 
 impl Backend for LocalBackend {
@@ -173,6 +159,7 @@ impl Backend for LocalBackend {
             for s in started {
                 match s {
                     Ok((replica, child)) => {
+                        observe(&mut deployment, &replica, child.id(), &plan.namespace);
                         deployment.replicas.push(replica.clone());
                         self.children.push((replica, child));
                     }
@@ -184,6 +171,10 @@ impl Backend for LocalBackend {
             }
         }
         wait_healthy(&deployment).await?;
+        for node in &plan.nodes {
+            let endpoints = deployment.endpoints(&node.name);
+            deployment.entries.insert(node.name.clone(), endpoints);
+        }
         Ok(deployment)
     }
 
@@ -215,10 +206,30 @@ impl Backend for LocalBackend {
     }
 }
 
-/// Waits until every replica answers `/health` (at most 10 s), naming those that do not.
+/// Adds what is collected of a started replica: its `/metrics` and its process.
+fn observe(deployment: &mut Deployment, replica: &Replica, pid: Option<u32>, namespace: &str) {
+    deployment.scrape_targets.push(ScrapeTarget::of_pod(
+        replica.addr,
+        "/metrics",
+        NODE_JOB,
+        namespace,
+        replica,
+    ));
+    if let Some(pid) = pid {
+        deployment.containers.push(Container {
+            pid,
+            namespace: namespace.to_string(),
+            pod: replica.pod.clone(),
+            container: APP_CONTAINER.to_string(),
+        });
+    }
+}
+
+/// Waits until every replica answers `/health` (at most [`HEALTH_TIMEOUT`]), naming those
+/// that do not.
 pub async fn wait_healthy(deployment: &Deployment) -> Result<(), RunError> {
     let client = crate::http::client();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
     let mut pending: Vec<&Replica> = deployment.replicas.iter().collect();
     while !pending.is_empty() {
         let checks = pending.iter().map(|r| {
@@ -240,7 +251,10 @@ pub async fn wait_healthy(deployment: &Deployment) -> Result<(), RunError> {
         }
         if tokio::time::Instant::now() > deadline {
             let pods: Vec<&str> = pending.iter().map(|r| r.pod.as_str()).collect();
-            return Err(RunError::NotReady(pods.join(", ")));
+            return Err(RunError::NotReady {
+                waited: HEALTH_TIMEOUT,
+                pods: pods.join(", "),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

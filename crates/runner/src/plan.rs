@@ -1,9 +1,6 @@
 //! What a backend brings up: every node with its replicas, pod names and service name.
 
-use meshload_config::{Config, NodeSpec, topology};
-
-/// The port every service listens on in the Kubernetes form (the seed's).
-pub const SERVICE_PORT: u16 = 9080;
+use meshload_config::{Config, NodeSpec, service, topology};
 
 /// One node to bring up.
 #[derive(Debug, Clone)]
@@ -59,20 +56,22 @@ impl Plan {
     /// `service-<node>.<namespace>.svc.cluster.local:9080`: how nodes and tests name a
     /// service.
     pub fn service_authority(&self, node: &str) -> String {
-        format!(
-            "service-{node}.{}.svc.cluster.local:{SERVICE_PORT}",
-            self.namespace
-        )
+        service::service_authority(node, &self.namespace)
     }
 }
 
-/// Five lowercase letters and digits from a string (FNV-1a), like a pod-template hash.
+/// The 64-bit FNV-1a hash: stable across runs and Rust versions (unlike std's hasher),
+/// for names and seeds derived from config text.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Five lowercase letters and digits from a string, like a pod-template hash.
 fn short_hash(s: &str) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut h = fnv1a(s.as_bytes());
     (0..5)
         .map(|_| {
             let c = ALPHABET[(h % ALPHABET.len() as u64) as usize] as char;

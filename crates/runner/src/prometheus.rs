@@ -1,6 +1,6 @@
 //! `prometheus: "spawn"`: the seed's pipeline on one machine. The Debian `prometheus`
-//! binary is started with a generated scrape config for the run's replicas, plus an
-//! exporter of the cAdvisor-like process samples (the kubelet's part), and the metric
+//! binary is started with a generated scrape config for the run's scrape targets, plus an
+//! exporter of the cAdvisor-like samples of its containers (the kubelet's part), and the metric
 //! queries go to it. It runs under `meshload supervise`, so it dies with meshload.
 
 use std::convert::Infallible;
@@ -16,9 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
-use crate::RunError;
-use crate::backend::{Deployment, Replica};
-use crate::collector::CONTAINER;
+use crate::backend::{Container, Deployment, ScrapeTarget};
+use crate::{BoxError, RunError};
 
 /// A running Prometheus and the exporter it scrapes.
 #[derive(Debug)]
@@ -31,15 +30,15 @@ pub struct SpawnedPrometheus {
 }
 
 impl SpawnedPrometheus {
-    /// Starts Prometheus scraping every replica every `interval`; waits until it is ready.
+    /// Starts Prometheus scraping every target every `interval`; waits until it is ready.
     pub async fn start(
         exe: &std::path::Path,
         deployment: &Deployment,
-        namespace: &str,
         interval: Duration,
     ) -> Result<SpawnedPrometheus, RunError> {
-        let fail =
-            |reason: String| RunError::Prometheus(format!("cannot start prometheus: {reason}"));
+        let fail = |reason: String| {
+            RunError::Prometheus(format!("cannot start prometheus: {reason}").into())
+        };
         let exporter_listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -48,12 +47,11 @@ impl SpawnedPrometheus {
             .map_err(|e| fail(e.to_string()))?;
         let exporter = tokio::spawn(serve_exporter(
             exporter_listener,
-            deployment.replicas.clone(),
-            namespace.to_string(),
+            deployment.containers.clone(),
         ));
         let dir = std::env::temp_dir().join(format!("meshload-prometheus-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
-        let config = scrape_config(deployment, namespace, interval, exporter_addr);
+        let config = scrape_config(deployment, interval, exporter_addr);
         std::fs::write(dir.join("prometheus.yml"), config).map_err(|e| fail(e.to_string()))?;
         let port = free_port().map_err(|e| fail(e.to_string()))?;
         let mut cmd = Command::new(exe);
@@ -86,7 +84,9 @@ impl SpawnedPrometheus {
             dir,
         };
         spawned.wait_ready().await?;
-        spawned.wait_scraping(deployment.replicas.len() + 1).await?;
+        spawned
+            .wait_scraping(deployment.scrape_targets.len() + 1)
+            .await?;
         Ok(spawned)
     }
 
@@ -103,9 +103,9 @@ impl SpawnedPrometheus {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(RunError::Prometheus(format!(
+                return Err(RunError::Prometheus(BoxError::from(format!(
                     "prometheus exited at start ({status}); is the Debian package prometheus installed?"
-                )));
+                ))));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -118,7 +118,7 @@ impl SpawnedPrometheus {
     /// targets a few seconds after it reports ready, and a test must not start before.
     async fn wait_scraping(&self, targets: usize) -> Result<(), RunError> {
         let client = meshload_promql::client::PrometheusClient::new(&self.url)
-            .map_err(|e| RunError::Prometheus(e.to_string()))?;
+            .map_err(|e| RunError::Prometheus(e.into()))?;
         for _ in 0..300 {
             let now = meshload_promql::system_time_ms(&std::time::SystemTime::now());
             if let Ok(r) = client.query("count(up)", now).await
@@ -129,9 +129,9 @@ impl SpawnedPrometheus {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(RunError::Prometheus(format!(
+        Err(RunError::Prometheus(BoxError::from(format!(
             "prometheus did not scrape all {targets} targets within 30s"
-        )))
+        ))))
     }
 
     /// Stops Prometheus and the exporter and removes its data.
@@ -154,26 +154,43 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// The generated `prometheus.yml`: one static target per replica with the labels the
-/// embedded collector gives, and the exporter of process samples (`honor_labels`).
-pub fn scrape_config(
-    deployment: &Deployment,
-    namespace: &str,
-    interval: Duration,
-    exporter: SocketAddr,
-) -> String {
+/// The generated `prometheus.yml`: one job per distinct `job` label of the targets, one
+/// static target each with the labels the embedded scraper gives, and the exporter of
+/// container samples (`honor_labels`).
+pub fn scrape_config(deployment: &Deployment, interval: Duration, exporter: SocketAddr) -> String {
     let secs = interval.as_millis().max(100);
     let mut out = format!(
-        "global:\n  scrape_interval: {secs}ms\n  scrape_timeout: {secs}ms\n  evaluation_interval: {secs}ms\nscrape_configs:\n  - job_name: {}\n    static_configs:\n",
-        crate::collector::JOB
+        "global:\n  scrape_interval: {secs}ms\n  scrape_timeout: {secs}ms\n  evaluation_interval: {secs}ms\nscrape_configs:\n"
     );
-    for r in &deployment.replicas {
+    let mut jobs: Vec<(&str, &str)> = Vec::new();
+    for t in &deployment.scrape_targets {
+        let job = label(t, "job");
+        if !jobs.contains(&(job, t.path.as_str())) {
+            jobs.push((job, t.path.as_str()));
+        }
+    }
+    for (i, (job, path)) in jobs.iter().enumerate() {
+        // A job name must be unique; the `job` label itself is set per target below.
         out.push_str(&format!(
-            "      - targets: ['{}']\n        labels: {{namespace: '{namespace}', pod: '{pod}', kubernetes_namespace: '{namespace}', kubernetes_pod_name: '{pod}', node: '{node}'}}\n",
-            r.addr,
-            pod = r.pod,
-            node = r.node
+            "  - job_name: '{job}-{i}'\n    metrics_path: '{path}'\n    static_configs:\n"
         ));
+        for t in deployment
+            .scrape_targets
+            .iter()
+            .filter(|t| label(t, "job") == *job && t.path == *path)
+        {
+            let labels: Vec<String> = t
+                .labels
+                .iter()
+                .filter(|(k, _)| k != "instance")
+                .map(|(k, v)| format!("{k}: '{v}'"))
+                .collect();
+            out.push_str(&format!(
+                "      - targets: ['{}']\n        labels: {{{}}}\n",
+                t.addr,
+                labels.join(", ")
+            ));
+        }
     }
     out.push_str(&format!(
         "  - job_name: meshload-cadvisor\n    honor_labels: true\n    static_configs:\n      - targets: ['{exporter}']\n"
@@ -181,17 +198,23 @@ pub fn scrape_config(
     out
 }
 
-/// Serves the process samples of every local replica as Prometheus text.
-async fn serve_exporter(listener: TcpListener, replicas: Vec<Replica>, namespace: String) {
-    let replicas = std::sync::Arc::new(replicas);
+fn label<'a>(t: &'a ScrapeTarget, name: &str) -> &'a str {
+    t.labels
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// Serves the samples of every local container as Prometheus text.
+async fn serve_exporter(listener: TcpListener, containers: Vec<Container>) {
+    let containers = std::sync::Arc::new(containers);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let replicas = replicas.clone();
-        let namespace = namespace.clone();
+        let containers = containers.clone();
         let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-            let body = exposition(&replicas, &namespace);
+            let body = exposition(&containers);
             async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body)))) }
         });
         tokio::spawn(
@@ -200,19 +223,16 @@ async fn serve_exporter(listener: TcpListener, replicas: Vec<Replica>, namespace
     }
 }
 
-fn exposition(replicas: &[Replica], namespace: &str) -> String {
+fn exposition(containers: &[Container]) -> String {
     let mut memory = String::from("# TYPE container_memory_working_set_bytes gauge\n");
     let mut cpu = String::from("# TYPE container_cpu_usage_seconds_total counter\n");
-    for r in replicas {
-        let Some(sample) = r
-            .pid
-            .and_then(|pid| meshload_node::process::sample(pid as i32))
-        else {
+    for c in containers {
+        let Some(sample) = meshload_node::process::sample(c.pid as i32) else {
             continue;
         };
         let labels = format!(
-            "namespace=\"{namespace}\",pod=\"{}\",container=\"{CONTAINER}\"",
-            r.pod
+            "namespace=\"{}\",pod=\"{}\",container=\"{}\"",
+            c.namespace, c.pod, c.container
         );
         memory.push_str(&format!(
             "container_memory_working_set_bytes{{{labels}}} {}\n",

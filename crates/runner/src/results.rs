@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use meshload_config::{Config, LoadTest, Slo};
 use meshload_loadgen::FortioResult;
 use meshload_promql::eval::RangeSeries;
-use meshload_store::{RunWriter, StoreError};
+use meshload_store::{RunStatus, RunWriter, StoreError};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -40,8 +40,8 @@ pub struct TestSummary {
     pub test_name: String,
     /// Where its run was stored.
     pub run_dir: String,
-    /// `complete` or `interrupted`.
-    pub status: String,
+    /// How the test ended.
+    pub status: RunStatus,
     /// Requested rate (`max` for as fast as possible).
     pub requested_qps: String,
     /// Achieved rate.
@@ -83,11 +83,10 @@ impl TestSummary {
             test_name: test.name.clone(),
             run_dir: String::new(),
             status: if interrupted {
-                "interrupted"
+                RunStatus::Interrupted
             } else {
-                "complete"
-            }
-            .to_string(),
+                RunStatus::Complete
+            },
             requested_qps: fortio.requested_qps.clone(),
             actual_qps: fortio.actual_qps,
             requests,

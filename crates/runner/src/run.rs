@@ -2,22 +2,22 @@
 //! metrics, evaluate the metric queries over each test's window, store every run, tear
 //! down. Teardown happens whatever happens: success, error or a stop request.
 
-use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use meshload_config::{Config, LoadTest, PrometheusSetting};
+use meshload_loadgen::FortioResult;
 use meshload_loadgen::{Live, LoadOptions};
 use meshload_promql::QueryOptions;
 use meshload_promql::client::PrometheusClient;
-use meshload_store::{ResultStore, RunRef};
-use tokio::sync::watch;
+use meshload_store::{ResultStore, RunRef, RunStatus};
 
-use crate::RunError;
-use crate::backend::{Backend, Deployment};
-use crate::collector::{Collector, SharedStore};
+use crate::backend::{Backend, Deployment, ReplicaExit};
 use crate::plan::Plan;
 use crate::prometheus::SpawnedPrometheus;
 use crate::results::{MetricResult, RunFiles, TestSummary, slo_failures, write_run};
+use crate::scrape::{Scraper, SharedStore};
+use crate::stop::StopSignal;
+use crate::{BoxError, RunError, error_chain};
 
 /// How long the raw samples stored with a run reach back before its start: the default
 /// lookback, so that any query over the window can be answered again later.
@@ -52,37 +52,6 @@ pub struct RunReport {
     pub tests: Vec<TestSummary>,
     /// The run was stopped before its end.
     pub interrupted: bool,
-}
-
-/// A stop request that can be awaited many times.
-#[derive(Debug, Clone)]
-pub struct StopSignal(watch::Receiver<bool>);
-
-impl StopSignal {
-    /// A signal that fires when `trigger` completes.
-    pub fn new(trigger: impl Future<Output = ()> + Send + 'static) -> StopSignal {
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            trigger.await;
-            let _ = tx.send(true);
-        });
-        StopSignal(rx)
-    }
-
-    /// Whether a stop was requested.
-    pub fn is_stopped(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Completes when a stop is requested.
-    pub async fn stopped(&self) {
-        let mut rx = self.0.clone();
-        while !*rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
 }
 
 /// Runs every test of `config` on `backend`.
@@ -134,75 +103,90 @@ async fn run_tests<B: Backend>(
     observer: &dyn Observer,
     stop: &StopSignal,
 ) -> Result<RunReport, RunError> {
-    let collector = Collector::start(deployment, &plan.namespace, config.scrape_interval);
+    // Nothing to scrape or sample (a cluster's pods): no scraper, and an empty store.
+    let scraper = deployment
+        .observable()
+        .then(|| Scraper::start(deployment, config.scrape_interval));
     if config.prometheus == PrometheusSetting::Spawn {
         observer.phase("starting prometheus (prometheus: spawn)");
     }
-    let backend_prometheus = backend.prometheus();
-    let answerer = match Answerer::new(
+    let samples = scraper.as_ref().map(Scraper::store).unwrap_or_default();
+    let answerer = Answerer::new(
         config,
-        &collector,
+        samples.clone(),
         settings,
         deployment,
-        &plan.namespace,
-        backend_prometheus,
+        backend.prometheus(),
     )
-    .await
-    {
+    .await;
+    let answerer = match answerer {
         Ok(answerer) => answerer,
         Err(e) => {
-            collector.stop().await;
+            if let Some(scraper) = scraper {
+                scraper.stop().await;
+            }
             return Err(e);
         }
     };
-    let outcome = async {
-        let answerer = &answerer;
-        observer.phase(&format!(
-            "connectivity check: {} requests to each service",
-            config.connectivity_checks
-        ));
-        connectivity_check(config, backend, plan, deployment, stop).await?;
-        let mut report = RunReport::default();
-        let ctx = TestContext {
-            config,
-            deployment,
-            settings,
-            answerer,
-            collector: &collector,
-        };
-        for (i, test) in config.tests.iter().enumerate() {
-            if i > 0 && !settings.sleep_between_tests.is_zero() {
-                observer.phase(&format!(
-                    "sleeping {} between tests",
-                    humantime::format_duration(settings.sleep_between_tests)
-                ));
-                tokio::select! {
-                    () = tokio::time::sleep(settings.sleep_between_tests) => {}
-                    () = stop.stopped() => {}
-                }
-            }
-            if stop.is_stopped() {
-                report.interrupted = true;
-                break;
-            }
-            let Some(summary) = run_test(&ctx, backend, i, test, observer, stop).await? else {
-                report.interrupted = true;
-                break;
-            };
-            observer.test_finished(&summary);
-            let interrupted = summary.status == "interrupted";
-            report.tests.push(summary);
-            if interrupted {
-                report.interrupted = true;
-                break;
+    let ctx = TestContext {
+        config,
+        deployment,
+        settings,
+        answerer: &answerer,
+        scraper: scraper.as_ref(),
+        samples,
+    };
+    let outcome = run_each_test(&ctx, backend, plan, observer, stop).await;
+    answerer.stop().await;
+    if let Some(scraper) = scraper {
+        scraper.stop().await;
+    }
+    outcome
+}
+
+/// The connectivity check, then every test in order, with the pauses between them.
+async fn run_each_test<B: Backend>(
+    ctx: &TestContext<'_>,
+    backend: &mut B,
+    plan: &Plan,
+    observer: &dyn Observer,
+    stop: &StopSignal,
+) -> Result<RunReport, RunError> {
+    let (config, settings) = (ctx.config, ctx.settings);
+    observer.phase(&format!(
+        "connectivity check: {} requests to each service",
+        config.connectivity_checks
+    ));
+    connectivity_check(config, backend, plan, ctx.deployment, stop).await?;
+    let mut report = RunReport::default();
+    for (i, test) in config.tests.iter().enumerate() {
+        if i > 0 && !settings.sleep_between_tests.is_zero() {
+            observer.phase(&format!(
+                "sleeping {} between tests",
+                humantime::format_duration(settings.sleep_between_tests)
+            ));
+            tokio::select! {
+                () = tokio::time::sleep(settings.sleep_between_tests) => {}
+                () = stop.stopped() => {}
             }
         }
-        Ok(report)
+        if stop.is_stopped() {
+            report.interrupted = true;
+            break;
+        }
+        let Some(summary) = run_test(ctx, backend, i, test, observer, stop).await? else {
+            report.interrupted = true;
+            break;
+        };
+        observer.test_finished(&summary);
+        let interrupted = summary.status == RunStatus::Interrupted;
+        report.tests.push(summary);
+        if interrupted {
+            report.interrupted = true;
+            break;
+        }
     }
-    .await;
-    answerer.stop().await;
-    collector.stop().await;
-    outcome
+    Ok(report)
 }
 
 /// Sends `ConnectivityCheckPerURL` requests to every service; every one must succeed.
@@ -224,12 +208,12 @@ async fn connectivity_check<B: Backend>(
             connections: n.min(8) as usize,
             requests: Some(n),
             headers: vec![format!("{}: 1", meshload_node::CHECK_HEADER)],
-            connect_to: deployment.endpoints(&node.name),
+            connect_to: deployment.entry(&node.name),
             ..LoadOptions::default()
         };
-        let check_error = |reason: String| RunError::Check {
+        let check_error = |source: BoxError| RunError::Check {
             node: node.name.clone(),
-            reason,
+            source,
         };
         let fortio = match backend.drive(options, stop, Live::default()).await {
             Ok(Some(fortio)) if !fortio.interrupted => fortio,
@@ -244,10 +228,13 @@ async fn connectivity_check<B: Backend>(
                 .iter()
                 .map(|(c, k)| format!("{c}: {k}"))
                 .collect();
-            return Err(check_error(format!(
-                "{failed} of {n} requests failed (codes {})",
-                codes.join(", ")
-            )));
+            return Err(check_error(
+                format!(
+                    "{failed} of {n} requests failed (codes {})",
+                    codes.join(", ")
+                )
+                .into(),
+            ));
         }
     }
     Ok(())
@@ -263,26 +250,24 @@ enum Answerer {
 impl Answerer {
     async fn new(
         config: &Config,
-        collector: &Collector,
+        samples: SharedStore,
         settings: &RunSettings,
         deployment: &Deployment,
-        namespace: &str,
         backend_prometheus: Option<String>,
     ) -> Result<Answerer, RunError> {
         let client =
-            |url: &str| PrometheusClient::new(url).map_err(|e| RunError::Prometheus(e.to_string()));
+            |url: &str| PrometheusClient::new(url).map_err(|e| RunError::Prometheus(e.into()));
         match &config.prometheus {
             // A backend with its own Prometheus (a cluster's) answers instead of the
             // embedded engine, which sees no samples there.
             PrometheusSetting::Embedded => match backend_prometheus {
                 Some(url) => Ok(Answerer::Prometheus(client(&url)?, url)),
-                None => Ok(Answerer::Embedded(collector.store())),
+                None => Ok(Answerer::Embedded(samples)),
             },
             PrometheusSetting::Url(url) => Ok(Answerer::Prometheus(client(url)?, url.clone())),
             PrometheusSetting::Spawn => {
-                let interval = config.scrape_interval;
                 let spawned =
-                    SpawnedPrometheus::start(&settings.exe, deployment, namespace, interval)
+                    SpawnedPrometheus::start(&settings.exe, deployment, config.scrape_interval)
                         .await?;
                 Ok(Answerer::Spawned(client(&spawned.url)?, Box::new(spawned)))
             }
@@ -303,13 +288,17 @@ impl Answerer {
         }
     }
 
+    /// A server that scrapes on its own schedule (not at the end of a test).
+    fn scrapes_by_itself(&self) -> bool {
+        !matches!(self, Answerer::Embedded(_))
+    }
+
     async fn range(
         &self,
         query: &str,
-        start: i64,
-        end: i64,
-        step: i64,
+        window: QueryWindow,
     ) -> Result<Vec<meshload_promql::eval::RangeSeries>, String> {
+        let QueryWindow { start, end, step } = window;
         let result = match self {
             Answerer::Embedded(store) => {
                 let store = store.lock().expect("the store lock is never poisoned");
@@ -326,7 +315,7 @@ impl Answerer {
             Answerer::Prometheus(client, _) | Answerer::Spawned(client, _) => client
                 .query_range(query, start, end, step)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| error_chain(&e))?,
         };
         match result.value {
             meshload_promql::Value::Matrix(m) => Ok(m),
@@ -341,7 +330,10 @@ struct TestContext<'a> {
     deployment: &'a Deployment,
     settings: &'a RunSettings,
     answerer: &'a Answerer,
-    collector: &'a Collector,
+    /// The embedded scraper, when anything is observable from here.
+    scraper: Option<&'a Scraper>,
+    /// What it collected (empty without one).
+    samples: SharedStore,
 }
 
 fn load_options(test: &LoadTest, deployment: &Deployment) -> LoadOptions {
@@ -356,10 +348,38 @@ fn load_options(test: &LoadTest, deployment: &Deployment) -> LoadOptions {
         nocatchup: test.nocatchup,
         headers: test.headers.clone(),
         payload: test.payload.clone().map(bytes::Bytes::from),
-        timeout: test.timeout.unwrap_or(Duration::from_secs(3)),
+        timeout: test
+            .timeout
+            .unwrap_or(meshload_loadgen::spec::DEFAULT_TIMEOUT),
         labels: test.labels.clone(),
-        connect_to: deployment.endpoints(&test.target),
+        connect_to: deployment.entry(&test.target),
         ..LoadOptions::default()
+    }
+}
+
+/// The range the metric queries of one test cover, in ms since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryWindow {
+    /// First step.
+    pub start: i64,
+    /// Last step.
+    pub end: i64,
+    /// Between steps (at least 1 ms).
+    pub step: i64,
+}
+
+/// The query window of a test that ran from `started` to `ended` (ms), queried at `now`
+/// after a final scrape. The last step is `now`, so the samples of that final scrape
+/// count; the steps run back from it by whole `step`s, and the first is the earliest
+/// one not before the test's start. A short test (under one step) is a single step.
+pub fn query_window(started: i64, ended: i64, now: i64, step: Duration) -> QueryWindow {
+    let step = i64::try_from(step.as_millis()).unwrap_or(i64::MAX).max(1);
+    let end = now.max(ended);
+    let whole_steps = (end - started).max(0) / step;
+    QueryWindow {
+        start: end - whole_steps * step,
+        end,
+        step,
     }
 }
 
@@ -373,52 +393,24 @@ async fn run_test<B: Backend>(
     observer: &dyn Observer,
     stop: &StopSignal,
 ) -> Result<Option<TestSummary>, RunError> {
-    let options = load_options(test, ctx.deployment);
     let live = Live::default();
     let shown = backend.live_figures().then(|| live.clone());
     observer.test_started(index, ctx.config.tests.len(), test, shown);
     let started = SystemTime::now();
+    let options = load_options(test, ctx.deployment);
     let fortio = match backend.drive(options, stop, live).await {
         Ok(Some(fortio)) => fortio,
         Ok(None) => return Ok(None),
         Err(_) if stop.is_stopped() => return Ok(None),
-        Err(reason) => {
+        Err(source) => {
             return Err(RunError::Test {
                 test: test.name.clone(),
-                reason,
+                source,
             });
         }
     };
-    let ended = SystemTime::now();
-    // The window's end needs samples: scrape now; a Prometheus scrapes on its own
-    // schedule, so give it one interval (`scrape_interval`, which should match a cluster's
-    // Prometheus; at most a minute).
-    ctx.collector.scrape_now().await;
-    if !fortio.interrupted && !matches!(ctx.answerer, Answerer::Embedded(_)) {
-        let wait = ctx.config.scrape_interval.min(Duration::from_secs(60));
-        tokio::time::sleep(wait + Duration::from_millis(200)).await;
-    }
-    let ms = |t: SystemTime| meshload_promql::system_time_ms(&t);
-    let (start_ms, end_ms) = (ms(started), ms(ended));
-    let step = i64::try_from(ctx.config.metrics_step.as_millis())
-        .unwrap_or(10_000)
-        .max(1);
-    // The queries' last step is now, just after the final scrape, so the window's last
-    // samples count; the steps run back from there to the test's start.
-    let query_end = ms(SystemTime::now()).max(end_ms);
-    let query_start = query_end - (query_end - start_ms) / step * step;
-    let mut metrics = Vec::with_capacity(ctx.config.metrics.len());
-    for (name, query) in &ctx.config.metrics {
-        let series = ctx
-            .answerer
-            .range(query, query_start, query_end, step)
-            .await;
-        metrics.push(MetricResult {
-            name: name.clone(),
-            query: query.clone(),
-            series,
-        });
-    }
+    let window = (started, SystemTime::now());
+    let metrics = measure(ctx, &fortio, window).await;
     let exits = backend.exited().await;
     let mut summary = TestSummary::new(test, &fortio, fortio.interrupted);
     summary.slo_failures = slo_failures(&test.slo, &summary, test.qps);
@@ -427,53 +419,146 @@ async fn run_test<B: Backend>(
         .iter()
         .map(|e| format!("{} ({})", e.pod, e.status))
         .collect();
+    let stored = Stored {
+        test,
+        fortio: &fortio,
+        metrics: &metrics,
+        exits: &exits,
+        window,
+    };
+    store_run(ctx, backend, stored, &mut summary).await?;
+    Ok(Some(summary))
+}
+
+/// Evaluates every metric query of the config over the test's window.
+async fn measure(
+    ctx: &TestContext<'_>,
+    fortio: &FortioResult,
+    (started, ended): (SystemTime, SystemTime),
+) -> Vec<MetricResult> {
+    // The window's end needs samples: scrape now; a Prometheus scrapes on its own
+    // schedule, so give it one interval (`scrape_interval`, which should match a cluster's
+    // Prometheus; at most a minute).
+    if let Some(scraper) = ctx.scraper {
+        scraper.scrape_now().await;
+    }
+    if !fortio.interrupted && ctx.answerer.scrapes_by_itself() {
+        let wait = ctx.config.scrape_interval.min(Duration::from_secs(60));
+        tokio::time::sleep(wait + Duration::from_millis(200)).await;
+    }
+    let ms = |t: SystemTime| meshload_promql::system_time_ms(&t);
+    let window = query_window(
+        ms(started),
+        ms(ended),
+        ms(SystemTime::now()),
+        ctx.config.metrics_step,
+    );
+    let mut metrics = Vec::with_capacity(ctx.config.metrics.len());
+    for (name, query) in &ctx.config.metrics {
+        metrics.push(MetricResult {
+            name: name.clone(),
+            query: query.clone(),
+            series: ctx.answerer.range(query, window).await,
+        });
+    }
+    metrics
+}
+
+/// What one test stores beside its summary.
+struct Stored<'a> {
+    test: &'a LoadTest,
+    fortio: &'a FortioResult,
+    metrics: &'a [MetricResult],
+    exits: &'a [ReplicaExit],
+    window: (SystemTime, SystemTime),
+}
+
+/// Writes the test's run folder, publishes it, and records in `summary` where it is.
+async fn store_run<B: Backend>(
+    ctx: &TestContext<'_>,
+    backend: &B,
+    stored: Stored<'_>,
+    summary: &mut TestSummary,
+) -> Result<(), RunError> {
+    let (started, ended) = stored.window;
+    let ms = |t: SystemTime| meshload_promql::system_time_ms(&t);
     let mut samples = Vec::new();
     {
-        let store = ctx.collector.store();
-        let store = store.lock().expect("the store lock is never poisoned");
+        let store = ctx
+            .samples
+            .lock()
+            .expect("the store lock is never poisoned");
         let lookback = SAMPLES_LOOKBACK.as_millis() as i64;
+        let step = ctx.config.metrics_step.as_millis() as i64;
         store
-            .write_jsonl_window(&mut samples, start_ms - lookback, end_ms + step)
+            .write_jsonl_window(&mut samples, ms(started) - lookback, ms(ended) + step)
             .expect("writing to memory");
     }
+    let test = stored.test;
     let run = ctx.settings.store.local().begin_run(&test.name, started)?;
+    summary.run_dir = ctx.settings.store.location(&test.name, run.id());
     let run_ref = RunRef {
         test_name: test.name.clone(),
         id: run.id().to_string(),
         dir: run.final_dir().to_path_buf(),
     };
-    summary.run_dir = match &ctx.settings.store {
-        ResultStore::Fs(_) => run.final_dir().display().to_string(),
-        ResultStore::S3(s3) => format!(
-            "{}/{}/{}",
-            s3.address().trim_end_matches('/'),
-            test.name,
-            run.id()
-        ),
-    };
     let files = RunFiles {
         config: ctx.config,
         test,
-        fortio: &fortio,
-        metrics: &metrics,
-        summary: &summary,
+        fortio: stored.fortio,
+        metrics: stored.metrics,
+        summary,
         backend: backend.name(),
         backend_facts: &backend.facts(),
         prometheus: &ctx.answerer.describe(),
-        window: (started, ended),
+        window: stored.window,
         samples,
-        exits: &exits,
+        exits: stored.exits,
     };
     write_run(&run, &files)?;
     run.commit()?;
-    // Where the run ends up; a store that cannot take it now leaves it in the spool,
-    // and the summary says where.
-    match ctx.settings.store.publish(&run_ref).await {
-        Ok(location) => summary.run_dir = location,
-        Err(e) => {
-            summary.run_dir = run_ref.dir.display().to_string();
-            summary.storage_note = Some(e.to_string());
-        }
+    // A store that cannot take the run now leaves it in the spool, and the summary says
+    // where.
+    if let Err(e) = ctx.settings.store.publish(&run_ref).await {
+        summary.run_dir = run_ref.dir.display().to_string();
+        summary.storage_note = Some(error_chain(&e));
     }
-    Ok(Some(summary))
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_steps_back_from_now_to_the_start() {
+        let w = query_window(1_000, 26_000, 26_300, Duration::from_secs(10));
+        assert_eq!(
+            w,
+            QueryWindow {
+                start: 6_300,
+                end: 26_300,
+                step: 10_000
+            }
+        );
+    }
+
+    #[test]
+    fn a_test_shorter_than_a_step_is_one_step() {
+        let w = query_window(1_000, 3_000, 3_100, Duration::from_secs(10));
+        assert_eq!((w.start, w.end), (3_100, 3_100));
+    }
+
+    #[test]
+    fn the_end_is_never_before_the_test_ended() {
+        // A clock read after the end that is earlier (it cannot be, but the arithmetic
+        // must not produce a window ending before the samples).
+        let w = query_window(0, 5_000, 4_000, Duration::from_millis(1_000));
+        assert_eq!((w.start, w.end, w.step), (0, 5_000, 1_000));
+    }
+
+    #[test]
+    fn a_zero_step_is_one_millisecond() {
+        assert_eq!(query_window(0, 3, 3, Duration::ZERO).step, 1);
+    }
 }

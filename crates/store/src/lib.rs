@@ -38,8 +38,27 @@ pub enum StoreError {
     #[error("no run {0}")]
     NoRun(String),
     /// An S3 request failed (after retries).
-    #[error("{0}")]
-    S3(String),
+    #[error("{address}")]
+    S3 {
+        /// The store.
+        address: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A run could not be uploaded and stays in the local spool.
+    #[error(
+        "the run is kept in the spool at {spool} (upload it later with `meshload results push --store {address}`)"
+    )]
+    Spooled {
+        /// The run's folder in the spool.
+        spool: String,
+        /// The store.
+        address: String,
+        /// Why the upload failed.
+        #[source]
+        source: Box<StoreError>,
+    },
     /// The store address is not one this build can write.
     #[error("unsupported store {0:?}: use a folder path, file://PATH or s3://BUCKET/PREFIX")]
     Unsupported(String),
@@ -49,6 +68,35 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.display().to_string(),
         source,
+    }
+}
+
+/// The store every command uses when none is given: `results` in the working folder.
+pub const DEFAULT_STORE: &str = "results";
+
+/// How a run ended, as `metadata.json` says it (`"complete"`, `"interrupted"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Every planned request was sent (or the duration ran out).
+    Complete,
+    /// A stop request ended the test early; what was measured is stored.
+    Interrupted,
+}
+
+impl RunStatus {
+    /// The word stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Complete => "complete",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -91,6 +139,17 @@ impl ResultStore {
         }
     }
 
+    /// Where a run of `test_name` with id `run` lives once published: its folder, or its
+    /// `s3://bucket/prefix/<test_name>/<run>` address.
+    pub fn location(&self, test_name: &str, run: &str) -> String {
+        match self {
+            ResultStore::Fs(fs) => fs.root.join(test_name).join(run).display().to_string(),
+            ResultStore::S3(s3) => {
+                format!("{}/{test_name}/{run}", s3.address().trim_end_matches('/'))
+            }
+        }
+    }
+
     /// Puts a committed local run in its final place and says where that is. For S3 the
     /// run is uploaded and then removed from the spool; if the upload fails, it stays in
     /// the spool and the error says so.
@@ -102,11 +161,11 @@ impl ResultStore {
                     s3::remove_run(&run.dir)?;
                     Ok(location)
                 }
-                Err(e) => Err(StoreError::S3(format!(
-                    "{e}; the run is kept in the spool at {} (upload it later with `meshload results push --store {}`)",
-                    run.dir.display(),
-                    s3.address()
-                ))),
+                Err(e) => Err(StoreError::Spooled {
+                    spool: run.dir.display().to_string(),
+                    address: s3.address().to_string(),
+                    source: Box::new(e),
+                }),
             },
         }
     }

@@ -30,8 +30,11 @@ pub struct S3Store {
     store: Arc<AmazonS3>,
 }
 
-fn s3_error(address: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::S3(format!("{address}: {e}"))
+fn s3_error(address: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::S3 {
+        address: address.to_string(),
+        source: e.into(),
+    }
 }
 
 impl S3Store {

@@ -15,15 +15,21 @@ use std::process::ExitCode;
 
 use crate::cli::Command;
 
-/// Runs a parsed command.
-pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+/// Runs a parsed command (`matches` are the whole command line's).
+pub fn run(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
     match command {
         Command::Node(args) => node::run(args),
         Command::Serve(args) => serve::run(&args),
         Command::Load(args) => load::run(args),
         Command::Query(args) => query::run(args),
         Command::Validate(args) => validate::run(&args),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => {
+            let given = matches
+                .subcommand_matches("run")
+                .map(crate::cli::k8s_flags_given)
+                .unwrap_or_default();
+            run::run(args, given)
+        }
         Command::Results(crate::cli::ResultsCommand::List(args)) => results::list(&args),
         Command::Results(crate::cli::ResultsCommand::Show(args)) => results::show(&args),
         Command::Results(crate::cli::ResultsCommand::Pull(args)) => results::pull(&args),

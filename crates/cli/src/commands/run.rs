@@ -5,108 +5,91 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use anyhow::Context as _;
-use meshload_config::{Config, LoadTest, PrometheusSetting};
-use meshload_k8s::cluster::{Cluster, ServiceRef};
-use meshload_k8s::{K8sBackend, K8sSettings, Mesh};
+use meshload_config::{Config, LoadTest};
+use meshload_k8s::checks::{RunChoice, check_run};
+use meshload_k8s::cluster::Cluster;
+use meshload_k8s::{K8sBackend, K8sSettings};
 use meshload_loadgen::Live;
-use meshload_runner::{LocalBackend, Observer, RunError, RunSettings, StopSignal, TestSummary};
+use meshload_runner::{
+    LocalBackend, Observer, RunError, RunReport, RunSettings, StopSignal, TestSummary,
+};
 use meshload_store::ResultStore;
 
-use crate::cli::{BackendKind, DEFAULT_IMAGE, DEFAULT_ROLLOUT_TIMEOUT, RunArgs};
+use crate::cli::{BackendKind, RunArgs};
 use crate::exit::{Exit, INTERRUPTED, THRESHOLD};
 use crate::progress::{Progress, Total};
 
-/// Runs every test of the config locally.
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// A run's settings, resolved and checked before anything starts: the config (moved to
+/// `--namespace` on a cluster), where results go, and the backend's settings. Made by
+/// [`RunRequest::new`], a pure step, as ripgrep turns its flags into `HiArgs`.
+struct RunRequest {
+    config: Config,
+    settings: RunSettings,
+    /// `None`: the local backend.
+    k8s: Option<K8sSettings>,
+    context: Option<String>,
+    json: bool,
+}
+
+impl RunRequest {
+    /// `flags_given` are the Kubernetes-only flags given on the command line.
+    fn new(
+        args: RunArgs,
+        config: Config,
+        flags_given: &[String],
+        exe: std::path::PathBuf,
+        run_id: String,
+    ) -> Result<RunRequest, Exit> {
+        let on_cluster = args.backend == BackendKind::K8s;
+        // On a cluster `--namespace` moves the services, and the test URLs naming them.
+        let config = match &args.deploy.namespace {
+            Some(ns) if on_cluster => config.in_namespace(ns),
+            _ => config,
+        };
+        let choice = RunChoice {
+            on_cluster,
+            flags_given,
+            mesh: args.deploy.mesh,
+            prometheus_service: args.prometheus_service.clone(),
+        };
+        let prometheus = check_run(&config, &choice).map_err(|p| Exit::usage(p.join("\n")))?;
+        let store_address = args
+            .store
+            .clone()
+            .or_else(|| config.store.clone())
+            .unwrap_or_else(|| meshload_store::DEFAULT_STORE.to_string());
+        let store = ResultStore::open(&store_address).map_err(|e| Exit::usage(e.to_string()))?;
+        let settings = RunSettings {
+            exe,
+            store,
+            sleep_between_tests: args
+                .sleep_between_tests
+                .unwrap_or(config.sleep_between_tests),
+        };
+        let k8s = on_cluster.then(|| K8sSettings {
+            render: super::k8s::render_options(&args.deploy, config.namespace.clone(), run_id),
+            rollout_timeout: args.rollout_timeout,
+            prometheus,
+        });
+        Ok(RunRequest {
+            config,
+            settings,
+            k8s,
+            context: args.context,
+            json: args.json,
+        })
+    }
+}
+
+/// Runs every test of the config, on the local backend or a cluster.
+pub fn run(args: RunArgs, k8s_flags_given: Vec<String>) -> anyhow::Result<ExitCode> {
     let loaded = super::validate::load(&args.config)?;
-    // On a cluster `--namespace` moves the services, and the test URLs naming them.
-    let config = match &args.deploy.namespace {
-        Some(ns) if args.backend == BackendKind::K8s => loaded.config.in_namespace(ns),
-        _ => loaded.config,
-    };
-    let store_address = args
-        .store
-        .clone()
-        .or_else(|| config.store.clone())
-        .unwrap_or_else(|| "results".to_string());
-    let store = ResultStore::open(&store_address).map_err(|e| Exit::usage(e.to_string()))?;
     let exe = std::env::current_exe().context("cannot find the meshload executable")?;
-    let sleep_between_tests = args
-        .sleep_between_tests
-        .unwrap_or(config.sleep_between_tests);
-    let settings = RunSettings {
-        exe: exe.clone(),
-        store,
-        sleep_between_tests,
-    };
-    let k8s = match args.backend {
-        BackendKind::Local => {
-            let ignored = k8s_flags_given(&args);
-            if !ignored.is_empty() {
-                return Err(Exit::usage(format!(
-                    "{} only apply with --backend k8s",
-                    ignored.join(", ")
-                ))
-                .into());
-            }
-            None
-        }
-        BackendKind::K8s => Some(k8s_settings(&args, &config)?),
-    };
+    let run_id = meshload_store::run_id(std::time::SystemTime::now());
+    let request = RunRequest::new(args, loaded.config, &k8s_flags_given, exe, run_id)?;
     let runtime = super::runtime()?;
     let observer = Printer::default();
-    let mut cleanup_failed = None;
-    let outcome = runtime.block_on(async {
-        // Quitting at once leaves a cluster's objects behind: say how to delete them.
-        let quit_note = k8s.as_ref().map(|k| {
-            format!(
-                "meshload: quitting without deleting the run's objects: `meshload k8s cleanup --run {}` deletes them",
-                k.render.run_id
-            )
-        });
-        let stop = StopSignal::new(async {
-            super::shutdown_signal().await;
-            eprintln!("meshload: stopping: storing what was measured, stopping the nodes (again to quit at once)");
-            // A second Ctrl-C quits at once; local nodes notice and exit by themselves.
-            tokio::spawn(async move {
-                super::shutdown_signal().await;
-                if let Some(note) = quit_note {
-                    eprintln!("{note}");
-                }
-                std::process::exit(i32::from(INTERRUPTED));
-            });
-        });
-        let Some(k8s) = k8s else {
-            let mut backend = LocalBackend::new(exe);
-            return meshload_runner::run(&config, &mut backend, &settings, &observer, stop).await;
-        };
-        observer.phase("connecting to the cluster");
-        let cluster = Cluster::connect(args.context.as_deref())
-            .await
-            .map_err(|e| RunError::Backend(e.to_string()))?;
-        observer.phase(&format!(
-            "cluster {}, run {1} (objects labelled meshload.io/run={1})",
-            cluster.name, k8s.render.run_id
-        ));
-        let mut backend = K8sBackend::new(cluster, config.clone(), k8s);
-        backend.on_phase(|text| eprintln!("meshload: {text}"));
-        let outcome = meshload_runner::run(&config, &mut backend, &settings, &observer, stop).await;
-        if let Some(cleanup) = backend.cleanup() {
-            if !cleanup.deleted.is_empty() {
-                observer.phase(&format!("deleted {}", cleanup.deleted.join(", ")));
-            }
-            if let Some(e) = &cleanup.error {
-                cleanup_failed = Some(format!(
-                    "could not delete what the run created: {e}; run `meshload k8s cleanup --run {}`",
-                    backend.run_id()
-                ));
-            }
-        }
-        outcome
-    });
-    if let Some(message) = &cleanup_failed {
-        eprintln!("meshload: {message}");
-    }
+    let (outcome, cleanup_failed) = runtime.block_on(run_on_backend(&request, &observer));
     let report = match outcome {
         Ok(report) => report,
         Err(RunError::Interrupted) => {
@@ -114,10 +97,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(INTERRUPTED));
         }
         Err(e) => {
+            // The run's error is the one returned; the cleanup's is said once, before it.
+            if let Some(cleanup) = cleanup_failed {
+                eprintln!("meshload: {cleanup}");
+            }
             return Err(anyhow::Error::new(e).context("the run failed; every node was stopped"));
         }
     };
-    print_report(&report.tests, args.json)?;
+    print_report(&report.tests, request.json)?;
     if let Some(message) = cleanup_failed {
         anyhow::bail!(message);
     }
@@ -131,62 +118,79 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The Kubernetes flags given other values than their defaults.
-fn k8s_flags_given(args: &RunArgs) -> Vec<&'static str> {
-    let d = &args.deploy;
-    [
-        ("--context", args.context.is_some()),
-        ("--prometheus-service", args.prometheus_service.is_some()),
-        (
-            "--rollout-timeout",
-            humantime::parse_duration(DEFAULT_ROLLOUT_TIMEOUT).ok() != Some(args.rollout_timeout),
-        ),
-        ("--namespace", d.namespace.is_some()),
-        ("--mesh", d.mesh != Mesh::None),
-        ("--image", d.image != DEFAULT_IMAGE),
-        ("--loadgen", d.loadgen != meshload_k8s::LoadGen::Meshload),
-        ("--cpu-request", d.cpu_request.is_some()),
-        ("--memory-request", d.memory_request.is_some()),
-        ("--cpu-limit", d.cpu_limit.is_some()),
-        ("--memory-limit", d.memory_limit.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(flag, given)| given.then_some(flag))
-    .collect()
+/// The stop signal of a run: the first Ctrl-C (or SIGTERM) stops it in order; a second
+/// quits at once, printing `quit_note` (how to delete what a cluster run left).
+fn two_stage_stop(quit_note: Option<String>) -> StopSignal {
+    StopSignal::new(async {
+        super::shutdown_signal().await;
+        eprintln!(
+            "meshload: stopping: storing what was measured, stopping the nodes (again to quit at once)"
+        );
+        // Local nodes notice that meshload is gone and exit by themselves.
+        tokio::spawn(async move {
+            super::shutdown_signal().await;
+            if let Some(note) = quit_note {
+                eprintln!("{note}");
+            }
+            std::process::exit(i32::from(INTERRUPTED));
+        });
+    })
 }
 
-/// The Kubernetes settings of a run, checked before anything is started.
-fn k8s_settings(args: &RunArgs, config: &Config) -> Result<K8sSettings, Exit> {
-    if config.prometheus == PrometheusSetting::Spawn {
-        return Err(Exit::usage(
-            "prometheus: \"spawn\" starts a Prometheus on this machine for local nodes; with \
-             --backend k8s the cluster's Prometheus answers (--prometheus-service NS/SERVICE:PORT)",
-        ));
+/// Runs the request on its backend; the second value says why deleting what a cluster
+/// run created failed, when it did (printed once, by the caller).
+async fn run_on_backend(
+    request: &RunRequest,
+    observer: &Printer,
+) -> (Result<RunReport, RunError>, Option<String>) {
+    let RunRequest {
+        config, settings, ..
+    } = request;
+    let Some(k8s) = &request.k8s else {
+        let stop = two_stage_stop(None);
+        let mut backend = LocalBackend::new(settings.exe.clone());
+        return (
+            meshload_runner::run(config, &mut backend, settings, observer, stop).await,
+            None,
+        );
+    };
+    let run_id = &k8s.render.run_id;
+    let stop = two_stage_stop(Some(format!(
+        "meshload: quitting without deleting the run's objects: `meshload k8s cleanup --run {run_id}` deletes them"
+    )));
+    observer.phase("connecting to the cluster");
+    let cluster = match Cluster::connect(request.context.as_deref()).await {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            let source = e.into();
+            return (
+                Err(RunError::Backend {
+                    backend: "k8s",
+                    source,
+                }),
+                None,
+            );
+        }
+    };
+    observer.phase(&format!(
+        "cluster {}, run {run_id} (objects labelled meshload.io/run={run_id})",
+        cluster.name
+    ));
+    let mut backend = K8sBackend::new(cluster, config.clone(), k8s.clone());
+    backend.on_phase(|text| eprintln!("meshload: {text}"));
+    let outcome = meshload_runner::run(config, &mut backend, settings, observer, stop).await;
+    let mut cleanup_failed = None;
+    if let Some(cleanup) = backend.cleanup() {
+        if !cleanup.deleted.is_empty() {
+            observer.phase(&format!("deleted {}", cleanup.deleted.join(", ")));
+        }
+        if let Some(e) = &cleanup.error {
+            cleanup_failed = Some(format!(
+                "could not delete what the run created: {e}; run `meshload k8s cleanup --run {run_id}`"
+            ));
+        }
     }
-    let prometheus = args.prometheus_service.clone().or_else(|| {
-        (args.deploy.mesh == Mesh::AppMesh).then(|| ServiceRef {
-            namespace: "appmesh-system".into(),
-            name: "appmesh-prometheus".into(),
-            port: 9090,
-        })
-    });
-    if prometheus.is_none()
-        && config.prometheus == PrometheusSetting::Embedded
-        && !config.metrics.is_empty()
-    {
-        return Err(Exit::usage(format!(
-            "the config has {} metric queries, and on a cluster they need the cluster's \
-             Prometheus: give --prometheus-service NS/SERVICE:PORT (e.g. \
-             istio-system/prometheus:9090), or a Prometheus URL as \"prometheus\" in the config",
-            config.metrics.len()
-        )));
-    }
-    let run_id = meshload_store::run_id(std::time::SystemTime::now());
-    Ok(K8sSettings {
-        render: super::k8s::render_options(&args.deploy, config.namespace.clone(), run_id),
-        rollout_timeout: args.rollout_timeout,
-        prometheus,
-    })
+    (outcome, cleanup_failed)
 }
 
 /// Draws the run's progress on stderr.

@@ -1,8 +1,9 @@
-//! Metric collection during a run: every scrape interval, each replica's `/metrics` is
-//! scraped into the embedded store (with the target labels Prometheus would add), and
-//! each local replica's process is sampled from `/proc` as cAdvisor does
-//! (`container_memory_working_set_bytes`, `container_cpu_usage_seconds_total`).
-//! A target that stops answering gets `up 0` and staleness markers, as in Prometheus.
+//! Metric collection during a run (the embedded Prometheus and kubelet): every scrape
+//! interval, each of the deployment's scrape targets is scraped into the embedded store
+//! (with the target labels Prometheus would add), and each local container's process is
+//! sampled from `/proc` as cAdvisor does (`container_memory_working_set_bytes`,
+//! `container_cpu_usage_seconds_total`). A target that stops answering gets `up 0` and
+//! staleness markers, as in Prometheus.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -14,35 +15,31 @@ use meshload_promql::store::{SeriesId, stale_nan};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::{Deployment, Replica};
+use crate::backend::{Container, Deployment, ScrapeTarget};
 use crate::http::{HttpClient, client, get};
-
-/// The job label of scraped nodes.
-pub const JOB: &str = "meshload-node";
-/// The container label of the node's process, as a pod's app container.
-pub const CONTAINER: &str = "app";
 
 /// The store shared between the collector and the queries.
 pub type SharedStore = Arc<Mutex<Store>>;
 
-/// A running collector.
+/// A running scraper.
 #[derive(Debug)]
-pub struct Collector {
+pub struct Scraper {
     store: SharedStore,
     stop: watch::Sender<bool>,
     now: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
-impl Collector {
-    /// Starts scraping every replica of `deployment` every `interval`.
-    pub fn start(deployment: &Deployment, namespace: &str, interval: Duration) -> Collector {
+impl Scraper {
+    /// Starts scraping every target and sampling every container of `deployment` every
+    /// `interval`.
+    pub fn start(deployment: &Deployment, interval: Duration) -> Scraper {
         let store = SharedStore::default();
         let (stop, stopped) = watch::channel(false);
         let (now, requests) = tokio::sync::mpsc::channel(4);
-        let scraper = Scraper::new(deployment, namespace, store.clone(), interval);
-        let task = tokio::spawn(scraper.run(stopped, requests));
-        Collector {
+        let scrape_loop = ScrapeLoop::new(deployment, store.clone(), interval);
+        let task = tokio::spawn(scrape_loop.run(stopped, requests));
+        Scraper {
             store,
             stop,
             now,
@@ -73,49 +70,47 @@ impl Collector {
 
 /// One scrape target and what it reported last time.
 struct Target {
-    replica: Replica,
-    /// Labels every sample of this target gets.
-    labels: Vec<(String, String)>,
+    target: ScrapeTarget,
     /// Series written by the last successful scrape (to mark stale when they vanish).
     last_series: Vec<SeriesId>,
-    /// Series of the process samples.
-    process_series: Vec<SeriesId>,
 }
 
-struct Scraper {
+/// One sampled container and its series.
+struct Sampled {
+    container: Container,
+    /// Series of the last sample (to mark stale when the process is gone).
+    series: Vec<SeriesId>,
+}
+
+struct ScrapeLoop {
     targets: Vec<Target>,
+    containers: Vec<Sampled>,
     store: SharedStore,
     interval: Duration,
     client: HttpClient,
 }
 
-impl Scraper {
-    fn new(
-        deployment: &Deployment,
-        namespace: &str,
-        store: SharedStore,
-        interval: Duration,
-    ) -> Scraper {
+impl ScrapeLoop {
+    fn new(deployment: &Deployment, store: SharedStore, interval: Duration) -> ScrapeLoop {
         let targets = deployment
-            .replicas
+            .scrape_targets
             .iter()
-            .map(|r| Target {
-                labels: vec![
-                    ("job".into(), JOB.into()),
-                    ("instance".into(), r.addr.to_string()),
-                    ("namespace".into(), namespace.into()),
-                    ("pod".into(), r.pod.clone()),
-                    ("kubernetes_namespace".into(), namespace.into()),
-                    ("kubernetes_pod_name".into(), r.pod.clone()),
-                    ("node".into(), r.node.clone()),
-                ],
-                replica: r.clone(),
+            .map(|t| Target {
+                target: t.clone(),
                 last_series: Vec::new(),
-                process_series: Vec::new(),
             })
             .collect();
-        Scraper {
+        let containers = deployment
+            .containers
+            .iter()
+            .map(|c| Sampled {
+                container: c.clone(),
+                series: Vec::new(),
+            })
+            .collect();
+        ScrapeLoop {
             targets,
+            containers,
             store,
             interval,
             client: client(),
@@ -145,13 +140,10 @@ impl Scraper {
         let now = now_ms();
         let timeout = self.interval.min(Duration::from_secs(5));
         let client = &self.client;
-        let fetches = self.targets.iter().map(|t| {
-            get(
-                client,
-                format!("http://{}/metrics", t.replica.addr),
-                timeout,
-            )
-        });
+        let fetches = self
+            .targets
+            .iter()
+            .map(|t| get(client, t.target.url(), timeout));
         let answers = futures_util::future::join_all(fetches).await;
         let mut store = self.store.lock().expect("the store lock is never poisoned");
         for (target, answer) in self.targets.iter_mut().zip(answers) {
@@ -165,7 +157,9 @@ impl Scraper {
                 Err(e) => Err(e),
             };
             record_scrape(&mut store, target, scraped, now);
-            record_process(&mut store, target, now);
+        }
+        for container in &mut self.containers {
+            record_process(&mut store, container, now);
         }
     }
 }
@@ -186,7 +180,7 @@ fn record_scrape(
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect();
-            for (n, v) in &target.labels {
+            for (n, v) in &target.target.labels {
                 // As Prometheus without honor_labels: a clashing exported label is kept
                 // under `exported_<name>`.
                 if let Some(existing) = pairs.iter_mut().find(|(k, _)| k == n) {
@@ -199,14 +193,14 @@ fn record_scrape(
             written.push(id);
         }
     } else {
-        tracing::debug!(pod = %target.replica.pod, "scrape failed");
+        tracing::debug!(target = %target.target.url(), "scrape failed");
     }
     // Series that vanished since the last scrape (or all, when the target is down).
     for id in target.last_series.iter().filter(|id| !written.contains(id)) {
         store.append_to(*id, now, stale_nan());
     }
     target.last_series = written;
-    let mut up_labels = target.labels.clone();
+    let mut up_labels = target.target.labels.clone();
     up_labels.push((METRIC_NAME.into(), "up".into()));
     store.append(
         &Labels::from_pairs(up_labels),
@@ -215,25 +209,14 @@ fn record_scrape(
     );
 }
 
-/// Appends the cAdvisor-like samples of a local replica's process.
-fn record_process(store: &mut Store, target: &mut Target, now: i64) {
-    let Some(pid) = target.replica.pid else {
-        return;
-    };
-    let Some(sample) = meshload_node::process::sample(pid as i32) else {
-        for id in std::mem::take(&mut target.process_series) {
+/// Appends the cAdvisor-like samples of a local container's process.
+fn record_process(store: &mut Store, sampled: &mut Sampled, now: i64) {
+    let c = &sampled.container;
+    let Some(sample) = meshload_node::process::sample(c.pid as i32) else {
+        for id in std::mem::take(&mut sampled.series) {
             store.append_to(id, now, stale_nan());
         }
         return;
-    };
-    let series = |name: &str| {
-        let pairs = [
-            (METRIC_NAME, name),
-            ("namespace", target.labels[2].1.as_str()),
-            ("pod", target.replica.pod.as_str()),
-            ("container", CONTAINER),
-        ];
-        Labels::from_pairs(pairs)
     };
     let values = [
         (
@@ -245,11 +228,17 @@ fn record_process(store: &mut Store, target: &mut Target, now: i64) {
     ];
     let mut ids = Vec::with_capacity(values.len());
     for (name, value) in values {
-        let id = store.series_id(&series(name));
+        let labels = Labels::from_pairs([
+            (METRIC_NAME, name),
+            ("namespace", &c.namespace),
+            ("pod", &c.pod),
+            ("container", &c.container),
+        ]);
+        let id = store.series_id(&labels);
         store.append_to(id, now, value);
         ids.push(id);
     }
-    target.process_series = ids;
+    sampled.series = ids;
 }
 
 fn now_ms() -> i64 {

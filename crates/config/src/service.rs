@@ -1,0 +1,92 @@
+//! How the topology names its services, in the Kubernetes form the seed uses
+//! (`http://service-<node>.<namespace>.svc.cluster.local:9080/`), and how a node's
+//! behaviour is passed to `meshload node`. Every backend (local processes, a cluster)
+//! and the config's own URL checks build these names here, so they cannot drift apart.
+
+use crate::model::Behaviour;
+
+/// The port every node's service listens on (the seed's).
+pub const SERVICE_PORT: u16 = 9080;
+
+/// `service-<node>.<namespace>.svc.cluster.local`: the DNS name of a node's Service.
+pub fn service_host(node: &str, namespace: &str) -> String {
+    format!("service-{node}.{}", namespace_domain(namespace))
+}
+
+/// `service-<node>.<namespace>.svc.cluster.local:9080`: how nodes and tests address a
+/// node's service.
+pub fn service_authority(node: &str, namespace: &str) -> String {
+    format!("{}:{SERVICE_PORT}", service_host(node, namespace))
+}
+
+/// `http://service-<node>.<namespace>.svc.cluster.local:9080/`.
+pub fn service_url(node: &str, namespace: &str) -> String {
+    format!("http://{}/", service_authority(node, namespace))
+}
+
+/// `<namespace>.svc.cluster.local`: the domain the services of a namespace share.
+pub fn namespace_domain(namespace: &str) -> String {
+    format!("{namespace}.svc.cluster.local")
+}
+
+/// The `meshload node` flags (`--name=value`, one argument each) that give a node the
+/// behaviour the config asks for. The local backend and the Kubernetes manifests both
+/// start nodes with these.
+pub fn behaviour_flags(b: &Behaviour) -> Vec<String> {
+    let mut flags = Vec::new();
+    let mut flag = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            flags.push(format!("--{name}={v}"));
+        }
+    };
+    flag("latency", b.latency.clone());
+    flag("error-rate", b.error_rate.map(|v| v.to_string()));
+    flag("error-code", b.error_code.map(|v| v.to_string()));
+    flag("response-size", b.response_size.map(|v| v.to_string()));
+    flag("timeout", b.timeout.map(duration_flag));
+    flag("call-mode", b.call_mode.clone());
+    flags
+}
+
+/// A duration as one word the node's parser reads: whole milliseconds when it has no
+/// finer part (`1500ms`), microseconds otherwise.
+fn duration_flag(d: std::time::Duration) -> String {
+    if d.as_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn names_follow_the_seed() {
+        assert_eq!(
+            service_url("0", "tls-e2e"),
+            "http://service-0.tls-e2e.svc.cluster.local:9080/"
+        );
+        assert_eq!(service_host("a", "x"), "service-a.x.svc.cluster.local");
+    }
+
+    #[test]
+    fn behaviour_becomes_single_argument_flags() {
+        let b = Behaviour {
+            latency: Some("uniform:5ms..15ms".into()),
+            error_rate: Some(0.01),
+            timeout: Some(Duration::from_millis(1500)),
+            ..Behaviour::default()
+        };
+        assert_eq!(
+            behaviour_flags(&b),
+            [
+                "--latency=uniform:5ms..15ms",
+                "--error-rate=0.01",
+                "--timeout=1500ms"
+            ]
+        );
+    }
+}
