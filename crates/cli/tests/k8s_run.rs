@@ -754,7 +754,11 @@ fn k8s_settings_are_checked_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(
-        stderr.contains("--context, --mesh only apply with --backend k8s"),
+        stderr.contains("--context only applies with --backend k8s"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--mesh istio runs on Kubernetes"),
         "{stderr}"
     );
     let out = run(&["--prometheus-service", "prometheus"]);

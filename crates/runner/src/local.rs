@@ -3,6 +3,11 @@
 //! replicas are (`--resolve`), in their own process group (a Ctrl-C in the terminal
 //! reaches only meshload, which tears down in order), killed when dropped, and told to
 //! exit should meshload itself die (`MESHLOAD_PARENT_PID`).
+//!
+//! With a mesh ([`EnvoyMesh`]), every replica gets an Envoy sidecar: callers reach the
+//! replica through its sidecar's ingress, the replica's backend calls go out through its
+//! sidecar's egress (`--resolve` points every backend at it), and the load generator
+//! reaches the entry node through a sidecar of its own (see [`crate::mesh`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,8 +17,12 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use std::collections::BTreeMap;
+
 use crate::RunError;
-use crate::backend::{Backend, Container, Deployment, Replica, ReplicaExit, ScrapeTarget};
+use crate::backend::{Backend, Container, Deployment, Facts, Replica, ReplicaExit, ScrapeTarget};
+use crate::mesh::envoy::{Sidecar, TlsFiles, Upstream, virtual_node};
+use crate::mesh::{ENVOY_CONTAINER, ENVOY_JOB, EnvoyMesh, TlsMode, certs::RunCa, sidecar};
 use crate::plan::{Plan, PlannedNode};
 
 /// The `job` label of the nodes' own `/metrics`.
@@ -30,8 +39,29 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct LocalBackend {
     exe: PathBuf,
-    children: Vec<(Replica, Child)>,
+    mesh: Option<EnvoyMesh>,
+    /// Every child, named as its exit is reported (`<pod>`, `<pod>/envoy`).
+    children: Vec<(String, Child)>,
     exited: Vec<String>,
+    /// The run's sidecar configs and certificates, removed by `down`.
+    mesh_dir: Option<PathBuf>,
+}
+
+/// What a mesh run shares while it starts: where its files go, its CA, and the
+/// sidecars' ingress listeners of every node started so far.
+struct MeshRun {
+    mesh: EnvoyMesh,
+    name: String,
+    dir: PathBuf,
+    ca: Option<RunCa>,
+    ingress: BTreeMap<String, Vec<SocketAddr>>,
+}
+
+/// One started replica: its app, and its sidecar with the sidecar's ingress and admin.
+struct Started {
+    replica: Replica,
+    app: Child,
+    sidecar: Option<(Child, SocketAddr, SocketAddr)>,
 }
 
 impl LocalBackend {
@@ -40,9 +70,17 @@ impl LocalBackend {
     pub fn new(exe: PathBuf) -> LocalBackend {
         LocalBackend {
             exe,
+            mesh: None,
             children: Vec::new(),
             exited: Vec::new(),
+            mesh_dir: None,
         }
+    }
+
+    /// The same, with an Envoy sidecar beside every replica and the load generator.
+    pub fn with_mesh(mut self, mesh: EnvoyMesh) -> LocalBackend {
+        self.mesh = Some(mesh);
+        self
     }
 
     async fn start_replica(
@@ -51,8 +89,21 @@ impl LocalBackend {
         index: u32,
         plan: &Plan,
         deployment: &Deployment,
-    ) -> Result<(Replica, Child), RunError> {
+        mesh: Option<&MeshRun>,
+    ) -> Result<Started, RunError> {
         let pod = node.pod(index);
+        let fail = |reason: String| RunError::Start {
+            pod: pod.clone(),
+            reason,
+        };
+        let ports = match mesh {
+            Some(_) => {
+                let port = || sidecar::free_port().map_err(|e| fail(e.to_string()));
+                Some((port()?, port()?, port()?))
+            }
+            None => None,
+        };
+        let egress = ports.map(|(_, egress, _)| egress);
         let mut cmd = Command::new(&self.exe);
         cmd.args([
             "-q",
@@ -62,7 +113,7 @@ impl LocalBackend {
             "--name",
             &node.name,
         ]);
-        cmd.args(node_args(node, index, plan, deployment));
+        cmd.args(node_args(node, index, plan, deployment, egress));
         cmd.env(
             meshload_node::PARENT_PID_ENV,
             std::process::id().to_string(),
@@ -85,15 +136,30 @@ impl LocalBackend {
             .strip_prefix("listening on http://")
             .and_then(|a| a.parse().ok());
         match (read, addr) {
-            (Ok(Ok(_)), Some(addr)) => Ok((
-                Replica {
+            (Ok(Ok(_)), Some(addr)) => {
+                let replica = Replica {
                     node: node.name.clone(),
                     index,
-                    pod,
+                    pod: pod.clone(),
                     addr,
-                },
-                child,
-            )),
+                };
+                let sidecar = match (mesh, ports) {
+                    (Some(mesh), Some((ingress, egress, admin))) => {
+                        let config =
+                            node_sidecar(mesh, plan, node, &pod, (ingress, addr), egress, admin)
+                                .map_err(fail)?;
+                        let child = sidecar::start(&mesh.mesh, &config, &mesh.dir)
+                            .map_err(|e| fail(format!("envoy did not start: {e}")))?;
+                        Some((child, ingress, admin))
+                    }
+                    _ => None,
+                };
+                Ok(Started {
+                    replica,
+                    app: child,
+                    sidecar,
+                })
+            }
             _ => {
                 let _ = child.start_kill();
                 let status = child
@@ -110,8 +176,15 @@ impl LocalBackend {
     }
 }
 
-/// The `meshload node` flags of one replica.
-fn node_args(node: &PlannedNode, index: u32, plan: &Plan, deployment: &Deployment) -> Vec<String> {
+/// The `meshload node` flags of one replica; with a sidecar, every backend resolves to
+/// the sidecar's `egress` listener.
+fn node_args(
+    node: &PlannedNode,
+    index: u32,
+    plan: &Plan,
+    deployment: &Deployment,
+    egress: Option<SocketAddr>,
+) -> Vec<String> {
     let mut args = Vec::new();
     let backends: Vec<String> = node
         .spec
@@ -123,11 +196,14 @@ fn node_args(node: &PlannedNode, index: u32, plan: &Plan, deployment: &Deploymen
         args.push(format!("--backends={}", backends.join(",")));
     }
     for b in &node.spec.backends {
-        let addrs: Vec<String> = deployment
-            .endpoints(b)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let addrs: Vec<String> = match egress {
+            Some(egress) => vec![egress.to_string()],
+            None => deployment
+                .endpoints(b)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        };
         args.push(format!(
             "--resolve={}={}",
             plan.service_authority(b),
@@ -149,19 +225,43 @@ impl Backend for LocalBackend {
     }
 
     async fn up(&mut self, plan: &Plan) -> Result<Deployment, RunError> {
+        let mut mesh = match self.mesh.clone() {
+            Some(m) => Some(self.prepare_mesh(m, plan)?),
+            None => None,
+        };
         let mut deployment = Deployment::default();
+        let mut sidecars = Vec::new();
         for node in &plan.nodes {
             // The replicas of a node start together; its backends are all up already.
-            let starts =
-                (0..node.spec.replicas).map(|i| self.start_replica(node, i, plan, &deployment));
+            let starts = (0..node.spec.replicas)
+                .map(|i| self.start_replica(node, i, plan, &deployment, mesh.as_ref()));
             let started = futures_util::future::join_all(starts).await;
             let mut failure = None;
             for s in started {
                 match s {
-                    Ok((replica, child)) => {
-                        observe(&mut deployment, &replica, child.id(), &plan.namespace);
-                        deployment.replicas.push(replica.clone());
-                        self.children.push((replica, child));
+                    Ok(started) => {
+                        let r = started.replica;
+                        observe(&mut deployment, &r, started.app.id(), &plan.namespace);
+                        if let (Some((child, ingress, admin)), Some(mesh)) =
+                            (started.sidecar, &mut mesh)
+                        {
+                            observe_sidecar(
+                                &mut deployment,
+                                &r,
+                                child.id(),
+                                admin,
+                                &plan.namespace,
+                            );
+                            mesh.ingress
+                                .entry(r.node.clone())
+                                .or_default()
+                                .push(ingress);
+                            sidecars.push((r.pod.clone(), admin));
+                            self.children
+                                .push((format!("{}/{ENVOY_CONTAINER}", r.pod), child));
+                        }
+                        self.children.push((r.pod.clone(), started.app));
+                        deployment.replicas.push(r);
                     }
                     Err(e) => failure = failure.or(Some(e)),
                 }
@@ -170,24 +270,52 @@ impl Backend for LocalBackend {
                 return Err(e);
             }
         }
-        wait_healthy(&deployment).await?;
-        for node in &plan.nodes {
-            let endpoints = deployment.endpoints(&node.name);
-            deployment.entries.insert(node.name.clone(), endpoints);
+        match &mesh {
+            Some(mesh) => {
+                let egress =
+                    self.start_loadgen_sidecar(mesh, plan, &mut sidecars, &mut deployment)?;
+                for node in &plan.nodes {
+                    deployment.entries.insert(node.name.clone(), vec![egress]);
+                }
+            }
+            None => {
+                for node in &plan.nodes {
+                    let endpoints = deployment.endpoints(&node.name);
+                    deployment.entries.insert(node.name.clone(), endpoints);
+                }
+            }
         }
+        wait_healthy(&deployment).await?;
+        wait_sidecars(&sidecars).await?;
         Ok(deployment)
+    }
+
+    fn facts(&self) -> Facts {
+        // Without a mesh there is nothing to add: a plain local run reads as `local`.
+        let mut facts = Facts::new();
+        match &self.mesh {
+            None => {}
+            Some(m) => {
+                facts.insert("mesh".into(), "envoy".into());
+                facts.insert("envoy_version".into(), m.version.clone().into());
+                facts.insert("envoy_path".into(), m.envoy.display().to_string().into());
+                facts.insert("sidecar_concurrency".into(), m.concurrency.into());
+                facts.insert("tls".into(), m.tls.as_str().into());
+            }
+        }
+        facts
     }
 
     async fn exited(&mut self) -> Vec<ReplicaExit> {
         let mut out = Vec::new();
-        for (replica, child) in &mut self.children {
-            if self.exited.contains(&replica.pod) {
+        for (name, child) in &mut self.children {
+            if self.exited.contains(name) {
                 continue;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                self.exited.push(replica.pod.clone());
+                self.exited.push(name.clone());
                 out.push(ReplicaExit {
-                    pod: replica.pod.clone(),
+                    pod: name.clone(),
                     status: status.to_string(),
                 });
             }
@@ -203,26 +331,209 @@ impl Backend for LocalBackend {
             let _ = child.wait().await;
         }
         self.children.clear();
+        if let Some(dir) = self.mesh_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
-/// Adds what is collected of a started replica: its `/metrics` and its process.
-fn observe(deployment: &mut Deployment, replica: &Replica, pid: Option<u32>, namespace: &str) {
-    deployment.scrape_targets.push(ScrapeTarget::of_pod(
-        replica.addr,
-        "/metrics",
-        NODE_JOB,
-        namespace,
+/// How long sidecars may take to report ready.
+const SIDECAR_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl LocalBackend {
+    /// The run's mesh folder (sidecar configs, certificates) and CA.
+    fn prepare_mesh(&mut self, mesh: EnvoyMesh, plan: &Plan) -> Result<MeshRun, RunError> {
+        let fail = |reason: String| RunError::Start {
+            pod: "mesh".into(),
+            reason,
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "meshload-mesh-{}-{}",
+            std::process::id(),
+            plan.run_tag
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        self.mesh_dir = Some(dir.clone());
+        let ca = match mesh.tls {
+            TlsMode::Plain => None,
+            _ => Some(RunCa::new(&dir).map_err(|e| fail(crate::error_chain(&e)))?),
+        };
+        Ok(MeshRun {
+            mesh,
+            name: format!("meshload-{}", plan.run_tag),
+            dir,
+            ca,
+            ingress: BTreeMap::new(),
+        })
+    }
+
+    /// The load generator's own sidecar: one egress listener routing to every node's
+    /// service. Returns that listener, where loads go.
+    fn start_loadgen_sidecar(
+        &mut self,
+        mesh: &MeshRun,
+        plan: &Plan,
+        sidecars: &mut Vec<(String, SocketAddr)>,
+        deployment: &mut Deployment,
+    ) -> Result<SocketAddr, RunError> {
+        let pod = plan.loadgen_pod();
+        let fail = |reason: String| RunError::Start {
+            pod: pod.clone(),
+            reason,
+        };
+        let port = || sidecar::free_port().map_err(|e| fail(e.to_string()));
+        let (egress, admin) = (port()?, port()?);
+        let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
+        let config = Sidecar {
+            mesh: mesh.name.clone(),
+            pod: pod.clone(),
+            virtual_node: crate::plan::LOADGEN.to_string(),
+            admin,
+            ingress: None,
+            egress,
+            upstreams: upstreams(mesh, plan, &names),
+            tls: mesh.mesh.tls,
+            files: identity(
+                mesh,
+                &pod,
+                &format!(
+                    "{}.{}",
+                    crate::plan::LOADGEN,
+                    meshload_config::service::namespace_domain(&plan.namespace)
+                ),
+            )
+            .map_err(fail)?,
+        };
+        let child = sidecar::start(&mesh.mesh, &config, &mesh.dir)
+            .map_err(|e| fail(format!("envoy did not start: {e}")))?;
+        let replica = Replica {
+            node: crate::plan::LOADGEN.to_string(),
+            index: 0,
+            pod: pod.clone(),
+            addr: egress,
+        };
+        observe_sidecar(deployment, &replica, child.id(), admin, &plan.namespace);
+        sidecars.push((pod.clone(), admin));
+        self.children
+            .push((format!("{pod}/{ENVOY_CONTAINER}"), child));
+        Ok(egress)
+    }
+}
+
+/// The egress upstreams towards `nodes`: each node's service, over its sidecars.
+fn upstreams(mesh: &MeshRun, plan: &Plan, nodes: &[String]) -> Vec<Upstream> {
+    nodes
+        .iter()
+        .map(|b| Upstream {
+            node: b.clone(),
+            host: meshload_config::service::service_host(b, &plan.namespace),
+            endpoints: mesh.ingress.get(b).cloned().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// A sidecar's certificate (naming `dns_name`), when the mesh uses TLS.
+fn identity(mesh: &MeshRun, stem: &str, dns_name: &str) -> Result<Option<TlsFiles>, String> {
+    match &mesh.ca {
+        None => Ok(None),
+        Some(ca) => ca
+            .issue(stem, dns_name)
+            .map(Some)
+            .map_err(|e| crate::error_chain(&e)),
+    }
+}
+
+/// The bootstrap of a node replica's sidecar: ingress in front of `app`, egress to the
+/// node's backends.
+fn node_sidecar(
+    mesh: &MeshRun,
+    plan: &Plan,
+    node: &PlannedNode,
+    pod: &str,
+    (ingress, app): (SocketAddr, SocketAddr),
+    egress: SocketAddr,
+    admin: SocketAddr,
+) -> Result<Sidecar, String> {
+    let host = meshload_config::service::service_host(&node.name, &plan.namespace);
+    Ok(Sidecar {
+        mesh: mesh.name.clone(),
+        pod: pod.to_string(),
+        virtual_node: virtual_node(&node.name),
+        admin,
+        ingress: Some((ingress, app)),
+        egress,
+        upstreams: upstreams(mesh, plan, &node.spec.backends),
+        tls: mesh.mesh.tls,
+        files: identity(mesh, pod, &host)?,
+    })
+}
+
+/// Adds what is collected of a sidecar: its admin's `/stats/prometheus` (job
+/// `appmesh-envoy`) and its process as the pod's `envoy` container.
+fn observe_sidecar(
+    deployment: &mut Deployment,
+    replica: &Replica,
+    pid: Option<u32>,
+    admin: SocketAddr,
+    namespace: &str,
+) {
+    let target = (admin, "/stats/prometheus", ENVOY_JOB);
+    observe_container(
+        deployment,
         replica,
-    ));
+        target,
+        (pid, ENVOY_CONTAINER),
+        namespace,
+    );
+}
+
+/// Adds one container of a pod: its scrape target (address, path, job) and its process.
+fn observe_container(
+    deployment: &mut Deployment,
+    replica: &Replica,
+    (addr, path, job): (SocketAddr, &str, &str),
+    (pid, container): (Option<u32>, &str),
+    namespace: &str,
+) {
+    let target = ScrapeTarget::of_pod(addr, path, job, namespace, replica);
+    deployment.scrape_targets.push(target);
     if let Some(pid) = pid {
         deployment.containers.push(Container {
             pid,
             namespace: namespace.to_string(),
             pod: replica.pod.clone(),
-            container: APP_CONTAINER.to_string(),
+            container: container.to_string(),
         });
     }
+}
+
+/// Waits until every sidecar is ready, naming those that are not.
+async fn wait_sidecars(sidecars: &[(String, SocketAddr)]) -> Result<(), RunError> {
+    let checks = sidecars
+        .iter()
+        .map(|(_, admin)| sidecar::wait_ready(*admin, SIDECAR_TIMEOUT));
+    let ready = futures_util::future::join_all(checks).await;
+    let pending: Vec<String> = sidecars
+        .iter()
+        .zip(ready)
+        .filter(|(_, ok)| !ok)
+        .map(|((pod, _), _)| format!("{pod}/{ENVOY_CONTAINER}"))
+        .collect();
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::NotReady {
+            waited: SIDECAR_TIMEOUT,
+            pods: pending.join(", "),
+        })
+    }
+}
+
+/// Adds what is collected of a started replica: its `/metrics` and its process.
+fn observe(deployment: &mut Deployment, replica: &Replica, pid: Option<u32>, namespace: &str) {
+    let target = (replica.addr, "/metrics", NODE_JOB);
+    observe_container(deployment, replica, target, (pid, APP_CONTAINER), namespace);
 }
 
 /// Waits until every replica answers `/health` (at most [`HEALTH_TIMEOUT`]), naming those

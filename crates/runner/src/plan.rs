@@ -21,9 +21,14 @@ impl PlannedNode {
     }
 }
 
+/// The load generator's name (its pod's, and its sidecar's virtual node).
+pub const LOADGEN: &str = "meshload-loadgen";
+
 /// Everything to bring up, leaves first.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// What makes this run's names unique (its start time).
+    pub run_tag: String,
     /// The namespace the services live in.
     pub namespace: String,
     /// The nodes, each after all of its backends.
@@ -48,9 +53,18 @@ impl Plan {
             })
             .collect();
         Plan {
+            run_tag: run_tag.to_string(),
             namespace: config.namespace.clone(),
             nodes,
         }
+    }
+
+    /// The load generator's pod name (`meshload-loadgen-<id>-0`).
+    pub fn loadgen_pod(&self) -> String {
+        format!(
+            "{LOADGEN}-{}-0",
+            short_hash(&format!("{}/{LOADGEN}", self.run_tag))
+        )
     }
 
     /// `service-<node>.<namespace>.svc.cluster.local:9080`: how nodes and tests name a

@@ -12,6 +12,7 @@ pub fn render(args: &K8sRenderArgs) -> anyhow::Result<ExitCode> {
     let config = super::validate::load(&args.config)?.config;
     let opts = render_options(
         &args.deploy,
+        cluster_mesh(args.deploy.mesh)?,
         args.deploy
             .namespace
             .clone()
@@ -28,9 +29,14 @@ pub fn render(args: &K8sRenderArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The render options of the deploy flags.
-pub fn render_options(deploy: &K8sDeployArgs, namespace: String, run_id: String) -> RenderOptions {
+pub fn render_options(
+    deploy: &K8sDeployArgs,
+    mesh: meshload_k8s::Mesh,
+    namespace: String,
+    run_id: String,
+) -> RenderOptions {
     RenderOptions {
-        mesh: deploy.mesh,
+        mesh,
         namespace,
         image: deploy.image.clone(),
         loadgen: deploy.loadgen,
@@ -42,6 +48,16 @@ pub fn render_options(deploy: &K8sDeployArgs, namespace: String, run_id: String)
             memory_limit: deploy.memory_limit.clone(),
         },
     }
+}
+
+/// The Kubernetes mesh `--mesh` names; `envoy` is the local backend's.
+pub fn cluster_mesh(mesh: crate::cli::MeshName) -> Result<meshload_k8s::Mesh, crate::exit::Exit> {
+    mesh.on_cluster().ok_or_else(|| {
+        crate::exit::Exit::usage(
+            "--mesh envoy is the local backend's mesh; on Kubernetes use appmesh (App Mesh's \
+             Envoy), istio or linkerd",
+        )
+    })
 }
 
 /// Deletes what meshload created on the cluster.

@@ -15,7 +15,9 @@ use meshload_runner::{
 };
 use meshload_store::ResultStore;
 
-use crate::cli::{BackendKind, RunArgs};
+use meshload_runner::mesh::{EnvoyMesh, TlsMode};
+
+use crate::cli::{BackendKind, MeshName, RunArgs};
 use crate::exit::{Exit, INTERRUPTED, THRESHOLD};
 use crate::progress::{Progress, Total};
 
@@ -27,6 +29,8 @@ struct RunRequest {
     settings: RunSettings,
     /// `None`: the local backend.
     k8s: Option<K8sSettings>,
+    /// The local backend's Envoy sidecars (`--mesh envoy`).
+    envoy: Option<EnvoyMesh>,
     context: Option<String>,
     json: bool,
 }
@@ -46,13 +50,35 @@ impl RunRequest {
             Some(ns) if on_cluster => config.in_namespace(ns),
             _ => config,
         };
+        let mut problems = Vec::new();
+        let local_mesh = matches!(args.deploy.mesh, MeshName::None | MeshName::Envoy);
+        if !on_cluster && !local_mesh {
+            problems.push(format!(
+                "--mesh {} runs on Kubernetes (--backend k8s); locally the meshes are none and envoy",
+                format!("{:?}", args.deploy.mesh).to_lowercase()
+            ));
+        }
+        let mesh = if on_cluster {
+            super::k8s::cluster_mesh(args.deploy.mesh)?
+        } else {
+            meshload_k8s::Mesh::None
+        };
         let choice = RunChoice {
             on_cluster,
             flags_given,
-            mesh: args.deploy.mesh,
+            mesh,
             prometheus_service: args.prometheus_service.clone(),
         };
-        let prometheus = check_run(&config, &choice).map_err(|p| Exit::usage(p.join("\n")))?;
+        let prometheus = match check_run(&config, &choice) {
+            Ok(prometheus) => prometheus,
+            Err(more) => {
+                problems.extend(more);
+                None
+            }
+        };
+        if !problems.is_empty() {
+            return Err(Exit::usage(problems.join("\n")));
+        }
         let store_address = args
             .store
             .clone()
@@ -66,8 +92,24 @@ impl RunRequest {
                 .sleep_between_tests
                 .unwrap_or(config.sleep_between_tests),
         };
+        let envoy = match args.deploy.mesh {
+            MeshName::Envoy => Some(
+                EnvoyMesh::find(
+                    args.envoy.as_deref(),
+                    args.sidecar_concurrency,
+                    TlsMode::of(config.tls, config.mtls),
+                )
+                .map_err(Exit::usage)?,
+            ),
+            _ => None,
+        };
         let k8s = on_cluster.then(|| K8sSettings {
-            render: super::k8s::render_options(&args.deploy, config.namespace.clone(), run_id),
+            render: super::k8s::render_options(
+                &args.deploy,
+                mesh,
+                config.namespace.clone(),
+                run_id,
+            ),
             rollout_timeout: args.rollout_timeout,
             prometheus,
         });
@@ -75,6 +117,7 @@ impl RunRequest {
             config,
             settings,
             k8s,
+            envoy,
             context: args.context,
             json: args.json,
         })
@@ -149,6 +192,16 @@ async fn run_on_backend(
     let Some(k8s) = &request.k8s else {
         let stop = two_stage_stop(None);
         let mut backend = LocalBackend::new(settings.exe.clone());
+        if let Some(envoy) = &request.envoy {
+            observer.phase(&format!(
+                "mesh envoy {} ({}, {} workers per sidecar, {} between sidecars)",
+                envoy.version,
+                envoy.envoy.display(),
+                envoy.concurrency,
+                envoy.tls.as_str()
+            ));
+            backend = backend.with_mesh(envoy.clone());
+        }
         return (
             meshload_runner::run(config, &mut backend, settings, observer, stop).await,
             None,

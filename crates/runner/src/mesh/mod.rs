@@ -1,0 +1,69 @@
+//! Meshes on the local backend: a real Envoy sidecar beside every replica and the load
+//! generator, with TLS between sidecars from a CA made for the run.
+//!
+//! # Layout
+//! - [`envoy`]: finding Envoy, and each sidecar's bootstrap (App Mesh's names).
+//! - [`certs`]: the run's CA and per-service certificates.
+//! - [`sidecar`]: starting one sidecar process and waiting until it is ready.
+
+pub mod certs;
+pub mod envoy;
+pub mod sidecar;
+
+use std::path::PathBuf;
+
+pub use envoy::TlsMode;
+
+/// The `job` label of the sidecars' `/stats/prometheus`, as the seed's Prometheus had it.
+pub const ENVOY_JOB: &str = "appmesh-envoy";
+/// The container name of a sidecar, as App Mesh's injector names it.
+pub const ENVOY_CONTAINER: &str = "envoy";
+
+/// How the local backend's mesh of Envoy sidecars is set up.
+#[derive(Debug, Clone)]
+pub struct EnvoyMesh {
+    /// The Envoy binary.
+    pub envoy: PathBuf,
+    /// Its version (`envoy --version`), recorded with each run.
+    pub version: String,
+    /// Worker threads per sidecar (`--concurrency`; Istio's sidecar default is 2).
+    pub concurrency: u32,
+    /// TLS between sidecars.
+    pub tls: TlsMode,
+}
+
+impl EnvoyMesh {
+    /// Finds Envoy (`explicit`, else `MESHLOAD_ENVOY`, else PATH) and reads its version;
+    /// the error says how to install it.
+    pub fn find(
+        explicit: Option<&std::path::Path>,
+        concurrency: u32,
+        tls: TlsMode,
+    ) -> Result<EnvoyMesh, String> {
+        let envoy = envoy::find(explicit).ok_or_else(|| envoy::INSTALL_HINT.to_string())?;
+        let output = std::process::Command::new(&envoy)
+            .arg("--version")
+            .output()
+            .map_err(|e| {
+                format!(
+                    "cannot run {} --version: {e}; {}",
+                    envoy.display(),
+                    envoy::INSTALL_HINT
+                )
+            })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = envoy::parse_version(&text).ok_or_else(|| {
+            format!(
+                "{} --version printed no Envoy version: {:?}",
+                envoy.display(),
+                text.trim()
+            )
+        })?;
+        Ok(EnvoyMesh {
+            envoy,
+            version,
+            concurrency: concurrency.max(1),
+            tls,
+        })
+    }
+}
