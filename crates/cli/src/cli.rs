@@ -882,11 +882,19 @@ pub struct K8sDeployArgs {
     /// test URLs (service-<node>.<ns>.svc.cluster.local) at it.
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
-    /// The service mesh. Locally: none, or envoy (a real Envoy sidecar beside every
-    /// replica and the load generator, TLS between them as IsTLSEnabled/IsmTLSEnabled
-    /// say). On Kubernetes: none, istio, linkerd or appmesh.
-    #[arg(long, value_enum, default_value = "none", help_heading = "Mesh")]
-    pub mesh: MeshName,
+    /// The service mesh (default: the config's "mesh", else none). Locally: none, or envoy
+    /// (a real Envoy sidecar beside every replica and the load generator, TLS between them
+    /// as IsTLSEnabled/IsmTLSEnabled say); `run` takes a list, `none,envoy`, and runs
+    /// every test under each in turn, then shows what the mesh costs. On Kubernetes: one
+    /// of none, istio, linkerd or appmesh.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "MESH[,MESH]",
+        help_heading = "Mesh"
+    )]
+    pub mesh: Vec<MeshName>,
     /// The meshload image for the nodes and the load generator.
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_IMAGE)]
     pub image: String,

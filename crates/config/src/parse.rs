@@ -9,7 +9,7 @@ use crate::model::{Behaviour, Config, LoadTest, NodeSpec, PrometheusSetting, Slo
 use crate::reader::{Reader, index, join, short};
 use crate::topology;
 
-const TOP_LEVEL: [&str; 16] = [
+const TOP_LEVEL: [&str; 17] = [
     "IsTLSEnabled",
     "IsmTLSEnabled",
     "ReplicasPerVirtualNode",
@@ -26,7 +26,11 @@ const TOP_LEVEL: [&str; 16] = [
     "store",
     "prometheus",
     "namespace",
+    "mesh",
 ];
+
+/// The meshes a config may name: the local backend's (`none`, `envoy`) and a cluster's.
+pub const MESHES: [&str; 5] = ["none", "envoy", "istio", "linkerd", "appmesh"];
 
 const NODE_KEYS: [&str; 7] = [
     "latency",
@@ -142,7 +146,9 @@ pub fn config(raw: &Value, r: &mut Reader) -> Option<Config> {
             None => PrometheusSetting::Embedded,
         },
     };
+    let meshes = field("mesh").map(|v| meshes(v, r)).unwrap_or_default();
     Some(Config {
+        meshes,
         tls,
         mtls,
         connectivity_checks,
@@ -583,6 +589,41 @@ pub fn node_of_url(
                 crate::service::service_url("<node>", "<namespace>")
             )
         })
+}
+
+/// `"mesh": "envoy"`, `"mesh": "none,envoy"` or `"mesh": ["none", "envoy"]`.
+fn meshes(v: &Value, r: &mut Reader) -> Vec<String> {
+    let names: Vec<(String, String)> = match v {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let path = format!("mesh[{i}]");
+                r.string(&path, item).map(|s| (path, s.to_string()))
+            })
+            .collect(),
+        _ => match r.string("mesh", v) {
+            Some(s) => s
+                .split(',')
+                .map(|m| ("mesh".to_string(), m.trim().to_string()))
+                .collect(),
+            None => Vec::new(),
+        },
+    };
+    let mut out = Vec::new();
+    for (path, name) in names {
+        if MESHES.contains(&name.as_str()) {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        } else {
+            r.error(
+                &path,
+                format!("{name:?} is not a mesh: use {}", MESHES.join(", ")),
+            );
+        }
+    }
+    out
 }
 
 fn metrics(v: &Value, r: &mut Reader) -> Vec<(String, String)> {

@@ -177,3 +177,30 @@ fn a_namespace_override_carries_the_test_urls_along() {
         "http://service-0:9080/x.a.svc.cluster.local"
     );
 }
+
+#[test]
+fn meshes_are_read_as_a_word_a_list_or_an_array() {
+    let read = |mesh: &str| {
+        crate::from_str(
+            &format!(r#"{{"backends_map": {{"0": []}}, "mesh": {mesh}}}"#),
+            false,
+            "t",
+        )
+    };
+    assert_eq!(read(r#""envoy""#).expect("valid").config.meshes, ["envoy"]);
+    assert_eq!(
+        read(r#""none, envoy""#).expect("valid").config.meshes,
+        ["none", "envoy"]
+    );
+    assert_eq!(
+        read(r#"["none", "envoy", "none"]"#)
+            .expect("valid")
+            .config
+            .meshes,
+        ["none", "envoy"]
+    );
+    let err = read(r#"["none", "cilium"]"#)
+        .expect_err("cilium is not a mesh")
+        .to_string();
+    assert!(err.contains("mesh[1]") && err.contains("cilium"), "{err}");
+}

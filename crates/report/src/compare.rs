@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::runs::Run;
+use crate::runs::{NodeResources, Run};
 
 /// One compared figure.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -18,9 +18,26 @@ pub struct Figure {
     pub a: Option<f64>,
     /// In run B.
     pub b: Option<f64>,
+    /// `b - a`: what B adds (the mesh's cost when A ran without one).
+    pub difference: Option<f64>,
 }
 
 impl Figure {
+    /// A figure of A and B.
+    pub fn new(key: &str, label: &str, a: Option<f64>, b: Option<f64>) -> Figure {
+        let difference = match (a, b) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        Figure {
+            key: key.into(),
+            label: label.into(),
+            a,
+            b,
+            difference,
+        }
+    }
+
     /// `(b - a) / a` in percent, when both exist and `a` is not zero.
     pub fn change_percent(&self) -> Option<f64> {
         match (self.a, self.b) {
@@ -34,12 +51,7 @@ impl Figure {
 pub fn figures(a: &Run, b: &Run) -> Vec<Figure> {
     let mut out = Vec::new();
     let mut push = |key: &str, label: &str, f: &dyn Fn(&Run) -> Option<f64>| {
-        out.push(Figure {
-            key: key.into(),
-            label: label.into(),
-            a: f(a),
-            b: f(b),
-        });
+        out.push(Figure::new(key, label, f(a), f(b)));
     };
     push("requested", "requested req/s", &|r| r.requested_qps());
     push("rate", "achieved req/s", &|r| Some(r.fortio.actual_qps));
@@ -54,25 +66,59 @@ pub fn figures(a: &Run, b: &Run) -> Vec<Figure> {
         let key = format!("service_p{p}");
         push(&key, &format!("service time p{p} ms"), &|r| r.service_ms(p));
     }
-    let (ra, rb) = (a.node_resources(), b.node_resources());
-    let nodes: std::collections::BTreeSet<&String> = ra.keys().chain(rb.keys()).collect();
-    for node in &nodes {
-        out.push(Figure {
-            key: format!("memory:{node}"),
-            label: format!("node {node} max memory MiB"),
-            a: ra.get(*node).map(|r| r.max_memory_mib),
-            b: rb.get(*node).map(|r| r.max_memory_mib),
-        });
-    }
-    for node in &nodes {
-        out.push(Figure {
-            key: format!("cpu:{node}"),
-            label: format!("node {node} CPU cores"),
-            a: ra.get(*node).map(|r| r.cpu_cores),
-            b: rb.get(*node).map(|r| r.cpu_cores),
-        });
-    }
+    resource_figures(&mut out, "", "node {} ", (a, b), Run::node_resources);
+    resource_figures(
+        &mut out,
+        "envoy_",
+        "node {}'s Envoy ",
+        (a, b),
+        Run::sidecar_resources,
+    );
     out
+}
+
+/// One figure of a node's resources.
+type ResourceOf = fn(&NodeResources) -> f64;
+
+/// Memory and CPU per node of one kind of container, absolute and per 1,000 achieved
+/// req/s (what Istio's performance docs quote for a sidecar).
+fn resource_figures(
+    out: &mut Vec<Figure>,
+    prefix: &str,
+    label: &str,
+    (a, b): (&Run, &Run),
+    of: fn(&Run) -> std::collections::BTreeMap<String, NodeResources>,
+) {
+    let (ra, rb) = (of(a), of(b));
+    let nodes: std::collections::BTreeSet<&String> = ra.keys().chain(rb.keys()).collect();
+    let per_krps = |run: &Run, v: f64| {
+        let krps = run.fortio.actual_qps / 1000.0;
+        (krps > 0.0).then(|| v / krps)
+    };
+    let kinds: [(&str, &str, ResourceOf); 2] = [
+        ("memory", "max memory MiB", |r| r.max_memory_mib),
+        ("cpu", "CPU cores", |r| r.cpu_cores),
+    ];
+    for (key, what, value) in kinds {
+        for node in &nodes {
+            let name = label.replace("{}", node);
+            let (va, vb) = (ra.get(*node).map(value), rb.get(*node).map(value));
+            out.push(Figure::new(
+                &format!("{prefix}{key}:{node}"),
+                &format!("{name}{what}"),
+                va,
+                vb,
+            ));
+            if !prefix.is_empty() {
+                out.push(Figure::new(
+                    &format!("{prefix}{key}_per_krps:{node}"),
+                    &format!("{name}{what} per 1,000 req/s"),
+                    va.and_then(|v| per_krps(a, v)),
+                    vb.and_then(|v| per_krps(b, v)),
+                ));
+            }
+        }
+    }
 }
 
 /// A limit on how much worse run B may be than run A.
@@ -188,12 +234,7 @@ mod tests {
     use super::*;
 
     fn fig(key: &str, a: f64, b: f64) -> Figure {
-        Figure {
-            key: key.into(),
-            label: key.into(),
-            a: Some(a),
-            b: Some(b),
-        }
+        Figure::new(key, key, Some(a), Some(b))
     }
 
     #[test]

@@ -24,9 +24,13 @@ pub struct Written {
 /// The charts of a set of runs, given each run's per-node resources. Long on purpose:
 /// a list of chart definitions, one after another.
 pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Vec<Chart> {
-    let nodes: std::collections::BTreeSet<&String> =
-        resources.iter().flat_map(|r| r.keys()).collect();
-    let per_node = |f: &dyn Fn(&NodeResources) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+    let sidecars: Vec<BTreeMap<String, NodeResources>> =
+        runs.iter().map(Run::sidecar_resources).collect();
+    let per_node = |resources: &[BTreeMap<String, NodeResources>],
+                    f: &dyn Fn(&NodeResources) -> f64|
+     -> Vec<(String, Vec<(f64, f64)>)> {
+        let nodes: std::collections::BTreeSet<&String> =
+            resources.iter().flat_map(|r| r.keys()).collect();
         nodes
             .iter()
             .map(|n| {
@@ -45,7 +49,22 @@ pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Ve
             title: "Maximum memory of each node against achieved rate".into(),
             x_label: "achieved rate (req/s)".into(),
             y_label: "max working set (MiB)".into(),
-            series: per_node(&|r| r.max_memory_mib),
+            series: per_node(resources, &|r| r.max_memory_mib),
+        },
+        // The seed's own chart: the largest memory of each node's Envoy against the rate.
+        Chart {
+            id: "envoy_memory_vs_rate".into(),
+            title: "Maximum memory of each node's Envoy sidecar against achieved rate".into(),
+            x_label: "achieved rate (req/s)".into(),
+            y_label: "max Envoy working set (MiB)".into(),
+            series: per_node(&sidecars, &|r| r.max_memory_mib),
+        },
+        Chart {
+            id: "envoy_cpu_vs_rate".into(),
+            title: "CPU of each node's Envoy sidecars against achieved rate".into(),
+            x_label: "achieved rate (req/s)".into(),
+            y_label: "Envoy CPU (cores)".into(),
+            series: per_node(&sidecars, &|r| r.cpu_cores),
         },
         Chart {
             id: "latency_vs_rate".into(),
@@ -94,7 +113,7 @@ pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Ve
             title: "CPU of each node against achieved rate".into(),
             x_label: "achieved rate (req/s)".into(),
             y_label: "CPU (cores)".into(),
-            series: per_node(&|r| r.cpu_cores),
+            series: per_node(resources, &|r| r.cpu_cores),
         },
     ];
     for run in runs {

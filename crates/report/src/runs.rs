@@ -134,9 +134,27 @@ impl Run {
             .map(|v| v * 1e3)
     }
 
-    /// Memory and CPU per node over the test, from the run's samples (empty when the run
-    /// stored none).
+    /// The mesh the run ran in (`none` when its backend named none).
+    pub fn mesh(&self) -> String {
+        self.metadata["backend_facts"]["mesh"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    }
+
+    /// Memory and CPU of each node's app containers over the test, from the run's
+    /// samples (empty when the run stored none).
     pub fn node_resources(&self) -> BTreeMap<String, NodeResources> {
+        self.resources_of("app")
+    }
+
+    /// Memory and CPU of each node's Envoy sidecars (`container="envoy"`), the same way;
+    /// empty for runs without a mesh. The load generator's own sidecar is not a node's.
+    pub fn sidecar_resources(&self) -> BTreeMap<String, NodeResources> {
+        self.resources_of("envoy")
+    }
+
+    fn resources_of(&self, container: &str) -> BTreeMap<String, NodeResources> {
         let mut out = BTreeMap::new();
         let Some((start, end)) = self.window_ms() else {
             return out;
@@ -154,14 +172,14 @@ impl Run {
         let memory = format!(
             "max by (node) ({}) / (1024*1024)",
             by_node(format!(
-                r#"max_over_time(container_memory_working_set_bytes{{container="app"}}[{window}])"#
+                r#"max_over_time(container_memory_working_set_bytes{{container="{container}"}}[{window}])"#
             ))
         );
         let seconds = ((end - start).max(1000) + 1000) as f64 / 1000.0;
         let cpu = format!(
             "sum by (node) ({}) / {seconds}",
             by_node(format!(
-                r#"increase(container_cpu_usage_seconds_total{{container="app"}}[{window}])"#
+                r#"increase(container_cpu_usage_seconds_total{{container="{container}"}}[{window}])"#
             ))
         );
         for (query, set) in [(memory, 0), (cpu, 1)] {
@@ -172,8 +190,11 @@ impl Run {
                 continue;
             };
             for s in samples {
-                let entry: &mut NodeResources =
-                    out.entry(s.labels.value("node").to_string()).or_default();
+                let node = s.labels.value("node");
+                if node.is_empty() {
+                    continue;
+                }
+                let entry: &mut NodeResources = out.entry(node.to_string()).or_default();
                 if set == 0 {
                     entry.max_memory_mib = s.value;
                 } else {

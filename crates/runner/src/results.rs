@@ -42,6 +42,8 @@ pub struct TestSummary {
     pub run_dir: String,
     /// How the test ended.
     pub status: RunStatus,
+    /// The mesh it ran in (`none`, `envoy`, `appmesh`, ...), as the backend says.
+    pub mesh: String,
     /// Requested rate (`max` for as fast as possible).
     pub requested_qps: String,
     /// Achieved rate.
@@ -87,6 +89,7 @@ impl TestSummary {
             } else {
                 RunStatus::Complete
             },
+            mesh: "none".to_string(),
             requested_qps: fortio.requested_qps.clone(),
             actual_qps: fortio.actual_qps,
             requests,

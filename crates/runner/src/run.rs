@@ -413,6 +413,9 @@ async fn run_test<B: Backend>(
     let metrics = measure(ctx, &fortio, window).await;
     let exits = backend.exited().await;
     let mut summary = TestSummary::new(test, &fortio, fortio.interrupted);
+    if let Some(mesh) = backend.facts().get("mesh").and_then(|m| m.as_str()) {
+        summary.mesh = mesh.to_string();
+    }
     summary.slo_failures = slo_failures(&test.slo, &summary, test.qps);
     summary.metrics = metrics.iter().map(|m| (m.name.clone(), m.note())).collect();
     summary.node_exits = exits

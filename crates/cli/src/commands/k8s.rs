@@ -6,13 +6,19 @@ use std::process::ExitCode;
 use meshload_k8s::{RenderOptions, Resources};
 
 use crate::cli::{K8sCleanupArgs, K8sDeployArgs, K8sRenderArgs};
+use crate::exit::Exit;
 
 /// Prints the manifests of a config.
 pub fn render(args: &K8sRenderArgs) -> anyhow::Result<ExitCode> {
     let config = super::validate::load(&args.config)?.config;
+    let mesh = match args.deploy.mesh.as_slice() {
+        [] => meshload_k8s::Mesh::None,
+        [one] => cluster_mesh(*one)?,
+        _ => return Err(Exit::usage("k8s render takes one --mesh").into()),
+    };
     let opts = render_options(
         &args.deploy,
-        cluster_mesh(args.deploy.mesh)?,
+        mesh,
         args.deploy
             .namespace
             .clone()

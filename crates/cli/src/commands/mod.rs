@@ -2,6 +2,7 @@
 
 mod k8s;
 mod load;
+mod mesh_cost;
 mod node;
 mod promql;
 mod query;

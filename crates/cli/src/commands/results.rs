@@ -194,11 +194,16 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if args.json {
         let doc = json!({"a": a.name(), "b": b.name(), "backend_a": a.backend(),
-            "backend_b": b.backend(), "figures": figures, "regressions": regressions});
+            "backend_b": b.backend(), "mesh_a": a.mesh(), "mesh_b": b.mesh(), "figures": figures, "regressions": regressions});
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
-        writeln!(out, "{:<32} {:>16} {:>16} {:>9}", "", "A", "B", "change")?;
-        writeln!(out, "{:<32} {:>16} {:>16}", "run", a.run.id, b.run.id)?;
+        writeln!(
+            out,
+            "{:<44} {:>16} {:>16} {:>12} {:>9}",
+            "", "A", "B", "B - A", "change"
+        )?;
+        writeln!(out, "{:<44} {:>16} {:>16}", "run", a.run.id, b.run.id)?;
+        writeln!(out, "{:<44} {:>16} {:>16}", "mesh", a.mesh(), b.mesh())?;
         for f in &figures {
             let show = |v: Option<f64>| v.map_or("-".to_string(), fmt_value);
             let change = f
@@ -206,10 +211,11 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
                 .map_or(String::new(), |c| format!("{c:+.1}%"));
             writeln!(
                 out,
-                "{:<32} {:>16} {:>16} {:>9}",
+                "{:<44} {:>16} {:>16} {:>12} {:>9}",
                 f.label,
                 show(f.a),
                 show(f.b),
+                show(f.difference),
                 change
             )?;
         }

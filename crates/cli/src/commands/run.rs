@@ -29,8 +29,8 @@ struct RunRequest {
     settings: RunSettings,
     /// `None`: the local backend.
     k8s: Option<K8sSettings>,
-    /// The local backend's Envoy sidecars (`--mesh envoy`).
-    envoy: Option<EnvoyMesh>,
+    /// Locally, the meshes to run under in turn: `None` for no mesh, or Envoy sidecars.
+    local_meshes: Vec<Option<EnvoyMesh>>,
     context: Option<String>,
     json: bool,
 }
@@ -51,15 +51,31 @@ impl RunRequest {
             _ => config,
         };
         let mut problems = Vec::new();
-        let local_mesh = matches!(args.deploy.mesh, MeshName::None | MeshName::Envoy);
-        if !on_cluster && !local_mesh {
-            problems.push(format!(
-                "--mesh {} runs on Kubernetes (--backend k8s); locally the meshes are none and envoy",
-                format!("{:?}", args.deploy.mesh).to_lowercase()
-            ));
+        // The flag wins; else the config's "mesh"; else none.
+        let meshes: Vec<MeshName> = if !args.deploy.mesh.is_empty() {
+            args.deploy.mesh.clone()
+        } else if !config.meshes.is_empty() {
+            config
+                .meshes
+                .iter()
+                .filter_map(|m| <MeshName as clap::ValueEnum>::from_str(m, true).ok())
+                .collect()
+        } else {
+            vec![MeshName::None]
+        };
+        for m in &meshes {
+            if !on_cluster && !matches!(m, MeshName::None | MeshName::Envoy) {
+                problems.push(format!(
+                    "--mesh {} runs on Kubernetes (--backend k8s); locally the meshes are none and envoy",
+                    format!("{m:?}").to_lowercase()
+                ));
+            }
+        }
+        if on_cluster && meshes.len() > 1 {
+            problems.push("--backend k8s runs one mesh at a time: give one --mesh".to_string());
         }
         let mesh = if on_cluster {
-            super::k8s::cluster_mesh(args.deploy.mesh)?
+            super::k8s::cluster_mesh(meshes[0])?
         } else {
             meshload_k8s::Mesh::None
         };
@@ -92,8 +108,8 @@ impl RunRequest {
                 .sleep_between_tests
                 .unwrap_or(config.sleep_between_tests),
         };
-        let envoy = match args.deploy.mesh {
-            MeshName::Envoy => Some(
+        let envoy = match meshes.contains(&MeshName::Envoy) && !on_cluster {
+            true => Some(
                 EnvoyMesh::find(
                     args.envoy.as_deref(),
                     args.sidecar_concurrency,
@@ -101,8 +117,12 @@ impl RunRequest {
                 )
                 .map_err(Exit::usage)?,
             ),
-            _ => None,
+            false => None,
         };
+        let local_meshes = meshes
+            .iter()
+            .map(|m| envoy.clone().filter(|_| *m == MeshName::Envoy))
+            .collect();
         let k8s = on_cluster.then(|| K8sSettings {
             render: super::k8s::render_options(
                 &args.deploy,
@@ -117,7 +137,7 @@ impl RunRequest {
             config,
             settings,
             k8s,
-            envoy,
+            local_meshes,
             context: args.context,
             json: args.json,
         })
@@ -180,6 +200,48 @@ fn two_stage_stop(quit_note: Option<String>) -> StopSignal {
     })
 }
 
+/// Runs every test locally under each mesh in turn (one run, when there is one mesh).
+async fn run_locally(request: &RunRequest, observer: &Printer) -> Result<RunReport, RunError> {
+    let RunRequest {
+        config, settings, ..
+    } = request;
+    let stop = two_stage_stop(None);
+    let mut all = RunReport::default();
+    for mesh in &request.local_meshes {
+        let mut backend = LocalBackend::new(settings.exe.clone());
+        match mesh {
+            Some(envoy) => {
+                observer.phase(&format!(
+                    "mesh envoy {} ({}, {} workers per sidecar, {} between sidecars)",
+                    envoy.version,
+                    envoy.envoy.display(),
+                    envoy.concurrency,
+                    envoy.tls.as_str()
+                ));
+                backend = backend.with_mesh(envoy.clone());
+            }
+            None if request.local_meshes.len() > 1 => observer.phase("mesh none"),
+            None => {}
+        }
+        let outcome = meshload_runner::run(config, &mut backend, settings, observer, stop.clone());
+        let report = match outcome.await {
+            Ok(report) => report,
+            // A stop before the first test of a later mesh keeps what the earlier ran.
+            Err(RunError::Interrupted) if !all.tests.is_empty() => {
+                all.interrupted = true;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        all.tests.extend(report.tests);
+        if report.interrupted {
+            all.interrupted = true;
+            break;
+        }
+    }
+    Ok(all)
+}
+
 /// Runs the request on its backend; the second value says why deleting what a cluster
 /// run created failed, when it did (printed once, by the caller).
 async fn run_on_backend(
@@ -190,22 +252,7 @@ async fn run_on_backend(
         config, settings, ..
     } = request;
     let Some(k8s) = &request.k8s else {
-        let stop = two_stage_stop(None);
-        let mut backend = LocalBackend::new(settings.exe.clone());
-        if let Some(envoy) = &request.envoy {
-            observer.phase(&format!(
-                "mesh envoy {} ({}, {} workers per sidecar, {} between sidecars)",
-                envoy.version,
-                envoy.envoy.display(),
-                envoy.concurrency,
-                envoy.tls.as_str()
-            ));
-            backend = backend.with_mesh(envoy.clone());
-        }
-        return (
-            meshload_runner::run(config, &mut backend, settings, observer, stop).await,
-            None,
-        );
+        return (run_locally(request, observer).await, None);
     };
     let run_id = &k8s.render.run_id;
     let stop = two_stage_stop(Some(format!(
@@ -308,16 +355,29 @@ impl Observer for Printer {
     }
 }
 
+/// The summary table (or JSON); after several meshes, what the mesh costs. JSON is the
+/// list of test summaries, or with several meshes `{"tests": [...], "mesh_cost": [...]}`.
 fn print_report(tests: &[TestSummary], json: bool) -> anyhow::Result<()> {
+    let several = tests.iter().any(|t| t.mesh != tests[0].mesh);
+    let costs = if several {
+        super::mesh_cost::costs(tests)
+    } else {
+        Vec::new()
+    };
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(tests)?)?;
+        let doc = if several {
+            serde_json::json!({"tests": tests, "mesh_cost": costs})
+        } else {
+            serde_json::to_value(tests)?
+        };
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(());
     }
     writeln!(
         out,
-        "{:<32} {:<11} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7}  run",
-        "test", "status", "requested", "achieved", "p50 ms", "p99 ms", "errors", "SLO"
+        "{:<32} {:<8} {:<11} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7}  run",
+        "test", "mesh", "status", "requested", "achieved", "p50 ms", "p99 ms", "errors", "SLO"
     )?;
     for t in tests {
         let slo = if t.slo_failures.is_empty() {
@@ -327,8 +387,9 @@ fn print_report(tests: &[TestSummary], json: bool) -> anyhow::Result<()> {
         };
         writeln!(
             out,
-            "{:<32} {:<11} {:>10} {:>10.1} {:>9.3} {:>9.3} {:>9} {:>7}  {}",
+            "{:<32} {:<8} {:<11} {:>10} {:>10.1} {:>9.3} {:>9.3} {:>9} {:>7}  {}",
             t.test_name,
+            t.mesh,
             t.status,
             t.requested_qps,
             t.actual_qps,
@@ -338,6 +399,9 @@ fn print_report(tests: &[TestSummary], json: bool) -> anyhow::Result<()> {
             slo,
             t.run_dir
         )?;
+    }
+    if several {
+        super::mesh_cost::print(&mut out, &costs)?;
     }
     Ok(())
 }
