@@ -194,7 +194,11 @@ fn generated_configs_pass_envoys_own_validation() {
     let dir = temp_dir("mesh-validate");
     let ca = RunCa::new(&dir).unwrap();
     let envoy = meshload_runner::mesh::envoy::find(None).expect("envoy (scripts/test installs it)");
-    for mode in [TlsMode::Plain, TlsMode::Tls, TlsMode::Mutual] {
+    // Node sidecars (ingress and egress) and the load generator's (egress only).
+    let cases = [TlsMode::Plain, TlsMode::Tls, TlsMode::Mutual]
+        .into_iter()
+        .flat_map(|m| [(m, true), (m, false)]);
+    for (mode, node) in cases {
         let files = ca
             .issue("node-0", "service-0.ns.svc.cluster.local")
             .unwrap();
@@ -203,10 +207,12 @@ fn generated_configs_pass_envoys_own_validation() {
             pod: "node-0-abc-0".into(),
             virtual_node: "node-0".into(),
             admin: "127.0.0.1:1".parse().unwrap(),
-            ingress: Some((
-                "127.0.0.1:2".parse().unwrap(),
-                "127.0.0.1:3".parse().unwrap(),
-            )),
+            ingress: node.then(|| {
+                (
+                    "127.0.0.1:2".parse().unwrap(),
+                    "127.0.0.1:3".parse().unwrap(),
+                )
+            }),
             egress: "127.0.0.1:4".parse().unwrap(),
             upstreams: vec![Upstream {
                 node: "1".into(),
@@ -219,7 +225,7 @@ fn generated_configs_pass_envoys_own_validation() {
             tls: mode,
             files: Some(files),
         };
-        let path = dir.join(format!("{}.json", mode.as_str()));
+        let path = dir.join(format!("{}-{node}.json", mode.as_str()));
         std::fs::write(&path, bootstrap(&sidecar).to_string()).unwrap();
         let out = Command::new(&envoy)
             .args(["--mode", "validate", "--disable-hot-restart", "-c"])
@@ -563,5 +569,46 @@ fn a_sidecar_killed_during_a_test_is_recorded_and_ctrl_c_leaves_no_envoy() {
         .unwrap();
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(!left.lines().any(|l| !l.contains("pgrep")), "{left}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn local_sidecars_and_app_mesh_manifests_share_their_names() {
+    // On a cluster App Mesh's Envoy names its clusters after the Mesh and VirtualNode
+    // objects meshload renders; locally meshload names them itself. Both must agree so a
+    // local run and a cluster run of one config compare.
+    let dir = temp_dir("mesh-names");
+    let config = write_config(&dir, r#"{"backends_map": {"front": ["back"]}}"#);
+    let out = run(
+        &[
+            "k8s",
+            "render",
+            "--mesh",
+            "appmesh",
+            "--run-id",
+            "r1",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    let mesh = meshload_config::service::mesh_name("r1");
+    assert!(yaml.contains(&format!("name: {mesh}")), "{yaml}");
+    for node in ["front", "back"] {
+        let vn = meshload_runner::mesh::envoy::virtual_node(node);
+        assert!(
+            yaml.contains(&format!("kind: VirtualNode\nmetadata:\n  name: {vn}")),
+            "{yaml}"
+        );
+        assert_eq!(
+            meshload_runner::mesh::envoy::ingress_cluster(&mesh, &vn),
+            format!("cds_ingress_meshload-r1_node-{node}_http_9080")
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -24,6 +24,18 @@ pub fn service_url(node: &str, namespace: &str) -> String {
     format!("http://{}/", service_authority(node, namespace))
 }
 
+/// `node-<node>`: a node's workload, as both backends name it (the Deployment and App
+/// Mesh VirtualNode on a cluster, the pods and sidecars' virtual node locally). App Mesh's
+/// Envoy names its clusters after it, so local and cluster runs share cluster names.
+pub fn workload_name(node: &str) -> String {
+    format!("node-{node}")
+}
+
+/// `meshload-<run>`: the App Mesh mesh of a run (on a cluster), or the local sidecars'.
+pub fn mesh_name(run: &str) -> String {
+    format!("meshload-{run}")
+}
+
 /// `<namespace>.svc.cluster.local`: the domain the services of a namespace share.
 pub fn namespace_domain(namespace: &str) -> String {
     format!("{namespace}.svc.cluster.local")

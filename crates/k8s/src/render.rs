@@ -131,12 +131,12 @@ fn meta(name: &str, opts: &RenderOptions, extra: &[(&str, &str)]) -> Value {
 
 /// `node-<name>`: the Deployment, app label and VirtualNode of a node.
 pub fn deployment_name(node: &str) -> String {
-    format!("node-{node}")
+    service::workload_name(node)
 }
 
 /// The App Mesh mesh's name.
 pub fn mesh_name(opts: &RenderOptions) -> String {
-    format!("meshload-{}", opts.run_id)
+    service::mesh_name(&opts.run_id)
 }
 
 /// Every object, in apply order (namespace and mesh first).

@@ -361,7 +361,7 @@ impl LocalBackend {
         };
         Ok(MeshRun {
             mesh,
-            name: format!("meshload-{}", plan.run_tag),
+            name: meshload_config::service::mesh_name(&plan.run_tag),
             dir,
             ca,
             ingress: BTreeMap::new(),

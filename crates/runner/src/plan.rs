@@ -43,8 +43,11 @@ impl Plan {
             .into_iter()
             .map(|name| {
                 let spec = config.nodes[&name].clone();
-                let replica_set =
-                    format!("node-{name}-{}", short_hash(&format!("{run_tag}/{name}")));
+                let replica_set = format!(
+                    "{}-{}",
+                    service::workload_name(&name),
+                    short_hash(&format!("{run_tag}/{name}"))
+                );
                 PlannedNode {
                     name,
                     spec,

