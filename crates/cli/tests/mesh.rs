@@ -393,6 +393,15 @@ fn none_and_envoy_run_in_turn_and_show_what_the_mesh_costs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(report.join("envoy_memory_vs_rate.svg").is_file());
+    let page = std::fs::read_to_string(report.join("index.html")).unwrap();
+    let table = page
+        .split("What the mesh costs")
+        .nth(1)
+        .expect("a mesh cost table");
+    assert!(
+        table.contains(&format!("{} against {}", runs[1], runs[0])),
+        "{table}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -609,6 +618,60 @@ fn local_sidecars_and_app_mesh_manifests_share_their_names() {
             meshload_runner::mesh::envoy::ingress_cluster(&mesh, &vn),
             format!("cds_ingress_meshload-r1_node-{node}_http_9080")
         );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sigkill_of_meshload_leaves_no_sidecar() {
+    let dir = temp_dir("mesh-sigkill");
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"0": ["1"]}, "ConnectivityCheckPerURL": 0,
+            "load_tests": [{"test_name": "k", "target": "0", "qps": 50, "t": "60s", "c": 2}]}"#,
+    );
+    let store = dir.join("results");
+    let mut child = common::bin()
+        .args([
+            "run",
+            "--mesh",
+            "envoy",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pattern = format!("meshload-mesh-{}-", child.id());
+    let count = || {
+        let out = Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Three sidecars: node 0's, node 1's and the load generator's.
+    while count() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sidecars did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} sidecars outlived meshload",
+            count()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

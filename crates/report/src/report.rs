@@ -182,6 +182,87 @@ struct RunRow {
     error_ratio: String,
 }
 
+/// What a mesh costs in one test: its latest run against the test's latest run without
+/// a mesh, one row per node's sidecars.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct MeshRow {
+    /// The test.
+    pub test_name: String,
+    /// The mesh.
+    pub mesh: String,
+    /// The two runs compared (`<id> against <id>`).
+    pub runs: String,
+    /// Added response p50 / p99, ms.
+    pub added_response: String,
+    /// Added service p50 / p99, ms.
+    pub added_service: String,
+    /// The node whose sidecars the next cells are.
+    pub node: String,
+    /// Max sidecar memory, MiB (per 1,000 req/s).
+    pub memory: String,
+    /// Sidecar CPU, cores (per 1,000 req/s).
+    pub cpu: String,
+}
+
+/// Every test's cost under each mesh: its latest run per mesh against its latest run
+/// with mesh `none`; tests without a `none` run, or with no other mesh, give no row.
+pub fn mesh_rows(runs: &[Run]) -> Vec<MeshRow> {
+    let mut latest: BTreeMap<(String, String), &Run> = BTreeMap::new();
+    for r in runs {
+        let key = (r.run.test_name.clone(), r.mesh());
+        let newer = latest.get(&key).is_none_or(|l| l.run.id < r.run.id);
+        if newer {
+            latest.insert(key, r);
+        }
+    }
+    let mut out = Vec::new();
+    for ((test, mesh), b) in &latest {
+        let Some(a) = latest.get(&(test.clone(), "none".to_string())) else {
+            continue;
+        };
+        if mesh == "none" {
+            continue;
+        }
+        let figures = crate::compare::figures(a, b);
+        let get = |key: &str, pick: fn(&crate::compare::Figure) -> Option<f64>| {
+            figures
+                .iter()
+                .find(|f| f.key == key)
+                .and_then(pick)
+                .map_or("-".to_string(), fmt_value)
+        };
+        let pair = |x: &str, y: &str| {
+            format!(
+                "{} / {}",
+                get(x, |f| f.difference),
+                get(y, |f| f.difference)
+            )
+        };
+        let nodes: Vec<&str> = figures
+            .iter()
+            .filter_map(|f| f.key.strip_prefix("envoy_memory:"))
+            .collect();
+        for node in nodes {
+            let b_of = |k: &str| get(&format!("{k}:{node}"), |f| f.b);
+            out.push(MeshRow {
+                test_name: test.clone(),
+                mesh: mesh.clone(),
+                runs: format!("{} against {}", b.run.id, a.run.id),
+                added_response: pair("p50", "p99"),
+                added_service: pair("service_p50", "service_p99"),
+                node: node.to_string(),
+                memory: format!(
+                    "{} ({})",
+                    b_of("envoy_memory"),
+                    b_of("envoy_memory_per_krps")
+                ),
+                cpu: format!("{} ({})", b_of("envoy_cpu"), b_of("envoy_cpu_per_krps")),
+            });
+        }
+    }
+    out
+}
+
 /// One run's per-node maxima, in node order.
 #[derive(Serialize)]
 struct NodeRow {
@@ -275,6 +356,7 @@ pub fn write(runs: &[Run], store: &str, out: &Path) -> Result<Written, ReportErr
                 charts => minijinja::value::Serde(&views),
                 nodes => minijinja::value::Serde(&nodes),
                 node_rows => minijinja::value::Serde(&node_rows),
+                mesh_rows => minijinja::value::Serde(&mesh_rows(runs)),
                 store => store,
                 generated => generated,
                 version => env!("CARGO_PKG_VERSION"),
