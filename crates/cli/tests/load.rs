@@ -306,3 +306,61 @@ fn a_timed_run_ends_on_time_even_when_the_target_cannot_keep_up() {
     let actual_ns = r["ActualDuration"].as_u64().unwrap();
     assert!(actual_ns < 1_200_000_000, "ActualDuration {actual_ns} ns");
 }
+
+/// `ActualQPS` against the requested rate.
+fn rate_ratio(result: &Value, requested: f64) -> f64 {
+    result["ActualQPS"].as_f64().unwrap() / requested
+}
+
+#[test]
+fn short_tests_and_request_counts_report_the_requested_rate() {
+    let node = NodeProc::start(&[]);
+    let url = node.url();
+    // The default 8 req/s for 2 s: 16 requests over 2 s, not over the 1.875 s to the
+    // last send (which reported 133% of the rate).
+    let r = load_json(&["-t", "2s", &url]);
+    assert_eq!(code(&r, "200"), 16);
+    assert!(
+        (rate_ratio(&r, 8.0) - 1.0).abs() < 0.02,
+        "{}",
+        r["ActualQPS"]
+    );
+    let r = load_json(&["--qps", "1", "-c", "1", "-t", "5s", &url]);
+    assert!(
+        (rate_ratio(&r, 1.0) - 1.0).abs() < 0.02,
+        "{}",
+        r["ActualQPS"]
+    );
+    let r = load_json(&["--qps", "50", "-n", "40", &url]);
+    assert_eq!(code(&r, "200"), 40);
+    assert!(
+        (rate_ratio(&r, 50.0) - 1.0).abs() < 0.02,
+        "{}",
+        r["ActualQPS"]
+    );
+}
+
+#[test]
+fn more_connections_than_the_rate_still_hold_the_rate() {
+    let node = NodeProc::start(&[]);
+    let url = node.url();
+    // 10 requests over 100 connections at 8 req/s take 1.25 s, not 6 ms.
+    let out = run(&["load", "--json", "-", "-n", "10", "-c", "100", &url], &[]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("c=100 is more connections than 8 req/s"),
+        "{stderr}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        (rate_ratio(&r, 8.0) - 1.0).abs() < 0.02,
+        "{}",
+        r["ActualQPS"]
+    );
+    let span = percentile(&r["ResponseTimeHistogram"], 50.0);
+    assert!(span < 0.5, "requests were not sent late: {span}");
+    // 1 s at 10 req/s with 200 connections: 10 requests, not one per connection.
+    let r = load_json(&["--qps", "10", "-c", "200", "-t", "1s", &url]);
+    assert_eq!(code(&r, "200"), 10, "{}", r["RetCodes"]);
+}

@@ -27,7 +27,9 @@ pub struct LoadResult {
     pub spec: LoadSpec,
     /// Wall-clock start.
     pub start_time: SystemTime,
-    /// From the start to the end of the last response.
+    /// The span the rate is computed over: the requested duration of a timed test (the
+    /// last response's end when later), `n / qps` for a paced `-n` test, else the start
+    /// to the last response.
     pub actual_duration: Duration,
     /// The aggregates.
     pub collected: Collected,
@@ -46,12 +48,21 @@ impl LoadResult {
         sockets: u64,
         interrupted: bool,
     ) -> LoadResult {
-        // Fortio's ActualDuration runs to the last response; with none, to the end.
-        let actual_duration = if collected.service.is_empty() {
+        let to_last = if collected.service.is_empty() {
             elapsed
         } else {
             collected.last_completion
         };
+        // A test's rate is over the span it was asked to cover, as Fortio's
+        // ActualDuration: dividing by the time to the last *send* instead over-reports
+        // short tests (a 2 s test at 8 req/s sends its last request at 1.875 s).
+        let nominal = match (spec.stop, spec.qps) {
+            _ if interrupted => None,
+            (Stop::Duration(d), _) => Some(d),
+            (Stop::Requests(n), Some(qps)) => Some(Duration::from_secs_f64(n as f64 / qps)),
+            _ => None,
+        };
+        let actual_duration = nominal.map_or(to_last, |d| d.max(to_last));
         LoadResult {
             spec,
             start_time,

@@ -100,7 +100,7 @@ pub async fn run(
     let collector = tokio::spawn(Collector::new(live).run(rx));
     let schedule = spec
         .qps
-        .map(|qps| Schedule::new(qps, spec.connections, spec.uniform, spec.jitter));
+        .map(|qps| Schedule::new(qps, spec.connections, spec.jitter));
     let pacer = schedule
         .clone()
         .map(|s| spawn_pacer(s, &spec, shared.clone()));

@@ -1,8 +1,12 @@
 //! When each request is due: pure arithmetic from the start, never accumulated sleeps.
 //!
 //! Connection `i` of `c` sends its `k`-th request at `offset_i + k / r (+ jitter)`, where
-//! `r = qps / c`. With `uniform`, connections are staggered by `offset_i = i / qps`, so the
-//! whole generator sends evenly; without it they start together, as Fortio does by default.
+//! `r = qps / c` and `offset_i = i / qps`: the connections are staggered, so the whole
+//! generator sends request `j = i + k c` at `j / qps`, and a test of `d` seconds sends
+//! `ceil(d qps)` requests whatever `c` is. (Fortio starts its connections together unless
+//! `-uniform`: with `c` near or above the rate, those bursts send more than the rate in
+//! short tests, up to `c` requests at once. meshload takes `-uniform` and records it, but
+//! always staggers.)
 //! With `jitter`, each due time moves by up to ±10% of the per-connection interval (as
 //! Fortio's `-jitter`), drawn from a hash of `(i, k)` so a run's schedule is reproducible.
 
@@ -15,8 +19,6 @@ pub struct Schedule {
     interval_secs: f64,
     /// Number of connections.
     connections: usize,
-    /// Stagger the connections' start within one interval.
-    uniform: bool,
     /// Move each due time by up to ±10% of the interval.
     jitter: bool,
 }
@@ -27,12 +29,11 @@ const JITTER_FRACTION: f64 = 0.10;
 impl Schedule {
     /// A schedule of `qps` requests per second in total over `connections` connections.
     /// `qps` must be positive and finite and `connections` at least 1 (the spec checks).
-    pub fn new(qps: f64, connections: usize, uniform: bool, jitter: bool) -> Schedule {
+    pub fn new(qps: f64, connections: usize, jitter: bool) -> Schedule {
         let connections = connections.max(1);
         Schedule {
             interval_secs: connections as f64 / qps,
             connections,
-            uniform,
             jitter,
         }
     }
@@ -44,11 +45,7 @@ impl Schedule {
 
     /// When request `k` of connection `conn` is due, counted from the start of the run.
     pub fn due(&self, conn: usize, k: u64) -> Duration {
-        let offset = if self.uniform {
-            self.interval_secs * conn as f64 / self.connections as f64
-        } else {
-            0.0
-        };
+        let offset = self.interval_secs * conn as f64 / self.connections as f64;
         let mut secs = offset + self.interval_secs * k as f64;
         if self.jitter {
             let unit = unit_interval(hash(conn as u64, k)) * 2.0 - 1.0;
@@ -92,18 +89,19 @@ mod tests {
 
     #[test]
     fn due_times_are_arithmetic() {
-        let s = Schedule::new(100.0, 4, false, false);
+        let s = Schedule::new(100.0, 4, false);
         assert_eq!(s.interval(), Duration::from_millis(40));
         assert_eq!(s.due(0, 0), Duration::ZERO);
-        assert_eq!(s.due(3, 0), Duration::ZERO);
-        // No drift after many requests: 1,000,000 intervals of 40 ms is exactly 40,000 s.
+        assert!((s.due(3, 0).as_secs_f64() - 0.030).abs() < 1e-9);
+        // No drift after many requests: 1,000,000 intervals of 40 ms is exactly 40,000 s
+        // (plus connection 2's stagger of 20 ms).
         let far = s.due(2, 1_000_000).as_secs_f64();
-        assert!((far - 40_000.0).abs() < 1e-6, "{far}");
+        assert!((far - 40_000.02).abs() < 1e-6, "{far}");
     }
 
     #[test]
-    fn uniform_staggers_connections_evenly() {
-        let s = Schedule::new(1000.0, 4, true, false);
+    fn connections_are_staggered_evenly() {
+        let s = Schedule::new(1000.0, 4, false);
         let mut dues: Vec<f64> = (0..4)
             .flat_map(|c| (0..10).map(move |k| (c, k)))
             .map(|(c, k)| s.due(c, k).as_secs_f64())
@@ -116,8 +114,8 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_ten_percent_and_is_reproducible() {
-        let s = Schedule::new(100.0, 1, false, true);
-        let plain = Schedule::new(100.0, 1, false, false);
+        let s = Schedule::new(100.0, 1, true);
+        let plain = Schedule::new(100.0, 1, false);
         let mut moved = 0;
         for k in 1..1000 {
             let d = s.due(0, k).as_secs_f64() - plain.due(0, k).as_secs_f64();
@@ -126,6 +124,16 @@ mod tests {
             assert_eq!(s.due(0, k), s.due(0, k));
         }
         assert!(moved > 900);
+    }
+
+    #[test]
+    fn more_connections_than_the_rate_still_send_at_the_rate() {
+        // 100 connections at 8 req/s for 1 s: 8 requests, not 100 at once.
+        let s = Schedule::new(8.0, 100, false);
+        let in_first_second = (0..100)
+            .filter(|&c| s.due(c, 0) < Duration::from_secs(1))
+            .count();
+        assert_eq!(in_first_second, 8);
     }
 
     #[test]
@@ -140,7 +148,7 @@ mod tests {
 
     #[test]
     fn skipping_finds_the_next_slot() {
-        let s = Schedule::new(10.0, 1, false, false);
+        let s = Schedule::new(10.0, 1, false);
         assert_eq!(s.first_slot_at_or_after(0, Duration::from_millis(1050)), 11);
         assert_eq!(s.first_slot_at_or_after(0, Duration::from_millis(1000)), 10);
         assert_eq!(s.first_slot_at_or_after(0, Duration::ZERO), 0);

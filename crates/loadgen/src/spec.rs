@@ -230,6 +230,31 @@ impl LoadSpec {
     }
 }
 
+impl LoadSpec {
+    /// What the options ask for that cannot all be used, one line each: connections
+    /// that the rate (or the request count) leaves idle most of the time.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let c = self.connections;
+        if let Some(qps) = self.qps
+            && c as f64 > qps
+        {
+            out.push(format!(
+                "c={c} is more connections than {qps} req/s keeps busy: each sends once every {:.2}s (they are staggered, so the rate holds)",
+                c as f64 / qps
+            ));
+        }
+        if let Stop::Requests(n) = self.stop
+            && (c as u64) > n
+        {
+            out.push(format!(
+                "c={c} is more connections than the {n} requests: only {n} send"
+            ));
+        }
+        out
+    }
+}
+
 fn parse_url(url: &str) -> Result<Uri, String> {
     let uri: Uri = url
         .parse()

@@ -191,6 +191,9 @@ pub async fn drive_here(
     live: Live,
 ) -> Result<Option<FortioResult>, BoxError> {
     let spec = LoadSpec::try_new(options)?;
+    for warning in spec.warnings() {
+        tracing::warn!("{warning}");
+    }
     let result = meshload_loadgen::run(spec, stop.stopped(), live).await?;
     Ok(Some(result.to_fortio()))
 }

@@ -15,6 +15,9 @@ use crate::progress::{Progress, Total};
 pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let json_path = args.json.clone();
     let spec = spec(args)?;
+    for warning in spec.warnings() {
+        eprintln!("meshload: warning: {warning}");
+    }
     let runtime = super::runtime()?;
     let result = runtime.block_on(drive(spec))?;
     let fortio = result.to_fortio();

@@ -314,15 +314,17 @@ impl Observer for Printer {
             test.name,
             test.target,
             test.connections,
-            test.requests.map_or(
-                humantime::format_duration(test.duration).to_string(),
-                |n| format!("{n} requests")
-            )
+            match test.requests {
+                Some(n) => format!("{n} requests"),
+                None if test.duration.is_zero() => "until stopped (Ctrl-C)".to_string(),
+                None => humantime::format_duration(test.duration).to_string(),
+            }
         );
         let bar_total = match (test.requests, &live) {
             (Some(n), Some(_)) => Total::Requests(n),
             // Without live figures a request count cannot be followed.
             (Some(_), None) => Total::Unbounded,
+            (None, _) if test.duration.is_zero() => Total::Unbounded,
             (None, _) => Total::Time(test.duration),
         };
         *self.progress.lock().expect("not poisoned") = Some(Progress::start(bar_total, live));

@@ -72,14 +72,15 @@ pub fn write_plan(w: &mut impl Write, c: &Config) -> std::io::Result<()> {
     writeln!(w, "Load tests: {}", c.tests.len())?;
     for t in &c.tests {
         let rate = t.qps.map_or("max".to_string(), |q| format!("{q}/s"));
-        let length = t
-            .requests
-            .map_or(humantime::format_duration(t.duration).to_string(), |n| {
-                format!("{n} requests")
-            });
+        let length = match t.requests {
+            Some(n) => format!("for {n} requests"),
+            // As Fortio's -t 0: no end of its own.
+            None if t.duration.is_zero() => "until stopped".to_string(),
+            None => format!("for {}", humantime::format_duration(t.duration)),
+        };
         writeln!(
             w,
-            "  {:<32} -> {:<10} {rate:>10} for {length}, c={}",
+            "  {:<32} -> {:<10} {rate:>10} {length}, c={}",
             t.name, t.target, t.connections
         )?;
     }
