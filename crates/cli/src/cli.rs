@@ -382,7 +382,8 @@ pub struct LoadArgs {
     /// Percentiles to report, comma-separated.
     #[arg(short = 'p', value_name = "LIST", default_value = "50,75,90,99,99.9", value_parser = parse_percentile_list)]
     pub percentiles: Percentiles,
-    /// Stagger the connections evenly within one interval.
+    /// Fortio's -uniform, accepted and recorded: meshload always staggers its connections
+    /// evenly, so the rate holds whatever -c is.
     #[arg(long)]
     pub uniform: bool,
     /// Move each due time by up to ±10% of the interval.
