@@ -407,7 +407,14 @@ pub struct LoadArgs {
     /// Free-form labels stored in the result.
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub labels: String,
-    /// Use HTTP/2 without TLS (h2c, prior knowledge) instead of HTTP/1.1.
+    /// Trust the CA certificates of this PEM file for https:// (instead of the system's).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Accept any certificate for https:// (as curl's and Fortio's -k).
+    #[arg(short = 'k', long, alias = "https-insecure")]
+    pub insecure: bool,
+    /// HTTP/2: on http:// without TLS (h2c, prior knowledge); on https:// the only protocol
+    /// ALPN offers (without it ALPN picks h2 or http/1.1).
     #[arg(long)]
     pub h2: bool,
     /// Write the Fortio-compatible JSON result to FILE (- for stdout; the summary then goes
@@ -433,7 +440,7 @@ fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
 pub fn fortio_style_args(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
-    const LONG: [&str; 10] = [
+    const LONG: [&str; 13] = [
         "qps",
         "uniform",
         "jitter",
@@ -444,6 +451,9 @@ pub fn fortio_style_args(
         "labels",
         "h2",
         "json",
+        "cacert",
+        "insecure",
+        "https-insecure",
     ];
     let mut in_load = false;
     args.into_iter()

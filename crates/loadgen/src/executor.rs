@@ -1,12 +1,16 @@
 //! The one request executor: a connection that sends a request and reads the whole answer.
 //!
 //! Each load-generator connection holds its own TCP connection (HTTP/1.1 or h2c handshake
-//! done here, not by a pooled client), so the number of connections and the cost of
-//! (re)connecting are the generator's to control and to count.
+//! done here, not by a pooled client; TLS with ALPN for `https://`), so the number of
+//! connections and the cost of (re)connecting are the generator's to control and to
+//! count: every socket's connect time and TLS handshake time are recorded apart from the
+//! requests' latency.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 use bytes::Bytes;
 use http::header::HOST;
@@ -31,6 +35,8 @@ pub enum ErrorKind {
     Reset,
     /// The peer spoke something that is not HTTP.
     Protocol,
+    /// The TLS handshake failed (a refused certificate, or the server refused us).
+    Tls,
     /// Anything else.
     Other,
 }
@@ -44,6 +50,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Reset => "reset",
             ErrorKind::Protocol => "protocol",
+            ErrorKind::Tls => "tls",
             ErrorKind::Other => "other",
         }
     }
@@ -106,46 +113,106 @@ impl Exchange {
 #[derive(Debug)]
 pub struct Target {
     addr: SocketAddr,
-    request: Request<Full<Bytes>>,
+    /// The request as HTTP/1.1 sends it (a path, and `Host`).
+    h1_request: Request<Full<Bytes>>,
+    /// The request as HTTP/2 sends it (an absolute URI: `:authority` comes from it).
+    h2_request: Request<Full<Bytes>>,
+    /// h2c with prior knowledge on `http://`.
     h2: bool,
+    tls: Option<crate::tls::Tls>,
     timeout: Duration,
 }
 
 impl Target {
     /// The request of `spec`, sent to `addr` (resolved once, before the run).
     pub fn new(spec: &LoadSpec, addr: SocketAddr) -> Target {
-        let mut request = Request::new(Full::new(spec.payload.clone()));
-        *request.method_mut() = spec.method.clone();
-        *request.headers_mut() = spec.headers.clone();
-        if spec.h2 {
-            // HTTP/2 takes the authority from an absolute URI.
-            *request.uri_mut() = spec.uri.clone();
-        } else {
-            let path = spec.uri.path_and_query().map_or("/", |p| p.as_str());
-            *request.uri_mut() = path
-                .parse::<Uri>()
-                .unwrap_or_else(|_| Uri::from_static("/"));
-            if !request.headers().contains_key(HOST) {
-                let host = spec.uri.authority().map_or("", |a| a.as_str());
-                if let Ok(value) = HeaderValue::from_str(host) {
-                    request.headers_mut().insert(HOST, value);
-                }
+        let mut h2_request = Request::new(Full::new(spec.payload.clone()));
+        *h2_request.method_mut() = spec.method.clone();
+        *h2_request.headers_mut() = spec.headers.clone();
+        *h2_request.uri_mut() = spec.uri.clone();
+        let mut h1_request = copy(&h2_request);
+        let path = spec.uri.path_and_query().map_or("/", |p| p.as_str());
+        *h1_request.uri_mut() = path
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        if !h1_request.headers().contains_key(HOST) {
+            let host = spec.uri.authority().map_or("", |a| a.as_str());
+            if let Ok(value) = HeaderValue::from_str(host) {
+                h1_request.headers_mut().insert(HOST, value);
             }
         }
         Target {
             addr,
-            request,
+            h1_request,
+            h2_request,
             h2: spec.h2,
+            tls: spec.tls.clone(),
             timeout: spec.timeout,
         }
     }
+}
 
-    fn request(&self) -> Request<Full<Bytes>> {
-        let mut req = Request::new(self.request.body().clone());
-        *req.method_mut() = self.request.method().clone();
-        *req.uri_mut() = self.request.uri().clone();
-        *req.headers_mut() = self.request.headers().clone();
-        req
+fn copy(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut req = Request::new(request.body().clone());
+    *req.method_mut() = request.method().clone();
+    *req.uri_mut() = request.uri().clone();
+    *req.headers_mut() = request.headers().clone();
+    req
+}
+
+/// What opening sockets cost a run (Fortio reports connection times apart from request
+/// latency too): connect and TLS handshake times, the protocols ALPN chose, and the
+/// first certificate problem met.
+#[derive(Debug, Clone)]
+pub struct ConnectionStats {
+    /// Sockets opened (Fortio's `SocketCount`).
+    pub sockets: u64,
+    /// TCP connect times, ns.
+    pub connect: Histogram<u64>,
+    /// TLS handshake times, ns (empty without TLS).
+    pub tls_handshake: Histogram<u64>,
+    /// Sockets on which ALPN chose h2.
+    pub alpn_h2: u64,
+    /// Sockets on which ALPN chose http/1.1.
+    pub alpn_http1: u64,
+    /// Sockets whose server chose no protocol (HTTP/1.1 is spoken, or h2 with `--h2`).
+    pub alpn_none: u64,
+    /// Why a certificate was refused, the first time one was.
+    pub certificate_problem: Option<String>,
+}
+
+impl Default for ConnectionStats {
+    fn default() -> Self {
+        let histogram = || Histogram::new(3).expect("3 significant digits are valid");
+        ConnectionStats {
+            sockets: 0,
+            connect: histogram(),
+            tls_handshake: histogram(),
+            alpn_h2: 0,
+            alpn_http1: 0,
+            alpn_none: 0,
+            certificate_problem: None,
+        }
+    }
+}
+
+impl ConnectionStats {
+    /// Adds another connection's figures.
+    pub fn merge(&mut self, other: &ConnectionStats) {
+        self.sockets += other.sockets;
+        let _ = self.connect.add(&other.connect);
+        let _ = self.tls_handshake.add(&other.tls_handshake);
+        self.alpn_h2 += other.alpn_h2;
+        self.alpn_http1 += other.alpn_http1;
+        self.alpn_none += other.alpn_none;
+        if self.certificate_problem.is_none() {
+            self.certificate_problem
+                .clone_from(&other.certificate_problem);
+        }
+    }
+
+    fn record(histogram: &mut Histogram<u64>, d: Duration) {
+        let _ = histogram.record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1));
     }
 }
 
@@ -158,8 +225,8 @@ enum Sender {
 pub struct Connection {
     target: Arc<Target>,
     sender: Option<Sender>,
-    /// Sockets opened so far (Fortio's `SocketCount`).
-    pub sockets: u64,
+    /// What its sockets cost so far.
+    pub stats: ConnectionStats,
 }
 
 impl Connection {
@@ -168,7 +235,7 @@ impl Connection {
         Connection {
             target,
             sender: None,
-            sockets: 0,
+            stats: ConnectionStats::default(),
         }
     }
 
@@ -182,28 +249,41 @@ impl Connection {
     }
 
     async fn connect(&mut self) -> Result<Sender, ErrorKind> {
-        self.sockets += 1;
+        self.stats.sockets += 1;
+        let started = Instant::now();
         let stream = TcpStream::connect(self.target.addr)
             .await
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::ConnectionRefused => ErrorKind::Refused,
                 _ => ErrorKind::Connect,
             })?;
+        ConnectionStats::record(&mut self.stats.connect, started.elapsed());
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
-        if self.target.h2 {
-            let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| ErrorKind::of_hyper(&e))?;
-            tokio::spawn(conn);
-            Ok(Sender::H2(sender))
-        } else {
-            let (sender, conn) = http1::handshake(io)
-                .await
-                .map_err(|e| ErrorKind::of_hyper(&e))?;
-            tokio::spawn(conn);
-            Ok(Sender::H1(sender))
-        }
+        let Some(tls) = &self.target.tls else {
+            return handshake(TokioIo::new(stream), self.target.h2).await;
+        };
+        let started = Instant::now();
+        let done = tls.handshake(stream).await.map_err(|e| {
+            if let Some(problem) = crate::tls::certificate_problem(&e) {
+                self.stats.certificate_problem.get_or_insert(problem);
+                ErrorKind::Tls
+            } else {
+                match ErrorKind::of_io(&e) {
+                    ErrorKind::Other => ErrorKind::Tls,
+                    kind => kind,
+                }
+            }
+        })?;
+        ConnectionStats::record(&mut self.stats.tls_handshake, started.elapsed());
+        let chosen = match done.alpn.as_deref() {
+            Some(b"h2") => &mut self.stats.alpn_h2,
+            Some(_) => &mut self.stats.alpn_http1,
+            None => &mut self.stats.alpn_none,
+        };
+        *chosen += 1;
+        // `--h2` forces HTTP/2 whatever ALPN said (a server may still accept its preface).
+        let h2 = self.target.h2 || done.alpn.as_deref() == Some(b"h2");
+        handshake(TokioIo::new(done.stream), h2).await
     }
 
     /// Sends one request and reads the whole response, within the timeout.
@@ -232,10 +312,9 @@ impl Connection {
         if !ready {
             self.sender = Some(self.connect().await?);
         }
-        let request = self.target.request();
         let response = match self.sender.as_mut().expect("connected above") {
-            Sender::H1(s) => s.send_request(request).await,
-            Sender::H2(s) => s.send_request(request).await,
+            Sender::H1(s) => s.send_request(copy(&self.target.h1_request)).await,
+            Sender::H2(s) => s.send_request(copy(&self.target.h2_request)).await,
         }
         .map_err(|e| ErrorKind::of_hyper(&e))?;
         let header_bytes = head_size(&response);
@@ -252,6 +331,26 @@ impl Connection {
             size_bytes: header_bytes + body_bytes,
             header_bytes,
         })
+    }
+}
+
+/// The HTTP/1.1 or HTTP/2 handshake over a connected (and maybe encrypted) stream.
+async fn handshake<T>(io: TokioIo<T>, h2: bool) -> Result<Sender, ErrorKind>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    if h2 {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| ErrorKind::of_hyper(&e))?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| ErrorKind::of_hyper(&e))?;
+        tokio::spawn(conn);
+        Ok(Sender::H1(sender))
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`spec`]: options and their validation into a [`LoadSpec`].
 //! - [`schedule`]: due times, staggering, jitter, exact request quotas.
 //! - [`executor`]: one connection sending one request at a time.
+//! - [`tls`]: HTTPS (rustls): trust, ALPN, certificate errors in words.
 //! - [`collector`]: aggregates samples into histograms and a per-second series.
 //! - [`run`]: orchestration, with the pacer thread.
 //! - [`result`]: the result and its Fortio-compatible JSON.
@@ -25,6 +26,7 @@ pub mod run;
 pub mod schedule;
 pub mod spec;
 pub mod summary;
+pub mod tls;
 
 pub use collector::{Live, LiveStats};
 pub use result::{FortioResult, LoadResult};

@@ -350,6 +350,11 @@ pub fn options(params: &HashMap<String, Vec<String>>) -> Result<LoadOptions, Str
         timeout: duration("timeout")?.unwrap_or(defaults.timeout),
         labels: one("labels").unwrap_or_default(),
         h2: flag("h2"),
+        // Fortio's names for them.
+        tls: crate::tls::TlsOptions {
+            ca_file: one("cacert").filter(|c| !c.is_empty()).map(Into::into),
+            insecure: flag("https-insecure") || flag("k"),
+        },
         connect_to: Vec::new(),
     })
 }

@@ -33,8 +33,8 @@ pub struct LoadResult {
     pub actual_duration: Duration,
     /// The aggregates.
     pub collected: Collected,
-    /// Sockets opened.
-    pub sockets: u64,
+    /// What opening sockets cost (count, connect and TLS handshake times, ALPN).
+    pub connections: crate::executor::ConnectionStats,
     /// Whether the run was stopped before its end.
     pub interrupted: bool,
 }
@@ -45,7 +45,7 @@ impl LoadResult {
         start_time: SystemTime,
         elapsed: Duration,
         collected: Collected,
-        sockets: u64,
+        connections: crate::executor::ConnectionStats,
         interrupted: bool,
     ) -> LoadResult {
         let to_last = if collected.service.is_empty() {
@@ -68,7 +68,7 @@ impl LoadResult {
             start_time,
             actual_duration,
             collected,
-            sockets,
+            connections,
             interrupted,
         }
     }
@@ -124,7 +124,24 @@ impl LoadResult {
             http_req_time_out: u64::try_from(spec.timeout.as_nanos()).unwrap_or(u64::MAX),
             sizes: HistogramData::of_units(&c.sizes, p),
             header_sizes: HistogramData::of_units(&c.header_sizes, p),
-            socket_count: self.sockets,
+            socket_count: self.connections.sockets,
+            connection_stats: HistogramData::of_nanos(&self.connections.connect, p),
+            tls_handshake_histogram: self
+                .spec
+                .tls
+                .as_ref()
+                .map(|_| HistogramData::of_nanos(&self.connections.tls_handshake, p)),
+            alpn_protocols: self.spec.tls.as_ref().map(|_| {
+                [
+                    ("h2", self.connections.alpn_h2),
+                    ("http/1.1", self.connections.alpn_http1),
+                    ("none", self.connections.alpn_none),
+                ]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (k.to_string(), n))
+                .collect()
+            }),
             response_time_histogram: HistogramData::of_nanos(&c.response, p),
             schedule_lag_histogram: spec.qps.map(|_| HistogramData::of_nanos(&c.lag, p)),
             per_second: c.per_second.clone(),
@@ -237,6 +254,15 @@ pub struct FortioResult {
     /// Sockets opened.
     #[serde(default)]
     pub socket_count: u64,
+    /// Fortio's connection statistics: each socket's TCP connect time, seconds.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub connection_stats: HistogramData,
+    /// meshload: each socket's TLS handshake time, seconds (`https://` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_handshake_histogram: Option<HistogramData>,
+    /// meshload: the protocols ALPN chose, by socket count (`https://` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn_protocols: Option<BTreeMap<String, u64>>,
     /// meshload: response time from each request's due time, seconds.
     #[serde(default)]
     pub response_time_histogram: HistogramData,

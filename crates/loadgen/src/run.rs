@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use crate::collector::{Collector, Live, Sample};
-use crate::executor::{Connection, Target};
+use crate::executor::{Connection, ConnectionStats, Target};
 use crate::result::LoadResult;
 use crate::schedule::{Schedule, quota};
 use crate::spec::{LoadSpec, Stop};
@@ -27,6 +27,14 @@ use crate::spec::{LoadSpec, Stop};
 /// Errors that prevent a run from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The target's certificate was refused: nothing was measured.
+    #[error("TLS to {host}: certificate refused: {reason}")]
+    Certificate {
+        /// The host the certificate had to name.
+        host: String,
+        /// Why (`expired`, `unknown issuer`, `wrong name`, ...).
+        reason: String,
+    },
     /// The target's host name did not resolve.
     #[error("cannot resolve {authority}")]
     Resolve {
@@ -89,6 +97,17 @@ pub async fn run(
         .map(|i| Connection::new(targets[i % targets.len()].clone()))
         .collect();
     futures_util::future::join_all(connections.iter_mut().map(Connection::warm_up)).await;
+    // A refused certificate fails every request the same way: say why, once, rather than
+    // counting a whole test of errors.
+    let refused = connections
+        .iter()
+        .find_map(|c| c.stats.certificate_problem.clone());
+    if let (Some(reason), Some(tls)) = (refused, &spec.tls) {
+        return Err(LoadError::Certificate {
+            host: tls.host.clone(),
+            reason,
+        });
+    }
 
     let shared = Arc::new(Shared {
         start: Instant::now(),
@@ -117,7 +136,7 @@ pub async fn run(
         tasks.spawn(drive(conn, plan, shared.clone(), tx.clone()));
     }
     drop(tx);
-    let (sockets, interrupted) = wait_or_stop(&mut tasks, stop, &shared).await;
+    let (stats, interrupted) = wait_or_stop(&mut tasks, stop, &shared).await;
     if let Some(pacer) = pacer {
         shared.stopping.store(true, Ordering::Release);
         let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
@@ -128,7 +147,7 @@ pub async fn run(
         start_time,
         shared.start.elapsed(),
         collected,
-        sockets,
+        stats,
         interrupted,
     ))
 }
@@ -147,19 +166,21 @@ async fn resolve(authority: &str) -> Result<SocketAddr, LoadError> {
     })
 }
 
-/// Waits for every connection to finish, or for `stop`; returns the sockets opened and
-/// whether the run was stopped.
+/// Waits for every connection to finish, or for `stop`; returns what their sockets cost
+/// and whether the run was stopped.
 async fn wait_or_stop(
-    tasks: &mut tokio::task::JoinSet<u64>,
+    tasks: &mut tokio::task::JoinSet<ConnectionStats>,
     stop: impl Future<Output = ()>,
     shared: &Shared,
-) -> (u64, bool) {
-    async fn join_all(tasks: &mut tokio::task::JoinSet<u64>) -> u64 {
-        let mut sockets = 0;
+) -> (ConnectionStats, bool) {
+    async fn join_all(tasks: &mut tokio::task::JoinSet<ConnectionStats>) -> ConnectionStats {
+        let mut all = ConnectionStats::default();
         while let Some(joined) = tasks.join_next().await {
-            sockets += joined.unwrap_or(0);
+            if let Ok(stats) = joined {
+                all.merge(&stats);
+            }
         }
-        sockets
+        all
     }
     let interrupted = tokio::select! {
         () = stop => {
@@ -195,13 +216,13 @@ struct ConnectionPlan {
     deadline: Option<Duration>,
 }
 
-/// Drives one connection to the end of its plan; returns the sockets it opened.
+/// Drives one connection to the end of its plan; returns what its sockets cost.
 async fn drive(
     mut conn: Connection,
     plan: ConnectionPlan,
     shared: Arc<Shared>,
     tx: UnboundedSender<Vec<Sample>>,
-) -> u64 {
+) -> ConnectionStats {
     let slots = &shared.slots[plan.index];
     let mut sent = 0u64;
     let mut k = 0u64;
@@ -256,7 +277,7 @@ async fn drive(
     }
     batch.flush();
     slots.finished.store(true, Ordering::Release);
-    conn.sockets
+    conn.stats
 }
 
 /// Samples on their way to the collector, sent in batches: one channel message (and one

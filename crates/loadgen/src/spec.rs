@@ -36,8 +36,11 @@ pub struct LoadOptions {
     pub timeout: Duration,
     /// Free-form labels stored in the result.
     pub labels: String,
-    /// Use HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    /// HTTP/2: with prior knowledge (h2c) on `http://`; the only protocol offered by ALPN
+    /// on `https://` (where ALPN otherwise picks h2 or http/1.1).
     pub h2: bool,
+    /// How an `https://` target is trusted.
+    pub tls: crate::tls::TlsOptions,
     /// Connect to these addresses instead of resolving the URL's host (connection `i`
     /// uses address `i mod n`), keeping the URL's authority as `Host`: how the local
     /// backend spreads load over a service's replicas.
@@ -62,6 +65,7 @@ impl Default for LoadOptions {
             timeout: DEFAULT_TIMEOUT,
             labels: String::new(),
             h2: false,
+            tls: crate::tls::TlsOptions::default(),
             connect_to: Vec::new(),
         }
     }
@@ -138,8 +142,10 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// Labels stored in the result.
     pub labels: String,
-    /// h2c instead of HTTP/1.1.
+    /// HTTP/2 only (h2c on `http://`).
     pub h2: bool,
+    /// The TLS client of an `https://` target.
+    pub tls: Option<crate::tls::Tls>,
     /// The options as given, kept for the result.
     pub options: LoadOptions,
 }
@@ -193,6 +199,18 @@ impl LoadSpec {
                 Err(problem) => bad("header", problem),
             }
         }
+        let tls = match &uri {
+            Some(u) if u.scheme_str() == Some("https") => {
+                match crate::tls::Tls::new(u.host().unwrap_or_default(), &options.tls, options.h2) {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        bad("cacert", e.to_string());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         if !errors.is_empty() {
             return Err(SpecErrors(errors));
         }
@@ -225,6 +243,7 @@ impl LoadSpec {
             timeout: options.timeout,
             labels: options.labels.clone(),
             h2: options.h2,
+            tls,
             options,
         })
     }
@@ -260,9 +279,8 @@ fn parse_url(url: &str) -> Result<Uri, String> {
         .parse()
         .map_err(|e| format!("{url:?} is not a URL ({e})"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(format!("{url:?}: https is not supported yet (use http://)")),
-        _ => return Err(format!("{url:?} is not an http:// URL")),
+        Some("http" | "https") => {}
+        _ => return Err(format!("{url:?} is not an http:// or https:// URL")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{url:?} has no host"));
@@ -272,7 +290,12 @@ fn parse_url(url: &str) -> Result<Uri, String> {
 
 fn authority_of(uri: &Uri) -> String {
     let host = uri.host().unwrap_or_default();
-    format!("{host}:{}", uri.port_u16().unwrap_or(80))
+    let default = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    format!("{host}:{}", uri.port_u16().unwrap_or(default))
 }
 
 fn parse_header(line: &str) -> Result<(HeaderName, HeaderValue), String> {

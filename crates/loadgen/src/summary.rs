@@ -6,7 +6,15 @@ use crate::result::{FortioResult, HistogramData};
 
 /// Writes the summary: achieved against requested rate, both latencies, codes, errors.
 pub fn write_summary(w: &mut impl Write, r: &FortioResult) -> io::Result<()> {
-    let protocol = if r.h2 { "h2c" } else { "HTTP/1.1" };
+    let protocol = match &r.alpn_protocols {
+        // TLS: what ALPN chose, by socket.
+        Some(alpn) => {
+            let chosen: Vec<String> = alpn.iter().map(|(p, n)| format!("{p} on {n}")).collect();
+            format!("TLS, {}", chosen.join(", "))
+        }
+        None if r.h2 => "h2c".to_string(),
+        None => "HTTP/1.1".to_string(),
+    };
     writeln!(
         w,
         "Target     {} ({} connections, {protocol})",
@@ -89,6 +97,23 @@ fn write_latency_table(w: &mut impl Write, r: &FortioResult) -> io::Result<()> {
     )?;
     if let Some(lag) = &r.schedule_lag_histogram {
         row(w, "lag", lag, "how late requests left against the schedule")?;
+    }
+    // Opening sockets is not a request's latency: shown apart, per socket.
+    if r.connection_stats.count > 0 {
+        row(
+            w,
+            "connect",
+            &r.connection_stats,
+            "TCP connect, per socket (not in the above)",
+        )?;
+    }
+    if let Some(tls) = r.tls_handshake_histogram.as_ref().filter(|h| h.count > 0) {
+        row(
+            w,
+            "tls",
+            tls,
+            "TLS handshake, per socket (not in the above)",
+        )?;
     }
     Ok(())
 }

@@ -55,6 +55,10 @@ fn spec(args: LoadArgs) -> anyhow::Result<LoadSpec> {
         timeout: args.timeout,
         labels: args.labels,
         h2: args.h2,
+        tls: meshload_loadgen::tls::TlsOptions {
+            ca_file: args.cacert,
+            insecure: args.insecure,
+        },
         connect_to: Vec::new(),
     };
     LoadSpec::try_new(options).map_err(|errors| Exit::usage(errors.to_string()).into())
