@@ -355,6 +355,7 @@ pub fn options(params: &HashMap<String, Vec<String>>) -> Result<LoadOptions, Str
             ca_file: one("cacert").filter(|c| !c.is_empty()).map(Into::into),
             insecure: flag("https-insecure") || flag("k"),
         },
+        coarse_pacing: false,
         connect_to: Vec::new(),
     })
 }

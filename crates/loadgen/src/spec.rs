@@ -41,6 +41,9 @@ pub struct LoadOptions {
     pub h2: bool,
     /// How an `https://` target is trusted.
     pub tls: crate::tls::TlsOptions,
+    /// Pace with sleeps alone: no spinning before due times (saves about 3% of a core at
+    /// 1,000 req/s; requests then leave about 100 µs late at the median).
+    pub coarse_pacing: bool,
     /// Connect to these addresses instead of resolving the URL's host (connection `i`
     /// uses address `i mod n`), keeping the URL's authority as `Host`: how the local
     /// backend spreads load over a service's replicas.
@@ -66,6 +69,7 @@ impl Default for LoadOptions {
             labels: String::new(),
             h2: false,
             tls: crate::tls::TlsOptions::default(),
+            coarse_pacing: false,
             connect_to: Vec::new(),
         }
     }

@@ -59,6 +59,7 @@ fn spec(args: LoadArgs) -> anyhow::Result<LoadSpec> {
             ca_file: args.cacert,
             insecure: args.insecure,
         },
+        coarse_pacing: args.coarse_pacing,
         connect_to: Vec::new(),
     };
     LoadSpec::try_new(options).map_err(|errors| Exit::usage(errors.to_string()).into())
