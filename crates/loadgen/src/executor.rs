@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use hdrhistogram::Histogram;
 
 use bytes::Bytes;
@@ -88,6 +89,9 @@ impl ErrorKind {
 /// What one request came to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Exchange {
+    /// When its first byte was written and its last byte read, at the socket (`None`
+    /// when it failed before that).
+    pub wire: Option<(Instant, Instant)>,
     /// HTTP status, or -1 when none arrived.
     pub code: i32,
     /// Why no status arrived.
@@ -101,6 +105,7 @@ pub struct Exchange {
 impl Exchange {
     fn failed(kind: ErrorKind) -> Exchange {
         Exchange {
+            wire: None,
             code: -1,
             error: Some(kind),
             size_bytes: 0,
@@ -216,8 +221,15 @@ impl ConnectionStats {
     }
 }
 
+/// An HTTP/1.1 connection's I/O future, polled by the requesting task itself rather than
+/// spawned as a task of its own: a response then wakes the requesting task straight from
+/// the I/O driver, instead of waking the connection's task, which wakes the requester
+/// through a channel (two task hand-offs per request, often across worker threads; see
+/// `bench/fidelity.sh` for what this does to the reported service time).
+type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
+
 enum Sender {
-    H1(http1::SendRequest<Full<Bytes>>),
+    H1(http1::SendRequest<Full<Bytes>>, Driver),
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
@@ -225,6 +237,8 @@ enum Sender {
 pub struct Connection {
     target: Arc<Target>,
     sender: Option<Sender>,
+    /// The current socket's write and read stamps.
+    stamps: Arc<crate::wire::Stamps>,
     /// What its sockets cost so far.
     pub stats: ConnectionStats,
 }
@@ -235,6 +249,7 @@ impl Connection {
         Connection {
             target,
             sender: None,
+            stamps: crate::wire::Stamps::new(),
             stats: ConnectionStats::default(),
         }
     }
@@ -259,6 +274,7 @@ impl Connection {
             })?;
         ConnectionStats::record(&mut self.stats.connect, started.elapsed());
         let _ = stream.set_nodelay(true);
+        let stream = crate::wire::Stamped::new(stream, self.stamps.clone());
         let Some(tls) = &self.target.tls else {
             return handshake(TokioIo::new(stream), self.target.h2).await;
         };
@@ -290,7 +306,10 @@ impl Connection {
     pub async fn send(&mut self) -> Exchange {
         let timeout = self.target.timeout;
         match tokio::time::timeout(timeout, self.exchange()).await {
-            Ok(Ok(exchange)) => exchange,
+            Ok(Ok(mut exchange)) => {
+                exchange.wire = self.stamps.exchange();
+                exchange
+            }
             Ok(Err(kind)) => {
                 self.sender = None;
                 Exchange::failed(kind)
@@ -304,19 +323,56 @@ impl Connection {
     }
 
     async fn exchange(&mut self) -> Result<Exchange, ErrorKind> {
-        let ready = match &mut self.sender {
-            Some(Sender::H1(s)) => s.ready().await.is_ok(),
+        let usable = match &mut self.sender {
+            // One poll of the idle connection takes in a close the server sent meanwhile,
+            // so a keep-alive connection the server dropped is replaced, not failed.
+            Some(Sender::H1(s, driver)) => {
+                driver.as_mut().now_or_never().is_none() && !s.is_closed()
+            }
             Some(Sender::H2(s)) => s.ready().await.is_ok(),
             None => false,
         };
-        if !ready {
+        if !usable {
             self.sender = Some(self.connect().await?);
         }
-        let response = match self.sender.as_mut().expect("connected above") {
-            Sender::H1(s) => s.send_request(copy(&self.target.h1_request)).await,
-            Sender::H2(s) => s.send_request(copy(&self.target.h2_request)).await,
+        // From here on, the socket's first write is this request's.
+        self.stamps.reset();
+        match self.sender.as_mut().expect("connected above") {
+            Sender::H1(s, driver) => {
+                let request = copy(&self.target.h1_request);
+                let work = async {
+                    s.ready().await.map_err(|e| ErrorKind::of_hyper(&e))?;
+                    let response = s
+                        .send_request(request)
+                        .await
+                        .map_err(|e| ErrorKind::of_hyper(&e))?;
+                    read_response(response).await
+                };
+                tokio::select! {
+                    biased;
+                    exchange = work => exchange,
+                    ended = driver.as_mut() => Err(match ended {
+                        Ok(()) => ErrorKind::Reset,
+                        Err(e) => ErrorKind::of_hyper(&e),
+                    }),
+                }
+            }
+            Sender::H2(s) => {
+                let response = s
+                    .send_request(copy(&self.target.h2_request))
+                    .await
+                    .map_err(|e| ErrorKind::of_hyper(&e))?;
+                read_response(response).await
+            }
         }
-        .map_err(|e| ErrorKind::of_hyper(&e))?;
+    }
+}
+
+/// The status and sizes of a response, its whole body read.
+async fn read_response(
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<Exchange, ErrorKind> {
+    {
         let header_bytes = head_size(&response);
         let code = i32::from(response.status().as_u16());
         let body = response
@@ -326,6 +382,7 @@ impl Connection {
             .map_err(|e| ErrorKind::of_hyper(&e))?;
         let body_bytes = body.to_bytes().len() as u64;
         Ok(Exchange {
+            wire: None,
             code,
             error: None,
             size_bytes: header_bytes + body_bytes,
@@ -349,8 +406,7 @@ where
         let (sender, conn) = http1::handshake(io)
             .await
             .map_err(|e| ErrorKind::of_hyper(&e))?;
-        tokio::spawn(conn);
-        Ok(Sender::H1(sender))
+        Ok(Sender::H1(sender, Box::pin(conn)))
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`schedule`]: due times, staggering, jitter, exact request quotas.
 //! - [`executor`]: one connection sending one request at a time.
 //! - [`tls`]: HTTPS (rustls): trust, ALPN, certificate errors in words.
+//! - [`wire`]: timestamps taken at the socket, for service times close to the wire.
 //! - [`collector`]: aggregates samples into histograms and a per-second series.
 //! - [`run`]: orchestration, with the pacer thread.
 //! - [`result`]: the result and its Fortio-compatible JSON.
@@ -27,6 +28,7 @@ pub mod schedule;
 pub mod spec;
 pub mod summary;
 pub mod tls;
+pub mod wire;
 
 pub use collector::{Live, LiveStats};
 pub use result::{FortioResult, LoadResult};

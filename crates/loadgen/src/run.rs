@@ -277,9 +277,11 @@ async fn drive(
             }
             None => None,
         };
-        let sent_at = Instant::now();
+        let before = Instant::now();
         let exchange = conn.send().await;
-        let done = Instant::now();
+        // The socket's own stamps when the request got that far; the client's before
+        // and after otherwise (a failure, or HTTP/2, whose writes are another task's).
+        let (sent_at, done) = exchange.wire.unwrap_or((before, Instant::now()));
         let sample = Sample {
             code: exchange.code,
             error: exchange.error,

@@ -62,7 +62,7 @@ impl std::fmt::Debug for Tls {
 /// What a TLS handshake agreed on.
 pub struct Handshake {
     /// The encrypted stream.
-    pub stream: TlsStream<TcpStream>,
+    pub stream: TlsStream<crate::wire::Stamped<TcpStream>>,
     /// The protocol ALPN chose (`h2`, `http/1.1`), if the server chose one.
     pub alpn: Option<Vec<u8>>,
 }
@@ -100,7 +100,10 @@ impl Tls {
     }
 
     /// The handshake over a connected socket.
-    pub async fn handshake(&self, tcp: TcpStream) -> std::io::Result<Handshake> {
+    pub async fn handshake(
+        &self,
+        tcp: crate::wire::Stamped<TcpStream>,
+    ) -> std::io::Result<Handshake> {
         let stream = self
             .connector
             .connect(self.server_name.clone(), tcp)
