@@ -2,9 +2,9 @@
 //! when the first byte of a request is handed to the kernel and when the last byte of its
 //! response is taken from it. Service time measured between these leaves out what the
 //! HTTP client and the runtime do before the write and after the read (building and
-//! encoding the request, parsing the response, waking tasks, arming the timeout), which
-//! the packet capture of `bench/fidelity.sh` showed to be most of the gap between the
-//! reported and the wire time.
+//! encoding the request, parsing the response, waking tasks, arming the timeout). What is
+//! left against the wire (`bench/fidelity.sh`) is mostly the runtime's wake-up after the
+//! response arrives, which wrk's event loop pays too.
 
 use std::io;
 use std::pin::Pin;
