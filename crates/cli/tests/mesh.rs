@@ -19,12 +19,15 @@ fn orphaned_envoys() -> Vec<String> {
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
+        // Sidecars only (other tests' meshload commands may name such folders too).
+        .filter(|l| l.contains("--service-node"))
         .filter(|l| {
             let Some(rest) = l.split("meshload-mesh-").nth(1) else {
                 return false;
             };
             let pid = rest.split('-').next().unwrap_or("");
-            !std::path::Path::new("/proc").join(pid).exists()
+            pid.bytes().all(|b| b.is_ascii_digit())
+                && !std::path::Path::new("/proc").join(pid).exists()
         })
         .map(str::to_string)
         .collect()

@@ -9,12 +9,15 @@
 //! # Layout
 //! - [`model`]: the validated types the rest of meshload takes.
 //! - [`parse`]: value to config, with every problem reported.
+//! - [`query_limits`]: how long, deep and operator-heavy a PromQL query may be (the
+//!   config's metrics and every query the engine parses).
 //! - [`reader`]: path-tracking helpers and Go-style durations.
 //! - [`service`]: the services' names and port, and a node's behaviour as node flags.
 //! - [`topology`]: cycles, entry points, depth, fan-out, start order.
 
 pub mod model;
 pub mod parse;
+pub mod query_limits;
 pub mod reader;
 pub mod service;
 pub mod topology;

@@ -648,6 +648,10 @@ fn metrics(v: &Value, r: &mut Reader) -> Vec<(String, String)> {
         let Some(query) = r.string(&path, q) else {
             continue;
         };
+        if let Err(e) = crate::query_limits::check(query) {
+            r.error(&path, format!("{} is refused: {e}", short(q)));
+            continue;
+        }
         if let Err(e) = promql_parser::parser::parse(query) {
             r.error(&path, format!("{} does not parse: {}", short(q), e.trim()));
             continue;

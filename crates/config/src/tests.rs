@@ -204,3 +204,16 @@ fn meshes_are_read_as_a_word_a_list_or_an_array() {
         .to_string();
     assert!(err.contains("mesh[1]") && err.contains("cilium"), "{err}");
 }
+
+#[test]
+fn metric_queries_beyond_the_limits_are_refused_before_parsing() {
+    // 10,000 nested calls would overflow the parser's stack: refused by the limits first.
+    let deep = format!("{}up{}", "abs(".repeat(10_000), ")".repeat(10_000));
+    let text = format!(r#"{{"backends_map": {{"0": []}}, "metrics": {{"deep": "{deep}"}}}}"#);
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("metrics.deep:") && errors[0].contains("10000 levels deep"),
+        "{errors:?}"
+    );
+}

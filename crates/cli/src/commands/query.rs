@@ -90,7 +90,7 @@ fn evaluate(store: &Store, expr: &str, timing: &Timing) -> anyhow::Result<QueryR
 
 fn query_error(e: QueryError) -> anyhow::Error {
     match e {
-        QueryError::Parse(_) => Exit::usage(e.to_string()).into(),
+        QueryError::Parse(_) | QueryError::Limit(_) => Exit::usage(e.to_string()).into(),
         other => anyhow::Error::new(other),
     }
 }

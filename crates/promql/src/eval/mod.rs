@@ -76,6 +76,9 @@ pub enum QueryError {
     /// The expression does not parse.
     #[error("parse error: {0}")]
     Parse(String),
+    /// The expression is longer, deeper or has more operators than accepted.
+    #[error("query too large: {0}")]
+    Limit(String),
     /// The expression needs a feature this engine does not evaluate.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -109,8 +112,9 @@ impl Default for QueryOptions {
     }
 }
 
-/// Parses a query, mapping the parser's error.
+/// Parses a query within [`meshload_config::query_limits`], mapping the parser's error.
 pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, QueryError> {
+    meshload_config::query_limits::check(query).map_err(QueryError::Limit)?;
     promql_parser::parser::parse(query).map_err(QueryError::Parse)
 }
 

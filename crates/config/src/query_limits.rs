@@ -1,0 +1,130 @@
+//! Limits on what a query may ask for before it is parsed: its length, how deeply it
+//! nests and how many operators it chains. The parser and the evaluator recurse over the
+//! expression, so an expression 10,000 calls deep (`abs(abs(...))`) or 30,000 terms long
+//! (`up+up+...`) would overflow the stack and abort the process; these bounds refuse it
+//! first with a clear error. They are far above what dashboards and the seed's queries
+//! use (a handful of levels and operators).
+
+/// The longest query accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+/// The deepest nesting of parentheses and brackets (calls, grouping, subqueries).
+pub const MAX_NESTING: usize = 64;
+/// The most operators (binary and unary) in one expression.
+pub const MAX_OPERATORS: usize = 256;
+
+/// Checks `query` against the limits; `Err` names the one exceeded and by how much.
+pub fn check(query: &str) -> Result<(), String> {
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(format!(
+            "the query is {} bytes long; at most {MAX_QUERY_BYTES} are accepted",
+            query.len()
+        ));
+    }
+    let (nesting, operators) = shape(query);
+    if nesting > MAX_NESTING {
+        return Err(format!(
+            "the query nests {nesting} levels deep; at most {MAX_NESTING} are accepted"
+        ));
+    }
+    if operators > MAX_OPERATORS {
+        return Err(format!(
+            "the query has {operators} operators; at most {MAX_OPERATORS} are accepted"
+        ));
+    }
+    Ok(())
+}
+
+/// The deepest `(`/`[` nesting and the operator count, outside strings and label
+/// matchers (`{...}`, where `=~` and `!=` are not operators). Keywords (`and`, `or`,
+/// `unless`) count as operators; the count may be a little high (a `-` in `1e-3`), never
+/// low.
+fn shape(query: &str) -> (usize, usize) {
+    let bytes = query.as_bytes();
+    let (mut depth, mut deepest, mut operators, mut braces) = (0usize, 0usize, 0usize, 0usize);
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b'"' | b'\'' | b'`' => {
+                // Skip the string; `\` escapes in all but backtick strings.
+                i += 1;
+                while i < bytes.len() && bytes[i] != c {
+                    if bytes[i] == b'\\' && c != b'`' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'{' => braces += 1,
+            b'}' => braces = braces.saturating_sub(1),
+            _ if braces > 0 => {}
+            b'(' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' => depth = depth.saturating_sub(1),
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'^' => operators += 1,
+            b'=' | b'!' | b'<' | b'>' => {
+                operators += 1;
+                // `==`, `!=`, `<=`, `>=` are one operator.
+                if bytes.get(i + 1) == Some(&b'=') {
+                    i += 1;
+                }
+            }
+            _ if c.is_ascii_alphabetic() => {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                if matches!(&query[start..i], "and" | "or" | "unless") {
+                    operators += 1;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (deepest, operators)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_queries_pass() {
+        let seed = r#"sum(label_replace(container_memory_working_set_bytes{container="envoy",pod=~"node-.*"}, "replica_set", "$1", "pod", "(node-.*-.*)-.*")) by (replica_set) / (1024*1024)"#;
+        assert_eq!(check(seed), Ok(()));
+        assert_eq!(shape(seed), (2, 2));
+        assert_eq!(shape(r#"a{b!="(((", c=~"x+"} and on() d"#).1, 1);
+    }
+
+    #[test]
+    fn deep_long_and_huge_queries_are_refused() {
+        let deep = format!("{}up{}", "abs(".repeat(10_000), ")".repeat(10_000));
+        assert!(check(&deep).expect_err("refused").contains("10000 levels"));
+        let long = vec!["up"; 20_000].join("+");
+        assert!(
+            check(&long)
+                .expect_err("refused")
+                .contains("19999 operators")
+        );
+        // The issue's 30,000 terms are too long before they are too many.
+        let longer = vec!["up"; 30_000].join("+");
+        assert!(check(&longer).expect_err("refused").contains("bytes long"));
+        let huge = "x".repeat(MAX_QUERY_BYTES + 1);
+        assert!(check(&huge).expect_err("refused").contains("bytes long"));
+        let at_the_limit = format!(
+            "{}up{}",
+            "sum(".repeat(MAX_NESTING),
+            ")".repeat(MAX_NESTING)
+        );
+        assert_eq!(check(&at_the_limit), Ok(()));
+    }
+}
