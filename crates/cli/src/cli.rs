@@ -494,7 +494,14 @@ Examples:
 pub struct ValidateArgs {
     /// The config file.
     pub config: std::path::PathBuf,
+    /// Refuse topologies where one request causes more backend requests than this.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_AMPLIFICATION)]
+    pub max_amplification: u64,
 }
+
+/// The default of `--max-amplification`: far beyond real call trees (the seed's causes 0,
+/// a 200-node tree a few hundred), well below what floods a machine.
+pub const DEFAULT_MAX_AMPLIFICATION: u64 = 1_000_000;
 
 /// `meshload run`.
 #[derive(Debug, Args)]
@@ -551,6 +558,9 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Refuse topologies where one request causes more backend requests than this.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_AMPLIFICATION)]
+    pub max_amplification: u64,
     /// Where the topology runs: local (processes on loopback) or k8s (the kubeconfig's
     /// cluster).
     #[arg(long, value_enum, default_value = "local")]

@@ -504,3 +504,55 @@ fn a_yaml_config_with_a_short_test_gets_metric_data() {
     assert!(csv.lines().any(|l| l.starts_with("api,")), "{csv}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_unwritable_store_and_an_amplification_bomb_are_refused_before_anything_starts() {
+    let dir = temp_dir("refused");
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"0": []}, "store": "/proc/meshload-cannot-write",
+            "load_tests": [{"test_name": "t", "target": "0", "t": "1s"}]}"#,
+    );
+    let out = run(&["run", config.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot write /proc/meshload-cannot-write"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("starting"), "nothing may start: {stderr}");
+    // 70 layers, each node calling both nodes of the next: 2^71 requests saturate.
+    let mut map = serde_json::Map::new();
+    for layer in 0..70 {
+        for i in 0..2 {
+            map.insert(
+                format!("n{layer}-{i}"),
+                serde_json::json!([format!("n{}-0", layer + 1), format!("n{}-1", layer + 1)]),
+            );
+        }
+    }
+    let bomb = write_config(
+        &dir,
+        &serde_json::json!({ "backends_map": map }).to_string(),
+    );
+    let out = run(&["validate", bomb.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "one request to node \"n0-0\" causes more than 18446744073709551614 backend requests"
+        ),
+        "{stderr}"
+    );
+    let out = run(
+        &[
+            "validate",
+            "--max-amplification",
+            "18446744073709551615",
+            bomb.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -217,3 +217,23 @@ fn metric_queries_beyond_the_limits_are_refused_before_parsing() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn amplification_saturates_instead_of_wrapping() {
+    // Each of 70 layers calls both nodes of the next: 2^70 requests and more.
+    let mut map = serde_json::Map::new();
+    for layer in 0..70 {
+        let next = |i: u32| serde_json::Value::from(format!("n{}-{i}", layer + 1));
+        for i in 0..2 {
+            map.insert(
+                format!("n{layer}-{i}"),
+                serde_json::Value::from(vec![next(0), next(1)]),
+            );
+        }
+    }
+    let text = serde_json::json!({ "backends_map": map }).to_string();
+    let config = from_str(&text, false, "t").expect("valid").config;
+    let shape = crate::topology::shape(&config.nodes);
+    assert_eq!(shape.backend_requests["n0-0"], u64::MAX);
+    assert_eq!(shape.backend_requests["n69-0"], 2);
+}

@@ -126,11 +126,13 @@ fn requests_of(
     if let Some(&n) = memo.get(node) {
         return n;
     }
+    // Saturating: a DAG of a few thousand nodes can cause more requests than a u64
+    // holds (each level multiplies); the figure then reads as u64::MAX, not wrapped.
     let n = nodes[node]
         .backends
         .iter()
-        .map(|b| 1 + requests_of(b, nodes, memo))
-        .sum();
+        .map(|b| requests_of(b, nodes, memo).saturating_add(1))
+        .fold(0u64, u64::saturating_add);
     memo.insert(node.to_string(), n);
     n
 }

@@ -139,6 +139,17 @@ impl ResultStore {
         }
     }
 
+    /// Checks that runs can be written: the folder (or, for S3, the local spool every run
+    /// passes through) is created and a probe file written and removed. A run checks
+    /// this before it starts anything, so no measurement is lost to an unwritable store.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        let root = self.local().root;
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let probe = root.join(format!(".meshload-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"").map_err(io(&probe))?;
+        std::fs::remove_file(&probe).map_err(io(&probe))
+    }
+
     /// Where a run of `test_name` with id `run` lives once published: its folder, or its
     /// `s3://bucket/prefix/<test_name>/<run>` address.
     pub fn location(&self, test_name: &str, run: &str) -> String {

@@ -147,9 +147,15 @@ impl RunRequest {
 /// Runs every test of the config, on the local backend or a cluster.
 pub fn run(args: RunArgs, k8s_flags_given: Vec<String>) -> anyhow::Result<ExitCode> {
     let loaded = super::validate::load(&args.config)?;
+    super::validate::check_amplification(&loaded.config, args.max_amplification)?;
     let exe = std::env::current_exe().context("cannot find the meshload executable")?;
     let run_id = meshload_store::run_id(std::time::SystemTime::now());
     let request = RunRequest::new(args, loaded.config, &k8s_flags_given, exe, run_id)?;
+    request
+        .settings
+        .store
+        .check_writable()
+        .map_err(|e| Exit::usage(format!("{:#}", anyhow::Error::new(e))))?;
     let runtime = super::runtime()?;
     let observer = Printer::default();
     let (outcome, cleanup_failed) = runtime.block_on(run_on_backend(&request, &observer));

@@ -12,9 +12,40 @@ use crate::exit::Exit;
 /// Loads, validates and prints the plan.
 pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     let loaded = load(&args.config)?;
+    check_amplification(&loaded.config, args.max_amplification)?;
     let mut out = std::io::stdout().lock();
     write_plan(&mut out, &loaded.config)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Above this many backend requests per request, a topology is warned about.
+const AMPLIFICATION_WARNING: u64 = 1_000;
+
+/// Refuses a topology where one request to a node causes more than `limit` backend
+/// requests (a request would never finish, and the nodes would be flooded), and warns
+/// above [`AMPLIFICATION_WARNING`]. Every such node is named.
+pub fn check_amplification(config: &Config, limit: u64) -> Result<(), Exit> {
+    let shape = topology::shape(&config.nodes);
+    let mut refused = Vec::new();
+    for (node, &n) in &shape.backend_requests {
+        let count = if n == u64::MAX {
+            "more than 18446744073709551614".to_string()
+        } else {
+            n.to_string()
+        };
+        if n > limit {
+            refused.push(format!(
+                "backends_map: one request to node {node:?} causes {count} backend requests, more than --max-amplification {limit}"
+            ));
+        } else if n > AMPLIFICATION_WARNING {
+            eprintln!("warning: one request to node {node:?} causes {count} backend requests");
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Exit::usage(refused.join("\n")))
+    }
 }
 
 /// Loads a config for any command: problems become exit 64, warnings go to stderr.
