@@ -7,6 +7,7 @@
 //! and warnings for unknown keys. Nothing here does I/O beyond [`load`] reading the file.
 //!
 //! # Layout
+//! - [`duplicates`]: keys a JSON file gives twice, named by path.
 //! - [`model`]: the validated types the rest of meshload takes.
 //! - [`parse`]: value to config, with every problem reported.
 //! - [`query_limits`]: how long, deep and operator-heavy a PromQL query may be (the
@@ -15,6 +16,7 @@
 //! - [`service`]: the services' names and port, and a node's behaviour as node flags.
 //! - [`topology`]: cycles, entry points, depth, fan-out, start order.
 
+pub mod duplicates;
 pub mod model;
 pub mod parse;
 pub mod query_limits;
@@ -85,10 +87,25 @@ pub fn from_str(text: &str, yaml: bool, name: &str) -> Result<Loaded, LoadError>
             message: e.to_string(),
         })?
     } else {
-        serde_json::from_str(text).map_err(|e| LoadError::Syntax {
+        let value = serde_json::from_str(text).map_err(|e| LoadError::Syntax {
             path: name.to_string(),
             message: e.to_string(),
-        })?
+        })?;
+        let duplicates = duplicates::in_json(text);
+        if !duplicates.is_empty() {
+            return Err(LoadError::Invalid {
+                path: name.to_string(),
+                errors: duplicates
+                    .into_iter()
+                    .map(|path| ConfigError {
+                        path,
+                        message: "is given more than once (which one counts would be a guess)"
+                            .to_string(),
+                    })
+                    .collect(),
+            });
+        }
+        value
     };
     let mut reader = reader::Reader::default();
     let config = parse::config(&value, &mut reader);

@@ -237,3 +237,23 @@ fn amplification_saturates_instead_of_wrapping() {
     assert_eq!(shape.backend_requests["n0-0"], u64::MAX);
     assert_eq!(shape.backend_requests["n69-0"], 2);
 }
+
+#[test]
+fn duplicate_keys_are_errors_in_json_and_yaml() {
+    let errors = errors_of(
+        r#"{"backends_map": {"a": ["b"]}, "backends_map": {"c": []},
+            "load_tests": [{"test_name": "x", "target": "a", "qps": 10, "qps": 1000}]}"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "backends_map: is given more than once (which one counts would be a guess)",
+            "load_tests[0].qps: is given more than once (which one counts would be a guess)"
+        ]
+    );
+    let yaml = from_str("backends_map:\n  a: [b]\n  a: []\n", true, "t.yaml");
+    assert!(
+        matches!(&yaml, Err(LoadError::Syntax { message, .. }) if message.contains("duplicate mapping key")),
+        "{yaml:?}"
+    );
+}
