@@ -157,3 +157,66 @@ fn query_over_stored_samples_writes_the_seed_csv_and_api_json() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn deep_long_and_unbounded_queries_are_refused_not_crashed() {
+    let dir = std::env::temp_dir().join(format!("meshload-query-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines = [
+        r#"{"format":"meshload-tsdb","version":1}"#,
+        r#"{"labels":{"__name__":"up"},"samples":[[1700000000000,1],[1700000010000,1]]}"#,
+    ];
+    std::fs::write(dir.join("samples.jsonl"), lines.join("\n")).unwrap();
+    let run_dir = dir.to_str().unwrap();
+    let query = |q: &str, extra: &[&str]| {
+        let mut args = vec!["query", "--run", run_dir];
+        args.extend_from_slice(extra);
+        args.push(q);
+        let out = run(&args, &[]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // These aborted the process with a stack overflow (exit 134).
+    for q in [
+        format!("{}up{}", "abs(".repeat(10_000), ")".repeat(10_000)),
+        format!("{}up{}", "sum(".repeat(20_000), ")".repeat(20_000)),
+        vec!["up"; 30_000].join("+"),
+    ] {
+        let (code, stderr) = query(&q, &[]);
+        assert_eq!(code, Some(64), "{stderr}");
+        assert!(stderr.contains("query too large"), "{stderr}");
+    }
+    // These ran for minutes.
+    let (code, stderr) = query("max_over_time(up[1d:1ms])", &["--at", "1700000010"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("a subquery of 86400000 steps"), "{stderr}");
+    let (code, stderr) = query(
+        "up",
+        &[
+            "--start",
+            "1700000000",
+            "--end",
+            "1700086400",
+            "--step",
+            "1ms",
+        ],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("maximum resolution of 11000 points"),
+        "{stderr}"
+    );
+    // A 75-byte script that filled memory.
+    let script = dir.join("bomb.test");
+    std::fs::write(
+        &script,
+        "load 1ms\n  m{a=\"1\"} 0+1x100000000000\n\neval instant at 1ms m\n  m{a=\"1\"} 1\n",
+    )
+    .unwrap();
+    let out = run(&["promql", "test", script.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more than 10000000 points"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

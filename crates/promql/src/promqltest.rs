@@ -564,6 +564,10 @@ enum Point {
     Histogram,
 }
 
+/// The most points one series of a `load` command may expand to (the shipped scripts
+/// use at most a few tens of thousands).
+const MAX_POINTS_PER_LOAD: usize = 10_000_000;
+
 /// Parses `metric{a="b"} 1 2+3x4 _ stale` into labels and points.
 fn parse_series(line: &str) -> Result<(Labels, Vec<Point>), String> {
     let (labels, rest) = parse_labels(line)?;
@@ -606,6 +610,12 @@ fn expand_point(tok: &str, out: &mut Vec<Point>) -> Result<(), String> {
     }
     let (head, times) = tok.rsplit_once('x').ok_or_else(bad)?;
     let n: usize = times.parse().map_err(|_| bad())?;
+    // `0+1x100000000000` in a 75-byte script would fill memory: bounded per series.
+    if n.saturating_add(out.len()) > MAX_POINTS_PER_LOAD {
+        return Err(format!(
+            "{tok:?} expands to more than {MAX_POINTS_PER_LOAD} points in one series"
+        ));
+    }
     if head == "_" {
         out.extend(std::iter::repeat_n(Point::Missing, n));
         return Ok(());

@@ -14,6 +14,13 @@ use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 
 use super::{Annotations, QueryError, QueryOptions, QueryResult, RangeSeries, Sample, Value};
+
+/// The most steps a range query may have: Prometheus refuses more than 11,000 points per
+/// series.
+pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
+/// The most steps one subquery may evaluate (an hour at a 1 ms step is 3.6 million; a
+/// day at 1 ms, 86 million, would take minutes).
+pub const MAX_SUBQUERY_STEPS: i64 = 1_000_000;
 use crate::labels::{Labels, LabelsHasher, LabelsMap, METRIC_NAME};
 use crate::store::{SeriesId, Store, is_stale};
 
@@ -171,6 +178,13 @@ impl<'a> Evaluator<'a> {
         end: i64,
         step: i64,
     ) -> Result<QueryResult, QueryError> {
+        let points = (end - start) / step + 1;
+        if points > MAX_POINTS_PER_SERIES {
+            // Prometheus's own limit and wording.
+            return err(format!(
+                "exceeded maximum resolution of {MAX_POINTS_PER_SERIES} points per timeseries. Try decreasing the query resolution (?step=XX)"
+            ));
+        }
         let mut series: LabelsMap<Vec<(i64, f64)>> = LabelsMap::default();
         let mut order: Vec<Labels> = Vec::new();
         let mut t = start;
@@ -380,6 +394,8 @@ impl<'a> Evaluator<'a> {
     }
 
     /// `expr[range:step]`: the inner expression at every step-aligned time in the window.
+    /// A subquery evaluates its expression once per step: `x[1y:1ms]` would be 31 billion
+    /// evaluations, so the steps are bounded.
     fn eval_subquery(&self, sq: &SubqueryExpr, t: i64) -> EvalResult<Vec<M<'a>>> {
         let rt = self.reference_time(&sq.at, &sq.offset, t);
         let step = sq
@@ -388,6 +404,12 @@ impl<'a> Evaluator<'a> {
             .map_or(self.opts.default_subquery_step_ms, duration_ms)
             .max(1);
         let window_start = rt - duration_ms(&sq.range);
+        let steps = (rt - window_start) / step;
+        if steps > MAX_SUBQUERY_STEPS {
+            return err(format!(
+                "query processing would load too many samples into memory: a subquery of {steps} steps (at most {MAX_SUBQUERY_STEPS}); use a larger subquery step"
+            ));
+        }
         // The first step-aligned time after the window's (open) start, as Prometheus does
         // it (Go's division truncates toward zero, as Rust's does).
         let mut ts = step * (window_start / step);
