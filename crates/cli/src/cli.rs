@@ -177,6 +177,9 @@ pub struct QueryArgs {
     /// Evaluate N times (a stored run only); --stats then prints the median time.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
+    /// Give up an evaluation over a stored run after this long (Prometheus's default).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -208,6 +208,16 @@ fn deep_long_and_unbounded_queries_are_refused_not_crashed() {
         stderr.contains("maximum resolution of 11000 points"),
         "{stderr}"
     );
+    // Within the limits but slow: the timeout ends it.
+    let (code, stderr) = query(
+        "count_over_time(up[1h:10ms])",
+        &["--at", "1700000010", "--timeout", "50ms"],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("query timed out in expression evaluation"),
+        "{stderr}"
+    );
     // A 75-byte script that filled memory.
     let script = dir.join("bomb.test");
     std::fs::write(

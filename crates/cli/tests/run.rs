@@ -556,3 +556,44 @@ fn an_unwritable_store_and_an_amplification_bomb_are_refused_before_anything_sta
     assert!(out.status.success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sigterm_during_a_slow_metric_query_stops_the_run_and_keeps_the_test() {
+    let dir = temp_dir("slowquery");
+    // Each step of this query evaluates a 900,000-step subquery of a join, over twenty
+    // steps: about 50 s in a debug build, far longer than the test.
+    let slow = "count_over_time((sum by (pod) (rate(container_cpu_usage_seconds_total[1m])) * on(pod) group_left() sum by (pod) (rate(container_memory_working_set_bytes[1m])))[1h:4ms])";
+    let config = write_config(
+        &dir,
+        &serde_json::json!({
+            "backends_map": {"0": []}, "ConnectivityCheckPerURL": 0, "metrics_step": "100ms",
+            "metrics": {"slow": slow, "fast": "up"},
+            "load_tests": [{"test_name": "q", "target": "0", "qps": 20, "t": "2s", "c": 1},
+                           {"test_name": "never", "target": "0", "qps": 20, "t": "1s", "c": 1}]
+        })
+        .to_string(),
+    );
+    let store = dir.join("results");
+    let mut child = start_run(&config, &store);
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(3500));
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let stopped_at = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(8),
+        "took {:?} to stop",
+        stopped_at.elapsed()
+    );
+    assert_eq!(status.code(), Some(130));
+    assert!(wait_until(Duration::from_secs(3), || children_of(pid).is_empty()));
+    let meta = json(&run_dir(&store, "q").join("metadata.json"));
+    assert_eq!(meta["status"], "complete", "the test itself had ended");
+    let slow_note = meta["metrics"]["slow"]["result"].to_string();
+    assert!(slow_note.contains("query stopped"), "{meta}");
+    assert!(!store.join("never").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -297,21 +297,11 @@ impl Answerer {
         &self,
         query: &str,
         window: QueryWindow,
+        stop: &StopSignal,
     ) -> Result<Vec<meshload_promql::eval::RangeSeries>, String> {
         let QueryWindow { start, end, step } = window;
         let result = match self {
-            Answerer::Embedded(store) => {
-                let store = store.lock().expect("the store lock is never poisoned");
-                meshload_promql::range_query(
-                    &store,
-                    query,
-                    start,
-                    end,
-                    step,
-                    QueryOptions::default(),
-                )
-                .map_err(|e| e.to_string())?
-            }
+            Answerer::Embedded(store) => embedded_range(store, query, window, stop).await?,
             Answerer::Prometheus(client, _) | Answerer::Spawned(client, _) => client
                 .query_range(query, start, end, step)
                 .await
@@ -322,6 +312,43 @@ impl Answerer {
             other => Err(format!("expected a range result, got {other:?}")),
         }
     }
+}
+
+/// A range query on the embedded engine, on a blocking thread so that the runtime (and
+/// with it Ctrl-C and SIGTERM) stays responsive. A stop that arrives while it evaluates
+/// ends it at its next step; one that came before (an interrupted test, whose metrics are
+/// still wanted) does not. Either way it ends within the engine's timeout.
+async fn embedded_range(
+    store: &SharedStore,
+    query: &str,
+    QueryWindow { start, end, step }: QueryWindow,
+    stop: &StopSignal,
+) -> Result<meshload_promql::QueryResult, String> {
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opts = QueryOptions {
+        cancel: Some(cancel.clone()),
+        ..QueryOptions::default()
+    };
+    let (store, query) = (store.clone(), query.to_string());
+    let job = tokio::task::spawn_blocking(move || {
+        let store = store.lock().expect("the store lock is never poisoned");
+        meshload_promql::range_query(&store, &query, start, end, step, opts)
+    });
+    tokio::pin!(job);
+    let joined = if stop.is_stopped() {
+        job.await
+    } else {
+        tokio::select! {
+            joined = &mut job => joined,
+            () = stop.stopped() => {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                job.await
+            }
+        }
+    };
+    joined
+        .map_err(|e| format!("the query's thread failed: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// What every test of a run shares.
@@ -410,7 +437,7 @@ async fn run_test<B: Backend>(
         }
     };
     let window = (started, SystemTime::now());
-    let metrics = measure(ctx, &fortio, window).await;
+    let metrics = measure(ctx, &fortio, window, stop).await;
     let exits = backend.exited().await;
     let mut summary = TestSummary::new(test, &fortio, fortio.interrupted);
     if let Some(mesh) = backend.facts().get("mesh").and_then(|m| m.as_str()) {
@@ -438,6 +465,7 @@ async fn measure(
     ctx: &TestContext<'_>,
     fortio: &FortioResult,
     (started, ended): (SystemTime, SystemTime),
+    stop: &StopSignal,
 ) -> Vec<MetricResult> {
     // The window's end needs samples: scrape now; a Prometheus scrapes on its own
     // schedule, so give it one interval (`scrape_interval`, which should match a cluster's
@@ -461,7 +489,7 @@ async fn measure(
         metrics.push(MetricResult {
             name: name.clone(),
             query: query.clone(),
-            series: ctx.answerer.range(query, window).await,
+            series: ctx.answerer.range(query, window, stop).await,
         });
     }
     metrics

@@ -145,7 +145,7 @@ impl ScrapeLoop {
             .iter()
             .map(|t| get(client, t.target.url(), timeout));
         let answers = futures_util::future::join_all(fetches).await;
-        let mut store = self.store.lock().expect("the store lock is never poisoned");
+        let mut store = lock_store(&self.store);
         for (target, answer) in self.targets.iter_mut().zip(answers) {
             let scraped = match answer {
                 Ok((200, content_type, body)) => {
@@ -239,6 +239,20 @@ fn record_process(store: &mut Store, sampled: &mut Sampled, now: i64) {
         ids.push(id);
     }
     sampled.series = ids;
+}
+
+/// The store, waited for without stalling the runtime: a metric query can hold it for a
+/// long time (on a blocking thread), and a worker parked on the lock would keep the
+/// tasks queued behind it (Ctrl-C and SIGTERM handling among them) from running.
+fn lock_store(store: &SharedStore) -> std::sync::MutexGuard<'_, Store> {
+    if let Ok(guard) = store.try_lock() {
+        return guard;
+    }
+    let wait = || store.lock().expect("the store lock is never poisoned");
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
 }
 
 fn now_ms() -> i64 {

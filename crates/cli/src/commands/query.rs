@@ -38,7 +38,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
             let mut result = None;
             for _ in 0..args.repeat {
                 let eval_started = Instant::now();
-                result = Some(evaluate(&store, &args.expr, &timing)?);
+                result = Some(evaluate(&store, &args.expr, &timing, args.timeout)?);
                 times.push(eval_started.elapsed());
             }
             if args.stats {
@@ -79,8 +79,16 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn evaluate(store: &Store, expr: &str, timing: &Timing) -> anyhow::Result<QueryResult> {
-    let opts = QueryOptions::default();
+fn evaluate(
+    store: &Store,
+    expr: &str,
+    timing: &Timing,
+    timeout: std::time::Duration,
+) -> anyhow::Result<QueryResult> {
+    let opts = QueryOptions {
+        timeout,
+        ..QueryOptions::default()
+    };
     match *timing {
         Timing::Instant(t) => instant_query(store, expr, t, opts),
         Timing::Range { start, end, step } => range_query(store, expr, start, end, step, opts),

@@ -70,6 +70,8 @@ pub(crate) struct Evaluator<'a> {
     pub start: i64,
     pub end: i64,
     pub opts: QueryOptions,
+    /// When the evaluation gives up (`opts.timeout` after it began).
+    deadline: std::time::Instant,
     pub annotations: RefCell<Annotations>,
     selections: RefCell<HashMap<*const VectorSelector, Rc<Selection>>>,
     /// Label sets with their name removed, remembered across steps.
@@ -119,6 +121,7 @@ impl<'a> Evaluator<'a> {
             query,
             start,
             end,
+            deadline: std::time::Instant::now() + opts.timeout,
             opts,
             annotations: RefCell::new(Annotations::default()),
             selections: RefCell::new(HashMap::new()),
@@ -225,6 +228,15 @@ impl<'a> Evaluator<'a> {
 
     /// Evaluates `expr` at time `t`.
     pub fn eval(&self, expr: &Expr, t: i64) -> EvalResult<Val<'a>> {
+        // Every (sub)expression at every step passes here: the one place to give up.
+        if std::time::Instant::now() > self.deadline {
+            return err("query timed out in expression evaluation".to_string());
+        }
+        if let Some(cancel) = &self.opts.cancel
+            && cancel.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return err("query stopped: the run is stopping".to_string());
+        }
         match expr {
             Expr::NumberLiteral(n) => Ok(Val::Scalar(n.val)),
             Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),

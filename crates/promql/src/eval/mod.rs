@@ -95,19 +95,28 @@ pub(crate) struct Annotations {
 }
 
 /// Options of a query.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct QueryOptions {
     /// How far back an instant selector looks for a sample.
     pub lookback_ms: i64,
     /// Step of subqueries without one.
     pub default_subquery_step_ms: i64,
+    /// How long one evaluation may take (Prometheus's default: 2 minutes).
+    pub timeout: std::time::Duration,
+    /// Set from elsewhere (Ctrl-C, SIGTERM) to stop the evaluation at its next step.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// Prometheus's default query timeout.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Default for QueryOptions {
     fn default() -> Self {
         QueryOptions {
             lookback_ms: DEFAULT_LOOKBACK_MS,
             default_subquery_step_ms: DEFAULT_SUBQUERY_STEP_MS,
+            timeout: DEFAULT_TIMEOUT,
+            cancel: None,
         }
     }
 }
