@@ -50,6 +50,17 @@ impl Stamps {
         (nanos != UNSET).then(|| self.base + Duration::from_nanos(nanos))
     }
 
+    /// Stamps a write, when it is the exchange's first: a request written in several
+    /// pieces started with the first.
+    fn mark_write(&self) {
+        let _ = self.first_write.compare_exchange(
+            UNSET,
+            self.now(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     /// When the exchange's first byte was written, and its last byte read.
     pub fn exchange(&self) -> Option<(Instant, Instant)> {
         let first = self.at(self.first_write.load(Ordering::Relaxed))?;
@@ -94,15 +105,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let now = self.stamps.now();
-        // Only the first write of an exchange: a request written in several pieces
-        // started with the first.
-        let _ = self.stamps.first_write.compare_exchange(
-            UNSET,
-            now,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        self.stamps.mark_write();
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -111,13 +114,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let now = self.stamps.now();
-        let _ = self.stamps.first_write.compare_exchange(
-            UNSET,
-            now,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        self.stamps.mark_write();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
