@@ -221,3 +221,50 @@ fn the_report_renders_every_chart_in_a_browser() {
         );
     }
 }
+
+#[test]
+fn damaged_runs_say_so_and_show_skips_unreadable_ones() {
+    let dir = temp_dir("damaged");
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"0": []}, "ConnectivityCheckPerURL": 0,
+            "load_tests": [{"test_name": "quickstart-qps200", "target": "0", "qps": 20, "t": "1s"}]}"#,
+    );
+    let store = dir.join("results");
+    run_ok(&config, &store);
+    let test_dir = store.join("quickstart-qps200");
+    let good = std::fs::read_dir(&test_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    // A truncated metadata.json: the run is listed as damaged, not complete.
+    let metadata = good.join("metadata.json");
+    let text = std::fs::read_to_string(&metadata).unwrap();
+    std::fs::write(&metadata, &text[..text.len() / 2]).unwrap();
+    let s = store.to_str().unwrap();
+    let listed = run(&["results", "list", "--store", s], &[]);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("quickstart-qps200"))
+        .unwrap();
+    assert!(line.ends_with("damaged"), "{listed}");
+    let shown = run(&["results", "show", "--store", s, "quickstart-qps200"], &[]);
+    assert!(shown.status.success());
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("Damaged    "));
+    // An empty run folder newer than the good one (a killed run's): show skips it.
+    std::fs::create_dir_all(test_dir.join("29991231235959")).unwrap();
+    let shown = run(&["results", "show", "--store", s, "quickstart-qps200"], &[]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&shown.stderr)
+            .contains("skipping quickstart-qps200/29991231235959")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -345,7 +345,8 @@ fn a_node_that_dies_mid_test_is_recorded_and_the_run_goes_on() {
     let config = write_config(
         &dir,
         r#"{"backends_map": {"0": ["1"]}, "ConnectivityCheckPerURL": 5,
-            "load_tests": [{"test_name": "dies", "target": "0", "qps": 100, "t": "3s", "c": 2}]}"#,
+            "load_tests": [{"test_name": "dies", "target": "0", "qps": 100, "t": "3s", "c": 2},
+                           {"test_name": "after", "target": "0", "qps": 100, "t": "1s", "c": 2}]}"#,
     );
     let store = dir.join("results");
     let mut child = start_run(&config, &store);
@@ -378,6 +379,13 @@ fn a_node_that_dies_mid_test_is_recorded_and_the_run_goes_on() {
     assert!(
         meta["summary"]["errors"].as_u64().unwrap() > 50,
         "node 0 answered 500 after node 1 died"
+    );
+    // The next test ran without it: recorded there too.
+    let after = json(&run_dir(&store, "after").join("metadata.json"));
+    let exits = after["node_exits"].to_string();
+    assert!(
+        exits.contains("node-1-") && exits.contains("before this test"),
+        "{exits}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -18,8 +18,11 @@ pub struct Run {
     pub run: RunRef,
     /// Its load result.
     pub fortio: FortioResult,
-    /// Its metadata.json.
+    /// Its metadata.json (`null` when it is missing or damaged).
     pub metadata: Json,
+    /// Why metadata.json could not be read, when it could not: the run is damaged, and
+    /// what the file said (its status, a replica's exit) is unknown.
+    pub damage: Option<String>,
 }
 
 /// Resources of one node during a run.
@@ -50,12 +53,31 @@ pub fn load(run: &RunRef) -> Result<Run, ReportError> {
             path: run.dir.join("fortio.json").display().to_string(),
             source,
         })?;
-    let metadata = read_json(&run.dir.join("metadata.json")).unwrap_or(Json::Null);
+    let (metadata, damage) = match read_json(&run.dir.join("metadata.json")) {
+        Ok(metadata) => (metadata, None),
+        Err(e) => (Json::Null, Some(DisplayChain(&e).to_string())),
+    };
     Ok(Run {
         run: run.clone(),
         fortio,
         metadata,
+        damage,
     })
+}
+
+/// An error and its causes on one line.
+struct DisplayChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
 }
 
 impl Run {
@@ -100,8 +122,12 @@ impl Run {
         parts.join(", ")
     }
 
-    /// `complete` or `interrupted` (metadata), else from the result.
+    /// `complete` or `interrupted` (metadata); `damaged` when metadata.json cannot be
+    /// read.
     pub fn status(&self) -> String {
+        if self.damage.is_some() {
+            return "damaged".into();
+        }
         match self.metadata["status"].as_str() {
             Some(s) => s.to_string(),
             None if self.fortio.interrupted => "interrupted".into(),

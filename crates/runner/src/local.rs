@@ -42,7 +42,8 @@ pub struct LocalBackend {
     mesh: Option<EnvoyMesh>,
     /// Every child, named as its exit is reported (`<pod>`, `<pod>/envoy`).
     children: Vec<(String, Child)>,
-    exited: Vec<String>,
+    /// Children that exited, with how, as first seen.
+    exited: Vec<ReplicaExit>,
     /// The run's sidecar configs and certificates, removed by `down`.
     mesh_dir: Option<PathBuf>,
 }
@@ -306,18 +307,29 @@ impl Backend for LocalBackend {
         facts
     }
 
+    /// Every replica (and sidecar) not running: those that exited since the last call,
+    /// and, marked so, those already gone before it (a test that ran without them is
+    /// recorded as such, not only the one during which they died).
     async fn exited(&mut self) -> Vec<ReplicaExit> {
-        let mut out = Vec::new();
+        let mut out: Vec<ReplicaExit> = self
+            .exited
+            .iter()
+            .map(|e| ReplicaExit {
+                pod: e.pod.clone(),
+                status: format!("{}, before this test", e.status),
+            })
+            .collect();
         for (name, child) in &mut self.children {
-            if self.exited.contains(name) {
+            if self.exited.iter().any(|e| &e.pod == name) {
                 continue;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                self.exited.push(name.clone());
-                out.push(ReplicaExit {
+                let exit = ReplicaExit {
                     pod: name.clone(),
                     status: status.to_string(),
-                });
+                };
+                self.exited.push(exit.clone());
+                out.push(exit);
             }
         }
         out

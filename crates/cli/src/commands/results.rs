@@ -86,11 +86,33 @@ pub fn push(args: &ResultsPushArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The run `name` names: `<test>/<id>` exactly, or `<test>`'s latest run that can be
+/// read (runs that cannot, such as an empty folder a killed run left, are skipped with a
+/// warning, as `list` skips them).
 fn find(store: &FsStore, name: &str) -> anyhow::Result<Run> {
-    let run = store
-        .find_run(name)
-        .map_err(|e| Exit::usage(e.to_string()))?;
-    Ok(runs::load(&run)?)
+    if name.trim_end_matches('/').contains('/') {
+        let run = store
+            .find_run(name)
+            .map_err(|e| Exit::usage(e.to_string()))?;
+        return Ok(runs::load(&run)?);
+    }
+    let test = name.trim_end_matches('/');
+    for r in store
+        .list_runs()?
+        .iter()
+        .rev()
+        .filter(|r| r.test_name == test)
+    {
+        match runs::load(r) {
+            Ok(run) => return Ok(run),
+            Err(e) => eprintln!("warning: skipping {}/{}: {e}", r.test_name, r.id),
+        }
+    }
+    Err(Exit::usage(format!(
+        "no readable run of {test} in {}",
+        store.root().display()
+    ))
+    .into())
 }
 
 /// Lists every run of a store.
@@ -160,6 +182,12 @@ pub fn show(args: &ResultsShowArgs) -> anyhow::Result<ExitCode> {
         run.status(),
         run.metadata["start"].as_str().unwrap_or("?")
     )?;
+    if let Some(damage) = &run.damage {
+        writeln!(
+            out,
+            "Damaged    {damage} (what it held, such as a replica's exit, is unknown)"
+        )?;
+    }
     let backend = run.backend();
     if !backend.is_empty() {
         writeln!(out, "Backend    {backend}")?;

@@ -355,7 +355,7 @@ impl Observer for Printer {
             eprintln!("meshload:   SLO missed: {f}");
         }
         for e in &s.node_exits {
-            eprintln!("meshload:   replica exited during the test: {e}");
+            eprintln!("meshload:   replica not running in the test: {e}");
         }
         if let Some(note) = &s.storage_note {
             eprintln!("meshload:   not stored in the store: {note}");
