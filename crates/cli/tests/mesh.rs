@@ -34,25 +34,11 @@ fn orphaned_envoys() -> Vec<String> {
 }
 
 fn run_mesh(config: &std::path::Path, store: &std::path::Path) -> std::process::Output {
-    let out = run(
-        &[
-            "run",
-            "--mesh",
-            "envoy",
-            "--sleep-between-tests",
-            "0",
-            "--store",
-            store.to_str().unwrap(),
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    common::run_ok_with(
+        config,
+        store,
+        &["--mesh", "envoy", "--sleep-between-tests", "0"],
+    )
 }
 
 /// The `node-0` rows' values of a seed CSV (`replica_set` or pod in the first column).

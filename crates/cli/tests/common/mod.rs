@@ -188,15 +188,15 @@ pub fn write_config(dir: &std::path::Path, json: &str) -> std::path::PathBuf {
 
 /// `meshload run --store STORE CONFIG`, which must succeed.
 pub fn run_ok(config: &std::path::Path, store: &std::path::Path) -> Output {
-    let out = run(
-        &[
-            "run",
-            "--store",
-            store.to_str().unwrap(),
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
+    run_ok_with(config, store, &[])
+}
+
+/// `meshload run FLAGS --store STORE CONFIG`, which must succeed.
+pub fn run_ok_with(config: &std::path::Path, store: &std::path::Path, flags: &[&str]) -> Output {
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend(["--store", store.to_str().unwrap(), config.to_str().unwrap()]);
+    let out = run(&args, &[]);
     assert!(
         out.status.success(),
         "{}",
