@@ -288,7 +288,8 @@ pub struct NodeArgs {
         default_value = "parallel"
     )]
     pub call_mode: CallMode,
-    /// Connections served at once.
+    /// Connections served at once. At the limit, an idle or silent connection makes way
+    /// for a new client; when all are busy, new clients wait in the listen backlog.
     #[arg(long, value_name = "N", env = "MESHLOAD_MAX_CONNECTIONS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -298,6 +299,17 @@ pub struct NodeArgs {
     /// Longest time one request may take, backend calls included, before a 504.
     #[arg(long, value_name = "DURATION", env = "MESHLOAD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Time a new connection has to send a whole request head; a silent or slow client is
+    /// disconnected after it.
+    #[arg(long, value_name = "DURATION", env = "MESHLOAD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may stay idle between requests. At --max-connections,
+    /// the longest-idle connection is closed at once to make way for a new client.
+    #[arg(long, value_name = "DURATION", env = "MESHLOAD_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Time a client has to send a request body once its head arrived, before a 408.
+    #[arg(long, value_name = "DURATION", env = "MESHLOAD_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
     /// Pin a backend's HOST:PORT to addresses (its replicas), called round-robin with the
     /// name kept as Host, like a Kubernetes Service: HOST:PORT=ADDR[,ADDR...] (repeatable;
     /// in the environment, entries are separated by `;`).

@@ -232,6 +232,93 @@ async fn sigterm_drains_in_flight_requests() {
     assert!(status.success());
 }
 
+/// Sends `request` on a new connection and reads until the node closes it or `limit`
+/// passes; returns what arrived and when the connection ended (`None`: still open).
+async fn exchange(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    limit: Duration,
+) -> (String, Option<Duration>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), stream.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), None),
+            Ok(Ok(0) | Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&got).into_owned(),
+                    Some(started.elapsed()),
+                );
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_slow_and_idle_connections_are_closed_by_their_timeouts() {
+    let node = NodeProc::start(&[
+        "--header-read-timeout",
+        "1s",
+        "--idle-timeout",
+        "3s",
+        "--body-read-timeout",
+        "1s",
+        "--request-timeout",
+        "20s",
+    ]);
+    let limit = Duration::from_secs(8);
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let (silent, partial_head, partial_body, idle) = tokio::join!(
+        exchange(node.addr, b"", limit),
+        exchange(node.addr, b"GET / HTTP/1.1\r\nHo", limit),
+        exchange(
+            node.addr,
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc",
+            limit
+        ),
+        exchange(node.addr, head, limit),
+    );
+    let near = |got: Option<Duration>, secs: f64| {
+        let got = got.expect("the node closes the connection").as_secs_f64();
+        assert!((got - secs).abs() < 0.6, "closed after {got:.2}s, expected {secs}s");
+    };
+    near(silent.1, 1.0);
+    assert_eq!(silent.0, "");
+    near(partial_head.1, 1.0);
+    assert!(partial_body.0.starts_with("HTTP/1.1 408"), "{}", partial_body.0);
+    near(partial_body.1, 1.0);
+    // An answered keep-alive connection waits for its next request for the idle timeout,
+    // not the header-read one.
+    assert!(idle.0.starts_with("HTTP/1.1 200"), "{}", idle.0);
+    near(idle.1, 3.0);
+}
+
+#[tokio::test]
+async fn silent_connections_at_the_limit_make_way_for_clients() {
+    let node = NodeProc::start(&["--max-connections", "50"]);
+    let mut silent = Vec::new();
+    for _ in 0..60 {
+        silent.push(tokio::net::TcpStream::connect(node.addr).await.unwrap());
+    }
+    // And one keep-alive client in the middle: it answers, then idles at the limit.
+    let started = Instant::now();
+    for _ in 0..5 {
+        let reply = tokio::time::timeout(Duration::from_secs(3), get(&node.url()))
+            .await
+            .expect("a client is served while 60 silent sockets are held");
+        assert_eq!(reply.status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let metrics = get(&format!("{}metrics", node.url())).await;
+    assert_eq!(metrics.status, 200);
+    drop(silent);
+}
+
 #[test]
 fn bad_flags_and_backends_give_one_line_and_exit_64() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);

@@ -201,6 +201,16 @@ impl FromStr for CallMode {
     }
 }
 
+/// Default header-read timeout: hyper's own default for HTTP/1 servers is 30 s; a node
+/// answers machines, not people typing, so it gives them a third of that.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default keep-alive idle timeout: 5 minutes, Envoy's default `stream_idle_timeout`;
+/// shorter than the hour of Envoy's connection `idle_timeout`, since at the connection
+/// limit idle connections make way anyway.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default body-read timeout, as long as the header-read one.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Bounds that keep a node alive under abuse.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -210,6 +220,13 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Longest time one request may take, backend calls included, before a 504.
     pub request_timeout: Duration,
+    /// Time a new connection has to send a whole request head before it is closed
+    /// (slow and silent clients alike).
+    pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may stay idle between requests before it is closed.
+    pub idle_timeout: Duration,
+    /// Time a client has to send a request body once its head arrived, before a 408.
+    pub body_read_timeout: Duration,
     /// Longest time to wait for in-flight requests on shutdown.
     pub drain_timeout: Duration,
 }
@@ -220,6 +237,9 @@ impl Default for Limits {
             max_connections: 10_000,
             max_header_bytes: 16 * 1024,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             drain_timeout: Duration::from_secs(10),
         }
     }

@@ -139,17 +139,29 @@ impl Node {
         let started = Instant::now();
         let _in_flight = self.metrics.start_request();
         let (parts, body) = req.into_parts();
-        let response = if Limited::new(body, MAX_BODY_BYTES).collect().await.is_err() {
-            self.reply(
+        let limits = &self.config.limits;
+        // The body counts against the request timeout too, and has its own bound.
+        let body_wait = limits.body_read_timeout.min(limits.request_timeout);
+        let read = tokio::time::timeout(body_wait, Limited::new(body, MAX_BODY_BYTES).collect());
+        let response = match read.await {
+            Err(_) => self.reply(
+                StatusCode::REQUEST_TIMEOUT,
+                Some("request body not received in time"),
+                vec![],
+            ),
+            Ok(Err(_)) => self.reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 Some("request body too large or broken"),
                 vec![],
-            )
-        } else {
-            let timeout = self.config.limits.request_timeout;
-            match tokio::time::timeout(timeout, self.respond(&parts.headers)).await {
-                Ok(response) => response,
-                Err(_) => self.reply(StatusCode::GATEWAY_TIMEOUT, Some("request timeout"), vec![]),
+            ),
+            Ok(Ok(_)) => {
+                let left = limits.request_timeout.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, self.respond(&parts.headers)).await {
+                    Ok(response) => response,
+                    Err(_) => {
+                        self.reply(StatusCode::GATEWAY_TIMEOUT, Some("request timeout"), vec![])
+                    }
+                }
             }
         };
         self.metrics

@@ -12,9 +12,11 @@
 //! - [`metrics`]: the Prometheus metrics a node exposes.
 //! - [`process`]: resource samples from `/proc` (also used to watch child nodes).
 //! - [`server`]: the listener, HTTP/1.1 and h2c on one port, graceful shutdown.
+//! - `connections`: the open connections, their timeouts, and who makes way at the limit.
 
 pub mod behaviour;
 pub mod config;
+pub(crate) mod connections;
 mod handler;
 pub mod metrics;
 pub mod process;

@@ -3,20 +3,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 
-use crate::config::NodeConfig;
+use crate::config::{Limits, NodeConfig};
+use crate::connections::{Conn, Registry, Watched};
+
 use crate::handler::Node;
-
-/// Time a client has to send a complete request head (slow-loris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors that stop a node.
 #[derive(Debug, thiserror::Error)]
@@ -61,17 +59,23 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting and drains in-flight
     /// requests for at most the configured drain timeout.
+    ///
+    /// Connections are bounded by the limits: a connection that has not sent a whole
+    /// request head within the header-read timeout, or stays idle between requests for
+    /// the idle timeout, is closed, and at the connection limit the longest-idle
+    /// connection makes way for a new one (see [`crate::connections`]).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let limits = self.node.limits().clone();
-        let builder = connection_builder(limits.max_header_bytes);
-        let graceful = GracefulShutdown::new();
-        let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let builder = connection_builder(&limits);
+        let registry = Registry::new();
+        let (stopping, _) = watch::channel(false);
+        let limit = limits.max_connections.max(1);
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            tokio::select! {
+                () = registry.room(limit) => {}
                 () = &mut shutdown => break,
-            };
+            }
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _peer)) => stream,
@@ -85,23 +89,53 @@ impl Server {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
+            let conn = registry.open();
+            let stream = Watched::new(stream, conn.clone());
             let node = self.node.clone();
-            let service = service_fn(move |req| node.clone().handle(req));
-            let conn = builder
+            let served = conn.clone();
+            let service = service_fn(move |req| {
+                let request = served.start_request();
+                let node = node.clone();
+                async move {
+                    let response = node.handle(req).await;
+                    drop(request);
+                    response
+                }
+            });
+            let http = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
-            let conn = graceful.watch(conn);
+            let limits = limits.clone();
+            let mut stopping = stopping.subscribe();
             tokio::spawn(async move {
-                if let Err(err) = conn.await {
-                    tracing::debug!(error = %err, "connection ended with an error");
+                tokio::pin!(http);
+                let reason = loop {
+                    match watch_connection(&conn, &limits, &mut stopping, http.as_mut()).await {
+                        Watch::Ended(result) => {
+                            if let Err(err) = result {
+                                tracing::debug!(error = %err, "connection ended with an error");
+                            }
+                            return;
+                        }
+                        Watch::Close(reason) => break reason,
+                        Watch::Continue => {}
+                    }
+                };
+                tracing::debug!(reason, "closing connection");
+                if reason != "stop" && !conn.may_be_answering() {
+                    // Silent, or part of a head: nothing to finish.
+                    return;
                 }
-                drop(permit);
+                http.as_mut().graceful_shutdown();
+                let grace = if reason == "stop" { limits.drain_timeout } else { CLOSE_GRACE };
+                let _ = tokio::time::timeout(grace, http).await;
             });
         }
         drop(self.listener);
         tracing::info!("shutting down: draining in-flight requests");
+        let _ = stopping.send(true);
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("drained"),
+            () = registry.drained() => tracing::info!("drained"),
             () = tokio::time::sleep(limits.drain_timeout) => {
                 tracing::warn!(timeout = ?limits.drain_timeout, "drain timed out; closing");
             }
@@ -110,12 +144,67 @@ impl Server {
     }
 }
 
-fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+/// How long a connection asked to close may take to finish the response it is writing.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What happened while a connection was watched.
+enum Watch<E> {
+    /// The connection ended by itself.
+    Ended(Result<(), E>),
+    /// The connection is to be closed, for this reason.
+    Close(&'static str),
+    /// Nothing to do yet: watch again.
+    Continue,
+}
+
+/// Waits for the connection to end, for its deadline (header-read or idle timeout), for
+/// a request to make way, or for the node to stop.
+async fn watch_connection<F, E>(
+    conn: &Conn,
+    limits: &Limits,
+    stopping: &mut watch::Receiver<bool>,
+    http: std::pin::Pin<&mut F>,
+) -> Watch<E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let deadline = conn.deadline(limits.header_read_timeout, limits.idle_timeout);
+    let timer =
+        tokio::time::sleep_until(deadline.map_or_else(far_future, tokio::time::Instant::from_std));
+    tokio::select! {
+        result = http => Watch::Ended(result),
+        () = conn.woken() => {
+            if conn.should_make_way() {
+                Watch::Close("making way for a new connection")
+            } else {
+                Watch::Continue
+            }
+        }
+        () = timer => {
+            let expired = conn
+                .deadline(limits.header_read_timeout, limits.idle_timeout)
+                .is_some_and(|d| d <= Instant::now());
+            if expired { Watch::Close("timeout") } else { Watch::Continue }
+        }
+        changed = stopping.changed() => {
+            if changed.is_err() || *stopping.borrow() { Watch::Close("stop") } else { Watch::Continue }
+        }
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let max_header_bytes = limits.max_header_bytes;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The connection watcher enforces the header-read timeout, which hyper would also
+        // apply to idle keep-alive connections.
+        .header_read_timeout(None)
         // hyper refuses buffers under 8 KiB; the buffer bounds the request head.
         .max_buf_size(max_header_bytes.max(8192));
     builder

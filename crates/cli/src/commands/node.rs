@@ -36,6 +36,9 @@ fn config(args: NodeArgs) -> NodeConfig {
             max_connections: args.max_connections as usize,
             max_header_bytes: args.max_header_bytes,
             request_timeout: args.request_timeout,
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+            body_read_timeout: args.body_read_timeout,
             drain_timeout: args.drain_timeout,
         },
     }
