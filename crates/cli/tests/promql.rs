@@ -210,7 +210,8 @@ fn deep_long_and_unbounded_queries_are_refused_not_crashed() {
     );
     // Within the limits but slow: the timeout ends it.
     let (code, stderr) = query(
-        "count_over_time(up[1h:10ms])",
+        // 3,600 outer steps of 6,000 inner ones: 1.7 s in a release build.
+        "count_over_time(count_over_time(up[1m:10ms])[1h:1s])",
         &["--at", "1700000010", "--timeout", "50ms"],
     );
     assert_eq!(code, Some(2));
@@ -227,6 +228,20 @@ fn deep_long_and_unbounded_queries_are_refused_not_crashed() {
     .unwrap();
     let out = run(&["promql", "test", script.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("more than 10000000 points"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("past its limit of 10000000 points"),
+        "{out:?}"
+    );
+    // The bound is on the whole script: many series under any one series' share.
+    let series: String = (0..2_000)
+        .map(|i| format!("  m{{i=\"{i}\"}} 0+1x9999\n"))
+        .collect();
+    std::fs::write(&script, format!("load 1ms\n{series}")).unwrap();
+    let out = run(&["promql", "test", script.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("limit of 10000000 points"),
+        "{out:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

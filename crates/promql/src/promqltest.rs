@@ -94,8 +94,36 @@ pub struct ScriptError {
     pub problem: String,
 }
 
-/// Runs a test script.
+/// Bounds on what one script may load and how long each evaluation may take.
+#[derive(Debug, Clone)]
+pub struct ScriptLimits {
+    /// The most points the whole script may describe, loaded and expected together (the
+    /// shipped scripts use a few thousand per series).
+    pub max_points: usize,
+    /// How long one `eval` may take.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        ScriptLimits {
+            max_points: 10_000_000,
+            timeout: crate::eval::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Runs a test script within the default [`ScriptLimits`].
 pub fn run_script(text: &str) -> Result<Report, ScriptError> {
+    run_script_with(text, &ScriptLimits::default())
+}
+
+/// Runs a test script within `limits`.
+pub fn run_script_with(text: &str, limits: &ScriptLimits) -> Result<Report, ScriptError> {
+    let mut points = Points {
+        left: limits.max_points,
+        max: limits.max_points,
+    };
     let lines: Vec<String> = text
         .lines()
         .map(|l| {
@@ -134,13 +162,20 @@ pub fn run_script(text: &str) -> Result<Report, ScriptError> {
             i += 1;
             continue;
         } else if command.starts_with("load") {
-            load(&mut store, line, body, command == "load_with_nhcb").map_err(bad)?;
+            load(
+                &mut store,
+                line,
+                body,
+                command == "load_with_nhcb",
+                &mut points,
+            )
+            .map_err(bad)?;
         } else if command.starts_with("eval") {
-            let eval = Eval::parse(line, body).map_err(bad)?;
+            let eval = Eval::parse(line, body, &mut points).map_err(bad)?;
             report.cases.push(Case {
                 line: i + 1,
                 query: eval.query.clone(),
-                outcome: eval.run(&store),
+                outcome: eval.run(&store, limits.timeout),
             });
         } else {
             return Err(bad(format!("invalid command {line:?}")));
@@ -150,7 +185,13 @@ pub fn run_script(text: &str) -> Result<Report, ScriptError> {
     Ok(report)
 }
 
-fn load(store: &mut Store, header: &str, body: &[String], nhcb: bool) -> Result<(), String> {
+fn load(
+    store: &mut Store,
+    header: &str,
+    body: &[String],
+    nhcb: bool,
+    budget: &mut Points,
+) -> Result<(), String> {
     let interval = header
         .split_whitespace()
         .nth(1)
@@ -158,7 +199,7 @@ fn load(store: &mut Store, header: &str, body: &[String], nhcb: bool) -> Result<
     let interval =
         parse_duration_ms(interval).ok_or_else(|| format!("invalid interval {interval:?}"))?;
     for line in body {
-        let (labels, points) = parse_series(line)?;
+        let (labels, points) = parse_series(line, budget)?;
         if points.iter().any(|p| matches!(p, Point::Histogram)) {
             store.mark_native_histogram(&labels);
             continue;
@@ -266,7 +307,7 @@ struct Eval {
 }
 
 impl Eval {
-    fn parse(header: &str, body: &[String]) -> Result<Eval, String> {
+    fn parse(header: &str, body: &[String], budget: &mut Points) -> Result<Eval, String> {
         let re = Regex::new(
             r"^eval(?:_(fail|warn|ordered|info))?\s+(?:instant\s+(?:at\s+)?(\S+)|range\s+from\s+(\S+)\s+to\s+(\S+)\s+step\s+(\S+))\s+(.+)$",
         )
@@ -309,12 +350,12 @@ impl Eval {
             _ => {}
         }
         for line in body {
-            eval.parse_body_line(line)?;
+            eval.parse_body_line(line, budget)?;
         }
         Ok(eval)
     }
 
-    fn parse_body_line(&mut self, line: &str) -> Result<(), String> {
+    fn parse_body_line(&mut self, line: &str, budget: &mut Points) -> Result<(), String> {
         if let Some(rest) = line.strip_prefix("expected_fail_message") {
             self.fail = Some(Matcher::Exact(rest.trim().to_string()));
             return Ok(());
@@ -353,7 +394,7 @@ impl Eval {
             self.scalar = Some(v);
             return Ok(());
         }
-        let (labels, points) = parse_series(line)?;
+        let (labels, points) = parse_series(line, budget)?;
         if points.iter().any(|p| matches!(p, Point::Histogram)) {
             self.native = true;
         }
@@ -361,11 +402,14 @@ impl Eval {
         Ok(())
     }
 
-    fn run(&self, store: &Store) -> Outcome {
+    fn run(&self, store: &Store, timeout: std::time::Duration) -> Outcome {
         if self.native {
             return Outcome::Skipped("expects native histograms".into());
         }
-        let opts = QueryOptions::default();
+        let opts = QueryOptions {
+            timeout,
+            ..QueryOptions::default()
+        };
         let result = match self.timing {
             Timing::Instant(t) => instant_query(store, &self.query, t, opts),
             Timing::Range { start, end, step } => {
@@ -564,12 +608,30 @@ enum Point {
     Histogram,
 }
 
-/// The most points one series of a `load` command may expand to (the shipped scripts
-/// use at most a few tens of thousands).
-const MAX_POINTS_PER_LOAD: usize = 10_000_000;
+/// The points a script may still describe.
+#[derive(Debug)]
+struct Points {
+    left: usize,
+    max: usize,
+}
 
-/// Parses `metric{a="b"} 1 2+3x4 _ stale` into labels and points.
-fn parse_series(line: &str) -> Result<(Labels, Vec<Point>), String> {
+impl Points {
+    fn take(&mut self, n: usize, tok: &str) -> Result<(), String> {
+        // `0+1x100000000000` in a 75-byte script would fill memory.
+        self.left = self.left.checked_sub(n).ok_or_else(|| self.exceeded(tok))?;
+        Ok(())
+    }
+
+    fn exceeded(&self, tok: &str) -> String {
+        format!(
+            "{tok:?} takes the script past its limit of {} points",
+            self.max
+        )
+    }
+}
+
+/// Parses `metric{a="b"} 1 2+3x4 _ stale` into labels and points, within the budget.
+fn parse_series(line: &str, budget: &mut Points) -> Result<(Labels, Vec<Point>), String> {
     let (labels, rest) = parse_labels(line)?;
     let mut points = Vec::new();
     let mut tokens = rest.split_whitespace().peekable();
@@ -586,12 +648,15 @@ fn parse_series(line: &str) -> Result<(Labels, Vec<Point>), String> {
             points.push(Point::Histogram);
             continue;
         }
-        expand_point(tok, &mut points)?;
+        let before = points.len();
+        expand_point(tok, &mut points, budget)?;
+        budget.take(points.len() - before, tok)?;
     }
     Ok((labels, points))
 }
 
-fn expand_point(tok: &str, out: &mut Vec<Point>) -> Result<(), String> {
+/// Appends the points `tok` stands for; refuses to expand to more than `cap` points.
+fn expand_point(tok: &str, out: &mut Vec<Point>, budget: &Points) -> Result<(), String> {
     let bad = || format!("invalid point {tok:?}");
     match tok {
         "_" => {
@@ -610,11 +675,8 @@ fn expand_point(tok: &str, out: &mut Vec<Point>) -> Result<(), String> {
     }
     let (head, times) = tok.rsplit_once('x').ok_or_else(bad)?;
     let n: usize = times.parse().map_err(|_| bad())?;
-    // `0+1x100000000000` in a 75-byte script would fill memory: bounded per series.
-    if n.saturating_add(out.len()) > MAX_POINTS_PER_LOAD {
-        return Err(format!(
-            "{tok:?} expands to more than {MAX_POINTS_PER_LOAD} points in one series"
-        ));
+    if n >= budget.left {
+        return Err(budget.exceeded(tok));
     }
     if head == "_" {
         out.extend(std::iter::repeat_n(Point::Missing, n));
@@ -806,10 +868,36 @@ pub fn parse_duration_ms(s: &str) -> Option<i64> {
 mod tests {
     use super::*;
 
+    fn budget(n: usize) -> Points {
+        Points { left: n, max: n }
+    }
+
+    #[test]
+    fn the_point_budget_covers_the_whole_script() {
+        let series: String = (0..5)
+            .map(|i| format!("  m{{i=\"{i}\"}} 0+1x9\n"))
+            .collect();
+        let script = format!("load 1s\n{series}\neval instant at 1s m\n");
+        let limits = ScriptLimits {
+            max_points: 49,
+            ..ScriptLimits::default()
+        };
+        let err = run_script_with(&script, &limits).expect_err("50 points over 49");
+        assert!(err.problem.contains("limit of 49 points"), "{err}");
+        let limits = ScriptLimits {
+            max_points: 50,
+            ..ScriptLimits::default()
+        };
+        run_script_with(&script, &limits).expect("50 points fit");
+    }
+
     #[test]
     fn expands_series_descriptions() {
-        let (labels, points) =
-            parse_series(r#"m{a="x", b="y\"z"} 1 2+3x2 _ stale _x2 -1-1x1 1e3"#).expect("valid");
+        let (labels, points) = parse_series(
+            r#"m{a="x", b="y\"z"} 1 2+3x2 _ stale _x2 -1-1x1 1e3"#,
+            &mut budget(100),
+        )
+        .expect("valid");
         assert_eq!(labels.to_string(), r#"m{a="x", b="y\"z"}"#);
         let v = |x: f64| Point::Value(x);
         assert_eq!(
@@ -828,7 +916,7 @@ mod tests {
                 v(1000.0)
             ]
         );
-        let (labels, _) = parse_series(r#"{"my.metric", a="b"} 1"#).expect("valid");
+        let (labels, _) = parse_series(r#"{"my.metric", a="b"} 1"#, &mut budget(1)).expect("valid");
         assert_eq!(labels.name(), Some("my.metric"));
     }
 
