@@ -22,12 +22,14 @@ pub mod parse;
 pub mod query_limits;
 pub mod reader;
 pub mod service;
+pub mod slo;
 pub mod topology;
 
 use std::path::Path;
 
-pub use model::{Behaviour, Config, LoadTest, NodeSpec, PrometheusSetting, Slo};
+pub use model::{Behaviour, Config, LoadTest, NodeSpec, PrometheusSetting};
 pub use reader::ConfigError;
+pub use slo::Slo;
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::slo::Slo;
+
 /// Injected behaviour of a node (the node service's knobs), as the config gives them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Behaviour {
@@ -66,33 +68,6 @@ pub struct LoadTest {
     pub labels: String,
     /// Thresholds that fail the run (exit 1) when missed.
     pub slo: Slo,
-}
-
-/// Thresholds checked after each test.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Slo {
-    /// Largest acceptable p99 of response time (corrected), in milliseconds.
-    pub p99_ms: Option<f64>,
-    /// Largest acceptable share of errors (0..1).
-    pub error_ratio: Option<f64>,
-    /// Smallest acceptable achieved/requested rate (0..1).
-    pub min_rate_ratio: Option<f64>,
-}
-
-impl Slo {
-    /// Per-test values override the global ones.
-    pub fn overlay(&self, over: &Slo) -> Slo {
-        Slo {
-            p99_ms: over.p99_ms.or(self.p99_ms),
-            error_ratio: over.error_ratio.or(self.error_ratio),
-            min_rate_ratio: over.min_rate_ratio.or(self.min_rate_ratio),
-        }
-    }
-
-    /// Whether any threshold is set.
-    pub fn is_empty(&self) -> bool {
-        self.p99_ms.is_none() && self.error_ratio.is_none() && self.min_rate_ratio.is_none()
-    }
 }
 
 /// Which Prometheus answers the metric queries.

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::model::{Behaviour, Config, LoadTest, NodeSpec, PrometheusSetting, Slo};
+use crate::model::{Behaviour, Config, LoadTest, NodeSpec, PrometheusSetting};
 use crate::reader::{Reader, index, join, short};
+use crate::slo::Slo;
 use crate::topology;
 
 const TOP_LEVEL: [&str; 17] = [
@@ -325,21 +326,24 @@ fn slo(path: &str, v: &Value, r: &mut Reader) -> Slo {
     let Some(o) = r.object(path, v) else {
         return Slo::default();
     };
-    r.unknown_keys(path, o, &["p99_ms", "error_ratio", "min_rate_ratio"]);
-    let mut get = |k: &str, max: f64| {
+    let mut slo = Slo::default();
+    for (k, value) in o {
         let key = join(path, k);
-        let n = r.number(&key, o.get(k)?)?;
-        if n < 0.0 || n > max {
-            r.error(&key, format!("{n} is out of range (0 to {max})"));
-            return None;
+        if !crate::slo::is_key(k) {
+            r.error(
+                &key,
+                "is not an SLO key (pNN_ms, service_pNN_ms, error_ratio, min_rate_ratio)",
+            );
+            continue;
         }
-        Some(n)
-    };
-    Slo {
-        p99_ms: get("p99_ms", f64::MAX),
-        error_ratio: get("error_ratio", 1.0),
-        min_rate_ratio: get("min_rate_ratio", 1.0),
+        let Some(n) = r.number(&key, value) else {
+            continue;
+        };
+        if let Err(e) = slo.set(k, n) {
+            r.error(&key, e);
+        }
     }
+    slo
 }
 
 fn tests(
@@ -652,8 +656,8 @@ fn metrics(v: &Value, r: &mut Reader) -> Vec<(String, String)> {
             r.error(&path, format!("{} is refused: {e}", short(q)));
             continue;
         }
-        if let Err(e) = promql_parser::parser::parse(query) {
-            r.error(&path, format!("{} does not parse: {}", short(q), e.trim()));
+        if let Err(e) = crate::query_limits::parse(query) {
+            r.error(&path, format!("{} does not parse: {e}", short(q)));
             continue;
         }
         out.push((name.clone(), query.to_string()));

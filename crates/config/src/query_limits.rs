@@ -34,6 +34,84 @@ pub fn check(query: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest duration written as a plain number of seconds (`x[300]`, `offset 60`):
+/// the parser turns such numbers into a `Duration` and aborts on larger ones.
+const MAX_PLAIN_SECONDS: f64 = 1e18;
+
+/// Parses `query` within the limits. A panic of the parser (a case the checks here do not
+/// foresee) becomes an error too, so a query can never take the process down.
+pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, String> {
+    check(query)?;
+    plain_durations(query)?;
+    match std::panic::catch_unwind(|| promql_parser::parser::parse(query)) {
+        Ok(parsed) => parsed.map_err(|e| e.trim().to_string()),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown reason".to_string());
+            Err(format!("the PromQL parser failed on this query: {why}"))
+        }
+    }
+}
+
+/// Refuses a range, subquery step or offset written as a plain number too large for a
+/// duration (`x[1e300]`, `offset 18446744073709551616`).
+fn plain_durations(query: &str) -> Result<(), String> {
+    let bytes = query.as_bytes();
+    let mut i = 0;
+    let mut after_duration_start = false;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_whitespace() || ((c == b'-' || c == b'+') && after_duration_start) {
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let word = &query[start..i];
+            if after_duration_start && word.eq_ignore_ascii_case("inf") {
+                return Err(format!("{word} is not a duration"));
+            }
+            after_duration_start = word.eq_ignore_ascii_case("offset");
+            continue;
+        }
+        if (c.is_ascii_digit() || c == b'.') && after_duration_start {
+            let start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric()
+                    || bytes[i] == b'.'
+                    || (matches!(bytes[i], b'+' | b'-') && matches!(bytes[i - 1], b'e' | b'E')))
+            {
+                i += 1;
+            }
+            let number = &query[start..i];
+            if let Ok(secs) = number.parse::<f64>()
+                && !(secs.abs() < MAX_PLAIN_SECONDS)
+            {
+                return Err(format!(
+                    "{number} seconds is out of range for a duration (at most {MAX_PLAIN_SECONDS:e})"
+                ));
+            }
+            if let Ok(secs) = u128::from_str_radix(number.trim_start_matches("0x"), 16)
+                && number.starts_with("0x")
+                && secs as f64 >= MAX_PLAIN_SECONDS
+            {
+                return Err(format!("{number} seconds is out of range for a duration"));
+            }
+            after_duration_start = false;
+            continue;
+        }
+        after_duration_start = matches!(c, b'[' | b':');
+        i += 1;
+    }
+    Ok(())
+}
+
 /// The deepest `(`/`[` nesting and the operator count, outside strings and label
 /// matchers (`{...}`, where `=~` and `!=` are not operators). Keywords (`and`, `or`,
 /// `unless`) count as operators; the count may be a little high (a `-` in `1e-3`), never
@@ -126,5 +204,37 @@ mod tests {
             ")".repeat(MAX_NESTING)
         );
         assert_eq!(check(&at_the_limit), Ok(()));
+    }
+
+    #[test]
+    fn durations_the_parser_cannot_hold_are_refused_not_a_crash() {
+        // Each of these aborted the parser (found by fuzzing the config loader).
+        for q in [
+            "x[1e300]",
+            "x[888888888888888888888888]",
+            "x offset 1e300",
+            "x offset -1e300",
+            "x offset Inf",
+            "x[5m:1e300]",
+            "x[1e400]",
+            "rate(x[18446744073709551616])",
+            "x[5m:18446744073709551615]",
+        ] {
+            let err = parse(q).expect_err(q);
+            assert!(
+                err.contains("out of range") || err.contains("not a duration"),
+                "{q}: {err}"
+            );
+        }
+        for q in [
+            "x[300]",
+            "x offset 60",
+            "x[5m:30]",
+            "x > 1e300",
+            "x @ 1e10",
+            "x[1.5]",
+        ] {
+            assert!(parse(q).is_ok(), "{q}: {:?}", parse(q).err());
+        }
     }
 }

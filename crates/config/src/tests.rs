@@ -114,7 +114,7 @@ frobnicate: 1
     );
     assert_eq!(c.tests[0].qps, None, "qps max");
     assert!(c.tests[0].jitter);
-    assert_eq!(c.tests[0].slo.p99_ms, Some(50.0));
+    assert_eq!(c.tests[0].slo.p99_ms(), Some(50.0));
     assert_eq!(c.sleep_between_tests, Duration::ZERO);
     assert_eq!(c.prometheus, PrometheusSetting::Spawn);
     let w = loaded.warnings.join("\n");

@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use meshload_config::slo::Latency;
 use meshload_config::{Config, LoadTest, Slo};
 use meshload_loadgen::FortioResult;
 use meshload_promql::eval::RangeSeries;
@@ -112,15 +113,26 @@ impl TestSummary {
 }
 
 /// The thresholds `slo` sets that the summary misses, each naming the figures.
-pub fn slo_failures(slo: &Slo, s: &TestSummary, requested_qps: Option<f64>) -> Vec<String> {
+/// Percentiles are read from the load result's histograms.
+pub fn slo_failures(
+    slo: &Slo,
+    s: &TestSummary,
+    fortio: &FortioResult,
+    requested_qps: Option<f64>,
+) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(max) = slo.p99_ms
-        && s.response_p99_ms > max
-    {
-        out.push(format!(
-            "p99 response time {:.3} ms > {max} ms",
-            s.response_p99_ms
-        ));
+    for bound in &slo.latency {
+        let (histogram, what) = match bound.latency {
+            Latency::Response => (fortio.response_or_service(), "response"),
+            Latency::Service => (&fortio.duration_histogram, "service"),
+        };
+        let ms = histogram.percentile(bound.percentile).unwrap_or(0.0) * 1e3;
+        if ms > bound.max_ms {
+            out.push(format!(
+                "p{} {what} time {ms:.3} ms > {} ms",
+                bound.percentile, bound.max_ms
+            ));
+        }
     }
     if let Some(max) = slo.error_ratio
         && s.error_ratio > max
@@ -246,9 +258,10 @@ fn metadata(run_id: &str, f: &RunFiles<'_>) -> Value {
         },
         "summary": f.summary,
         "slo": {
-            "p99_ms": t.slo.p99_ms,
+            "p99_ms": t.slo.p99_ms(),
             "error_ratio": t.slo.error_ratio,
             "min_rate_ratio": t.slo.min_rate_ratio,
+            "thresholds": t.slo.entries().into_iter().map(|(k, v)| (k, Value::from(v))).collect::<serde_json::Map<String, Value>>(),
             "passed": f.summary.slo_failures.is_empty(),
             "failures": f.summary.slo_failures,
         },
@@ -283,7 +296,7 @@ mod tests {
         assert_eq!(s.response_p99_ms, s.service_p99_ms);
         assert!((s.response_p99_ms - 20.0).abs() < 1e-9);
         assert_eq!(
-            slo_failures(&test.slo, &s, test.qps).len(),
+            slo_failures(&test.slo, &s, &fortio, test.qps).len(),
             1,
             "p99 20 ms > 5 ms"
         );

@@ -380,8 +380,24 @@ fn load_options(test: &LoadTest, deployment: &Deployment) -> LoadOptions {
             .unwrap_or(meshload_loadgen::spec::DEFAULT_TIMEOUT),
         labels: test.labels.clone(),
         connect_to: deployment.entry(&test.target),
+        percentiles: with_slo_percentiles(&test.slo),
         ..LoadOptions::default()
     }
+}
+
+/// The default percentiles and those the SLO bounds, so the result reports each one.
+pub fn with_slo_percentiles(slo: &meshload_config::Slo) -> Vec<f64> {
+    let mut percentiles = LoadOptions::default().percentiles;
+    for bound in &slo.latency {
+        if !percentiles
+            .iter()
+            .any(|p| (p - bound.percentile).abs() < 1e-9)
+        {
+            percentiles.push(bound.percentile);
+        }
+    }
+    percentiles.sort_by(f64::total_cmp);
+    percentiles
 }
 
 /// The range the metric queries of one test cover, in ms since the epoch.
@@ -443,7 +459,7 @@ async fn run_test<B: Backend>(
     if let Some(mesh) = backend.facts().get("mesh").and_then(|m| m.as_str()) {
         summary.mesh = mesh.to_string();
     }
-    summary.slo_failures = slo_failures(&test.slo, &summary, test.qps);
+    summary.slo_failures = slo_failures(&test.slo, &summary, &fortio, test.qps);
     summary.metrics = metrics.iter().map(|m| (m.name.clone(), m.note())).collect();
     summary.node_exits = exits
         .iter()

@@ -124,7 +124,7 @@ impl Default for QueryOptions {
 /// Parses a query within [`meshload_config::query_limits`], mapping the parser's error.
 pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, QueryError> {
     meshload_config::query_limits::check(query).map_err(QueryError::Limit)?;
-    promql_parser::parser::parse(query).map_err(QueryError::Parse)
+    meshload_config::query_limits::parse(query).map_err(QueryError::Parse)
 }
 
 /// Evaluates `query` at `t_ms`.
