@@ -285,12 +285,19 @@ async fn silent_slow_and_idle_connections_are_closed_by_their_timeouts() {
     );
     let near = |got: Option<Duration>, secs: f64| {
         let got = got.expect("the node closes the connection").as_secs_f64();
-        assert!((got - secs).abs() < 0.6, "closed after {got:.2}s, expected {secs}s");
+        assert!(
+            (got - secs).abs() < 0.6,
+            "closed after {got:.2}s, expected {secs}s"
+        );
     };
     near(silent.1, 1.0);
     assert_eq!(silent.0, "");
     near(partial_head.1, 1.0);
-    assert!(partial_body.0.starts_with("HTTP/1.1 408"), "{}", partial_body.0);
+    assert!(
+        partial_body.0.starts_with("HTTP/1.1 408"),
+        "{}",
+        partial_body.0
+    );
     near(partial_body.1, 1.0);
     // An answered keep-alive connection waits for its next request for the idle timeout,
     // not the header-read one.

@@ -64,9 +64,9 @@ impl Conn {
     fn received(&self) {
         if self.is_idle() && self.head_since.load(Ordering::Acquire) == 0 {
             let now = self.registry.nanos_since_epoch().saturating_add(1);
-            let began = self
-                .head_since
-                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+            let began =
+                self.head_since
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
             if began.is_ok() {
                 // The watcher may be waiting for the idle deadline: the header-read one
                 // is nearer now.
@@ -341,7 +341,10 @@ mod tests {
         assert!(deadline >= accepted + idle);
         conn.received();
         let head = conn.deadline(header, idle).unwrap();
-        assert!(head < deadline, "a head on its way gets the header-read timeout");
+        assert!(
+            head < deadline,
+            "a head on its way gets the header-read timeout"
+        );
         drop(conn.start_request());
         assert_eq!(conn.deadline(header, idle), Some(conn.last_busy() + idle));
     }

@@ -127,7 +127,11 @@ impl Server {
                     return;
                 }
                 http.as_mut().graceful_shutdown();
-                let grace = if reason == "stop" { limits.drain_timeout } else { CLOSE_GRACE };
+                let grace = if reason == "stop" {
+                    limits.drain_timeout
+                } else {
+                    CLOSE_GRACE
+                };
                 let _ = tokio::time::timeout(grace, http).await;
             });
         }
