@@ -49,6 +49,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Run one load test against a URL (like `fortio load`).
     Load(LoadArgs),
+    /// Find the highest rate a URL serves within an SLO (capacity search).
+    Search(SearchArgs),
     /// Run the node service that every topology node runs.
     Node(NodeArgs),
     /// Serve the load generator over Fortio's REST API (/fortio/rest/run).
@@ -323,6 +325,28 @@ pub struct NodeArgs {
     /// Longest wait for in-flight requests when stopping.
     #[arg(long, value_name = "DURATION", env = "MESHLOAD_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Serve at most this many requests per second (a target of known capacity, for
+    /// `meshload search` to find); beyond it see --capacity-mode.
+    #[arg(long, value_name = "RATE", env = "MESHLOAD_CAPACITY", value_parser = parse_capacity)]
+    pub capacity: Option<f64>,
+    /// Beyond --capacity: `reject` answers 503 at once (a rate limiter), `queue` serves
+    /// one request at a time, 1/RATE each (a single worker: response times grow).
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "MESHLOAD_CAPACITY_MODE",
+        default_value = "reject"
+    )]
+    pub capacity_mode: meshload_node::capacity::Mode,
+}
+
+fn parse_capacity(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a positive rate (requests per second)"
+        )),
+    }
 }
 
 fn parse_percentiles(s: &str) -> Result<Vec<f64>, String> {
@@ -349,6 +373,102 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 /// A list of percentiles (a newtype: clap would read a `Vec` as a repeated flag).
 #[derive(Debug, Clone)]
 pub struct Percentiles(pub Vec<f64>);
+
+/// `meshload search`: a capacity search against a URL.
+#[derive(Debug, Args)]
+#[command(
+    about = "Find the highest rate a URL serves within an SLO (capacity search)",
+    long_about = "Find the highest request rate that still meets an SLO, and the latency curve up to it.
+
+The rate ramps up from --start-qps (doubling) until a step fails, then bisects between the highest \
+passing and the lowest failing rate until they are within --precision (default 2%) or \
+--max-steps is reached. Each step runs --trials trials (default 3) of --trial-duration, each \
+after a discarded --warmup, and is decided by the median of the trials' figures. Unless -c \
+fixes them, connections scale with the rate so the generator's closed loops are not mistaken \
+for the target's limit.
+
+The SLO (--slo) takes the keys of a config's `slo`: pNN_ms (response time from the due time, so \
+queueing counts; p50, p99, p999 = 99.9), service_pNN_ms (from the send), error_ratio and \
+min_rate_ratio (achieved over requested rate; 0.99 unless given). In a config, a load test's \
+\"search\" block does the same over the topology `meshload run` brings up, and can add PromQL \
+thresholds.
+
+Prints every step and the capacity found (--json: one JSON document with max_rate and steps); \
+each trial is stored as a run (test --name, default `search`) with a search-<id>.json summary \
+beside them. Exit 0 when a capacity was found, 1 when the SLO fails at the starting rate, 130 \
+when interrupted (the finished steps are kept).",
+    after_help = "\
+Examples:
+  # The highest rate with p99 under 50 ms and under 1% errors
+  meshload search --slo p99_ms=50,error_ratio=0.01 http://127.0.0.1:9080/
+
+  # Quicker, coarser: 2 trials of 2 s per step, 5% precision, JSON for scripts
+  meshload search --slo p999_ms=20 --trials 2 --trial-duration 2s --precision 0.05 \\
+      --json http://127.0.0.1:9080/ > capacity.json"
+)]
+pub struct SearchArgs {
+    /// Target URL (http:// or https://).
+    pub url: String,
+    /// The objectives each step must meet: KEY=VALUE,... with pNN_ms, service_pNN_ms,
+    /// error_ratio, min_rate_ratio (default: min_rate_ratio=0.99 only).
+    #[arg(long, value_name = "SLO", value_parser = parse_slo)]
+    pub slo: Option<meshload_config::Slo>,
+    /// The first rate tried, req/s.
+    #[arg(long, value_name = "QPS", default_value_t = 100.0)]
+    pub start_qps: f64,
+    /// The highest rate tried, req/s.
+    #[arg(long, value_name = "QPS", default_value_t = 100_000.0)]
+    pub max_qps: f64,
+    /// Stop when the highest pass and lowest failure are within this share of each other.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.02)]
+    pub precision: f64,
+    /// Stop after this many steps.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub max_steps: u32,
+    /// Trials per step, decided by their median.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub trials: u32,
+    /// Length of each measured trial (at least 1s).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub trial_duration: Duration,
+    /// Discarded load before each trial.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration_or_zero)]
+    pub warmup: Duration,
+    /// Fixed connections (default: scaled with the rate).
+    #[arg(short = 'c', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: Option<u32>,
+    /// Per-request timeout.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(short = 'H', value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// Trust this CA for https:// targets.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Do not check the server's certificate.
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+    /// Use HTTP/2 (h2c on http://).
+    #[arg(long)]
+    pub h2: bool,
+    /// Where the trials are stored (a folder or s3://BUCKET/PREFIX).
+    #[arg(long, value_name = "STORE", env = "MESHLOAD_STORE", default_value = meshload_store::DEFAULT_STORE)]
+    pub store: String,
+    /// The test name the trials are stored under.
+    #[arg(long, value_name = "NAME", default_value = "search")]
+    pub name: String,
+    /// Do not store the trials.
+    #[arg(long)]
+    pub no_store: bool,
+    /// Print the search as JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_slo(s: &str) -> Result<meshload_config::Slo, String> {
+    s.parse()
+}
 
 /// `meshload load`: one load test, with Fortio's options.
 #[derive(Debug, Args)]

@@ -21,6 +21,7 @@ pub mod model;
 pub mod parse;
 pub mod query_limits;
 pub mod reader;
+pub mod search;
 pub mod service;
 pub mod slo;
 pub mod topology;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::search::SearchSpec;
 use crate::slo::Slo;
 
 /// Injected behaviour of a node (the node service's knobs), as the config gives them.
@@ -68,6 +69,9 @@ pub struct LoadTest {
     pub labels: String,
     /// Thresholds that fail the run (exit 1) when missed.
     pub slo: Slo,
+    /// When set, the test is a capacity search: its rate is ramped and bisected, and
+    /// `qps`, `t` (and `c`, unless the search sets it) are the search's to choose.
+    pub search: Option<SearchSpec>,
 }
 
 /// Which Prometheus answers the metric queries.

@@ -44,8 +44,9 @@ const NODE_KEYS: [&str; 7] = [
 ];
 
 /// Fortio load options meshload understands in a test.
-const TEST_KEYS: [&str; 15] = [
+const TEST_KEYS: [&str; 16] = [
     "test_name",
+    "search",
     "url",
     "target",
     "qps",
@@ -322,7 +323,7 @@ fn overlay(base: &Behaviour, over: &Behaviour) -> Behaviour {
     }
 }
 
-fn slo(path: &str, v: &Value, r: &mut Reader) -> Slo {
+pub(crate) fn slo(path: &str, v: &Value, r: &mut Reader) -> Slo {
     let Some(o) = r.object(path, v) else {
         return Slo::default();
     };
@@ -475,6 +476,10 @@ fn test(
         .get("slo")
         .map(|v| slo(&key("slo"), v, r))
         .unwrap_or_default();
+    let slo = global_slo.overlay(&own_slo);
+    let search = o
+        .get("search")
+        .and_then(|v| crate::search::parse(&key("search"), v, &slo, r));
     let (target, url, path_and_query) = target?;
     Some(LoadTest {
         name: name?,
@@ -492,7 +497,8 @@ fn test(
         headers,
         payload,
         labels,
-        slo: global_slo.overlay(&own_slo),
+        slo,
+        search,
     })
 }
 

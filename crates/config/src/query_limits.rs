@@ -91,7 +91,7 @@ fn plain_durations(query: &str) -> Result<(), String> {
             }
             let number = &query[start..i];
             if let Ok(secs) = number.parse::<f64>()
-                && !(secs.abs() < MAX_PLAIN_SECONDS)
+                && (secs.is_nan() || secs.abs() >= MAX_PLAIN_SECONDS)
             {
                 return Err(format!(
                     "{number} seconds is out of range for a duration (at most {MAX_PLAIN_SECONDS:e})"

@@ -204,6 +204,7 @@ impl fmt::Display for Slo {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -262,6 +262,8 @@ pub struct NodeConfig {
     pub behaviour: Behaviour,
     /// Resource bounds.
     pub limits: Limits,
+    /// A known capacity (`--capacity`), for capacity searches to find.
+    pub capacity: Option<crate::capacity::Capacity>,
 }
 
 #[cfg(test)]

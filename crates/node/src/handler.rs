@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 
 use crate::behaviour::Dice;
+use crate::capacity::{Admission, Gate};
 use crate::config::{Backend, CallMode, NodeConfig};
 use crate::metrics::{self, NodeMetrics};
 
@@ -74,6 +75,8 @@ pub(crate) struct Node {
     dice: Dice,
     /// The 200 body, built once: it never changes.
     ok_body: Bytes,
+    /// The known capacity, if one was set.
+    gate: Option<Gate>,
 }
 
 impl Node {
@@ -87,7 +90,9 @@ impl Node {
             .build(connector);
         let ok_body = ok_body(&config.name, config.behaviour.response_size_bytes);
         let dice = Dice::new(config.behaviour.clone());
+        let gate = config.capacity.map(Gate::new);
         Node {
+            gate,
             config,
             client,
             metrics: NodeMetrics::new(),
@@ -170,6 +175,21 @@ impl Node {
     }
 
     async fn respond(&self, incoming: &HeaderMap) -> Response<ResponseBody> {
+        if let Some(gate) = &self.gate
+            && !incoming.contains_key(CHECK_HEADER)
+        {
+            match gate.admit(Instant::now()) {
+                Admission::Now => {}
+                Admission::At(when) => tokio::time::sleep_until(when.into()).await,
+                Admission::Refuse => {
+                    return self.reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some("over capacity"),
+                        vec![],
+                    );
+                }
+            }
+        }
         if self.dice.is_active() && !incoming.contains_key(CHECK_HEADER) {
             let fate = self.dice.roll();
             if !fate.delay.is_zero() {

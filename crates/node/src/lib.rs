@@ -9,12 +9,14 @@
 //! # Layout
 //! - [`config`]: the node's settings, backend addresses and limits.
 //! - [`behaviour`]: injected latency and errors, drawn from a seeded stream.
+//! - [`capacity`]: a known capacity (`--capacity`), rejecting or queueing beyond it.
 //! - [`metrics`]: the Prometheus metrics a node exposes.
 //! - [`process`]: resource samples from `/proc` (also used to watch child nodes).
 //! - [`server`]: the listener, HTTP/1.1 and h2c on one port, graceful shutdown.
 //! - `connections`: the open connections, their timeouts, and who makes way at the limit.
 
 pub mod behaviour;
+pub mod capacity;
 pub mod config;
 pub(crate) mod connections;
 mod handler;

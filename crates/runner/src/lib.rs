@@ -22,6 +22,7 @@ pub mod prometheus;
 pub mod results;
 pub mod run;
 pub mod scrape;
+pub mod search;
 pub mod stop;
 
 pub use backend::{Backend, Container, Deployment, Facts, Replica, ScrapeTarget};

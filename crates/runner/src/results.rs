@@ -178,6 +178,42 @@ pub struct RunFiles<'a> {
     pub samples: Vec<u8>,
     /// Replicas that exited.
     pub exits: &'a [ReplicaExit],
+    /// The capacity search this run is a trial of (`null` otherwise).
+    pub search: Value,
+}
+
+/// Writes the run folder of a capacity-search trial against a URL (no topology, no
+/// metrics): the load result, its per-second figures, and metadata naming the search.
+pub fn write_url_trial(
+    run: &RunWriter,
+    test_name: &str,
+    fortio: &FortioResult,
+    search: &Value,
+    window: (SystemTime, SystemTime),
+) -> Result<(), StoreError> {
+    let value = serde_json::to_value(fortio).expect("a result always serializes");
+    run.write("fortio.json", pretty(&value).as_bytes())?;
+    run.write("per_second.csv", per_second_csv(fortio).as_bytes())?;
+    let status = if fortio.interrupted {
+        RunStatus::Interrupted
+    } else {
+        RunStatus::Complete
+    };
+    let metadata = json!({
+        "meshload_version": env!("CARGO_PKG_VERSION"),
+        "test_name": test_name,
+        "run_id": run.id(),
+        "status": status,
+        "backend": "url",
+        "backend_facts": {"mesh": "none"},
+        "start": rfc3339(window.0),
+        "end": rfc3339(window.1),
+        "start_ms": meshload_promql::system_time_ms(&window.0),
+        "end_ms": meshload_promql::system_time_ms(&window.1),
+        "parameters": {"url": fortio.url, "qps": fortio.requested_qps, "c": fortio.num_threads},
+        "search": search,
+    });
+    run.write("metadata.json", pretty(&metadata).as_bytes())
 }
 
 /// Writes every file of the run folder.
@@ -266,6 +302,7 @@ fn metadata(run_id: &str, f: &RunFiles<'_>) -> Value {
             "failures": f.summary.slo_failures,
         },
         "metrics": metrics,
+        "search": f.search,
         "node_exits": f.exits.iter().map(|e| json!({"pod": e.pod, "status": e.status})).collect::<Vec<_>>(),
     })
 }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use meshload_config::search::{SearchSpec, Threshold};
 use meshload_config::{Config, LoadTest, PrometheusSetting};
 use meshload_loadgen::FortioResult;
 use meshload_loadgen::{Live, LoadOptions};
@@ -16,6 +17,7 @@ use crate::plan::Plan;
 use crate::prometheus::SpawnedPrometheus;
 use crate::results::{MetricResult, RunFiles, TestSummary, slo_failures, write_run};
 use crate::scrape::{Scraper, SharedStore};
+use crate::search::{Outcome, SearchReport, Trial, TrialPlan, TrialRunner};
 use crate::stop::StopSignal;
 use crate::{BoxError, RunError, error_chain};
 
@@ -45,11 +47,30 @@ pub struct RunSettings {
     pub sleep_between_tests: Duration,
 }
 
+/// A capacity search that a run performed for one of its tests.
+#[derive(Debug, Clone)]
+pub struct SearchRun {
+    /// The test searched.
+    pub test_name: String,
+    /// The mesh it ran in.
+    pub mesh: String,
+    /// The search's id (the start time, as run ids are).
+    pub search_id: String,
+    /// The search's objectives and method.
+    pub spec: SearchSpec,
+    /// What it found.
+    pub report: SearchReport,
+    /// Where its summary (`search-<id>.json`) was written.
+    pub file: Option<std::path::PathBuf>,
+}
+
 /// The outcome of a whole run.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
-    /// One summary per test that ran.
+    /// One summary per test that ran (a search's trials are in `searches`).
     pub tests: Vec<TestSummary>,
+    /// One per test that is a capacity search.
+    pub searches: Vec<SearchRun>,
     /// The run was stopped before its end.
     pub interrupted: bool,
 }
@@ -174,7 +195,19 @@ async fn run_each_test<B: Backend>(
             report.interrupted = true;
             break;
         }
-        let Some(summary) = run_test(ctx, backend, i, test, observer, stop).await? else {
+        if let Some(spec) = &test.search {
+            let searched = run_search(ctx, backend, i, test, spec, observer, stop).await?;
+            let interrupted = searched.report.outcome == Outcome::Interrupted;
+            report.searches.push(searched);
+            if interrupted {
+                report.interrupted = true;
+                break;
+            }
+            continue;
+        }
+        let Some(TestOutcome { summary, .. }) =
+            run_test(ctx, backend, i, test, observer, stop, None).await?
+        else {
             report.interrupted = true;
             break;
         };
@@ -426,6 +459,20 @@ pub fn query_window(started: i64, ended: i64, now: i64, step: Duration) -> Query
     }
 }
 
+/// What one test gave.
+struct TestOutcome {
+    summary: TestSummary,
+    fortio: FortioResult,
+    /// The search's PromQL thresholds over the test's window (for a search trial).
+    thresholds: Vec<(String, Option<f64>)>,
+}
+
+/// A search trial's identity and thresholds, for [`run_test`].
+struct TrialOf<'a> {
+    search: serde_json::Value,
+    thresholds: &'a [Threshold],
+}
+
 /// Runs one test, evaluates its metrics and stores the run; `None` when a stop request
 /// ended the test before the backend's load generator gave any result.
 async fn run_test<B: Backend>(
@@ -435,7 +482,8 @@ async fn run_test<B: Backend>(
     test: &LoadTest,
     observer: &dyn Observer,
     stop: &StopSignal,
-) -> Result<Option<TestSummary>, RunError> {
+    trial: Option<TrialOf<'_>>,
+) -> Result<Option<TestOutcome>, RunError> {
     let live = Live::default();
     let shown = backend.live_figures().then(|| live.clone());
     observer.test_started(index, ctx.config.tests.len(), test, shown);
@@ -454,6 +502,33 @@ async fn run_test<B: Backend>(
     };
     let window = (started, SystemTime::now());
     let metrics = measure(ctx, &fortio, window, stop).await;
+    let mut thresholds = Vec::new();
+    let mut search = serde_json::Value::Null;
+    if let Some(trial) = trial {
+        let ms = |t: SystemTime| meshload_promql::system_time_ms(&t);
+        let query_window = query_window(
+            ms(window.0),
+            ms(window.1),
+            ms(SystemTime::now()),
+            ctx.config.metrics_step,
+        );
+        for t in trial.thresholds {
+            let value = match ctx.answerer.range(&t.query, query_window, stop).await {
+                Ok(series) => threshold_value(&series, t.max.is_some()),
+                Err(e) => {
+                    observer.phase(&format!("threshold {}: {e}", t.name));
+                    None
+                }
+            };
+            thresholds.push((t.name.clone(), value));
+        }
+        search = trial.search;
+        search["thresholds"] = thresholds
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(*v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     let exits = backend.exited().await;
     let mut summary = TestSummary::new(test, &fortio, fortio.interrupted);
     if let Some(mesh) = backend.facts().get("mesh").and_then(|m| m.as_str()) {
@@ -471,9 +546,163 @@ async fn run_test<B: Backend>(
         metrics: &metrics,
         exits: &exits,
         window,
+        search,
     };
     store_run(ctx, backend, stored, &mut summary).await?;
-    Ok(Some(summary))
+    Ok(Some(TestOutcome {
+        summary,
+        fortio,
+        thresholds,
+    }))
+}
+
+/// The figure a threshold compares: the largest value of any series at any step (for a
+/// `max`), else the smallest; `None` without data.
+fn threshold_value(series: &[meshload_promql::eval::RangeSeries], largest: bool) -> Option<f64> {
+    let values = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|(_, v)| *v))
+        .filter(|v| !v.is_nan());
+    if largest {
+        values.reduce(f64::max)
+    } else {
+        values.reduce(f64::min)
+    }
+}
+
+/// Trials of a search over the run's topology: each one a test of the run, stored as a
+/// run of the test, with its PromQL thresholds evaluated over its window.
+struct RunTrials<'c, 'a, B> {
+    ctx: &'c TestContext<'a>,
+    backend: &'c mut B,
+    index: usize,
+    test: &'c LoadTest,
+    spec: &'c SearchSpec,
+    observer: &'c dyn Observer,
+    stop: &'c StopSignal,
+    search_id: String,
+}
+
+impl<B: Backend> TrialRunner for RunTrials<'_, '_, B> {
+    async fn run_trial(&mut self, plan: TrialPlan) -> Result<Option<Trial>, crate::BoxError> {
+        let mut test = self.test.clone();
+        test.qps = Some(plan.qps);
+        test.connections = plan.connections;
+        test.requests = None;
+        test.slo = self.spec.slo.clone();
+        test.search = None;
+        if !plan.warmup.is_zero() {
+            let warm = LoadTest {
+                duration: plan.warmup,
+                ..test.clone()
+            };
+            let options = load_options(&warm, self.ctx.deployment);
+            match self
+                .backend
+                .drive(options, self.stop, Live::default())
+                .await
+            {
+                Ok(Some(result)) if !result.interrupted => {}
+                Ok(_) => return Ok(None),
+                Err(_) if self.stop.is_stopped() => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        test.duration = plan.duration;
+        let of = TrialOf {
+            search: serde_json::json!({
+                "id": self.search_id, "step": plan.step, "trial": plan.trial, "qps": plan.qps,
+            }),
+            thresholds: &self.spec.thresholds,
+        };
+        let outcome = run_test(
+            self.ctx,
+            self.backend,
+            self.index,
+            &test,
+            self.observer,
+            self.stop,
+            Some(of),
+        )
+        .await?;
+        let Some(outcome) = outcome else {
+            return Ok(None);
+        };
+        self.observer.test_finished(&outcome.summary);
+        let mut trial = Trial::of(&outcome.fortio, plan.qps, plan.connections);
+        trial.thresholds = outcome.thresholds;
+        trial.run_dir = Some(outcome.summary.run_dir.clone());
+        Ok(Some(trial))
+    }
+}
+
+/// Runs the capacity search of one test and writes its summary beside its trials.
+async fn run_search<B: Backend>(
+    ctx: &TestContext<'_>,
+    backend: &mut B,
+    index: usize,
+    test: &LoadTest,
+    spec: &SearchSpec,
+    observer: &dyn Observer,
+    stop: &StopSignal,
+) -> Result<SearchRun, RunError> {
+    let search_id = meshload_store::run_id(SystemTime::now());
+    let mesh = backend
+        .facts()
+        .get("mesh")
+        .and_then(|m| m.as_str())
+        .unwrap_or("none")
+        .to_string();
+    observer.phase(&format!(
+        "capacity search for {} (SLO {}; {} trials of {} per step)",
+        test.name,
+        spec.slo,
+        spec.trials,
+        humantime::format_duration(spec.trial_duration)
+    ));
+    let mut trials = RunTrials {
+        ctx,
+        backend,
+        index,
+        test,
+        spec,
+        observer,
+        stop,
+        search_id: search_id.clone(),
+    };
+    let progress = |line: &str| observer.phase(line);
+    let report = crate::search::run(spec, &mut trials, stop, &progress)
+        .await
+        .map_err(|source| RunError::Test {
+            test: test.name.clone(),
+            source,
+        })?;
+    observer.phase(&format!("{}: {}", test.name, report.verdict()));
+    let document = crate::search::document(&test.name, &test.url, &mesh, &search_id, spec, &report);
+    let path = ctx
+        .settings
+        .store
+        .local()
+        .root()
+        .join(&test.name)
+        .join(format!("search-{search_id}.json"));
+    let mut text = serde_json::to_string_pretty(&document).expect("JSON values serialize");
+    text.push('\n');
+    let file = match std::fs::write(&path, text) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            observer.phase(&format!("cannot write {}: {e}", path.display()));
+            None
+        }
+    };
+    Ok(SearchRun {
+        test_name: test.name.clone(),
+        mesh,
+        search_id,
+        spec: spec.clone(),
+        report,
+        file,
+    })
 }
 
 /// Evaluates every metric query of the config over the test's window.
@@ -518,6 +747,8 @@ struct Stored<'a> {
     metrics: &'a [MetricResult],
     exits: &'a [ReplicaExit],
     window: (SystemTime, SystemTime),
+    /// The search this run is a trial of, or `null`.
+    search: serde_json::Value,
 }
 
 /// Writes the test's run folder, publishes it, and records in `summary` where it is.
@@ -561,6 +792,7 @@ async fn store_run<B: Backend>(
         window: stored.window,
         samples,
         exits: stored.exits,
+        search: stored.search.clone(),
     };
     write_run(&run, &files)?;
     run.commit()?;

@@ -142,3 +142,70 @@ pub fn print(out: &mut impl Write, costs: &[MeshCost]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// What a mesh costs of one test's capacity: its search against the first mesh's.
+#[derive(Debug, Serialize)]
+pub struct CapacityCost {
+    /// The test searched.
+    pub test_name: String,
+    /// The baseline's mesh (the first one searched).
+    pub baseline: String,
+    /// This search's mesh.
+    pub mesh: String,
+    /// The baseline's capacity, req/s.
+    pub baseline_rate: Option<f64>,
+    /// This mesh's capacity, req/s.
+    pub rate: Option<f64>,
+    /// The share of the baseline's capacity this mesh takes off, percent.
+    pub cost_percent: Option<f64>,
+}
+
+/// For every searched test, each mesh's capacity against the first mesh's; empty with
+/// one mesh.
+pub fn capacity_costs(searches: &[meshload_runner::run::SearchRun]) -> Vec<CapacityCost> {
+    let Some(first_mesh) = searches.first().map(|s| s.mesh.clone()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for base in searches.iter().filter(|s| s.mesh == first_mesh) {
+        for other in searches
+            .iter()
+            .filter(|s| s.test_name == base.test_name && s.mesh != first_mesh)
+        {
+            let (a, b) = (base.report.max_rate, other.report.max_rate);
+            out.push(CapacityCost {
+                test_name: base.test_name.clone(),
+                baseline: first_mesh.clone(),
+                mesh: other.mesh.clone(),
+                baseline_rate: a,
+                rate: b,
+                cost_percent: a
+                    .zip(b)
+                    .filter(|(a, _)| *a > 0.0)
+                    .map(|(a, b)| (a - b) / a * 100.0),
+            });
+        }
+    }
+    out
+}
+
+/// One line per mesh and searched test: "the mesh costs N% of capacity at this SLO".
+pub fn print_capacity(out: &mut impl Write, costs: &[CapacityCost]) -> std::io::Result<()> {
+    for c in costs {
+        let rate = |r: Option<f64>| r.map_or("none found".to_string(), |r| format!("{r:.1} req/s"));
+        let cost = c
+            .cost_percent
+            .map_or("an unknown share".to_string(), |p| format!("{p:.1}%"));
+        writeln!(
+            out,
+            "{}: capacity {} under {}, {} under {}: {} costs {cost} of capacity at this SLO",
+            c.test_name,
+            rate(c.baseline_rate),
+            c.baseline,
+            rate(c.rate),
+            c.mesh,
+            c.mesh
+        )?;
+    }
+    Ok(())
+}

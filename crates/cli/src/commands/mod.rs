@@ -8,6 +8,7 @@ mod promql;
 mod query;
 mod results;
 mod run;
+mod search;
 mod serve;
 mod supervise;
 mod validate;
@@ -22,6 +23,7 @@ pub fn run(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<ExitC
         Command::Node(args) => node::run(args),
         Command::Serve(args) => serve::run(&args),
         Command::Load(args) => load::run(args),
+        Command::Search(args) => search::run(args),
         Command::Query(args) => query::run(args),
         Command::Validate(args) => validate::run(&args),
         Command::Run(args) => {

@@ -32,6 +32,10 @@ fn config(args: NodeArgs) -> NodeConfig {
             response_size_bytes: args.response_size,
             seed,
         },
+        capacity: args.capacity.map(|rate| meshload_node::capacity::Capacity {
+            rate,
+            mode: args.capacity_mode,
+        }),
         limits: Limits {
             max_connections: args.max_connections as usize,
             max_header_bytes: args.max_header_bytes,

@@ -173,11 +173,15 @@ pub fn run(args: RunArgs, k8s_flags_given: Vec<String>) -> anyhow::Result<ExitCo
             return Err(anyhow::Error::new(e).context("the run failed; every node was stopped"));
         }
     };
-    print_report(&report.tests, request.json)?;
+    print_report(&report, request.json)?;
     if let Some(message) = cleanup_failed {
         anyhow::bail!(message);
     }
-    let missed = report.tests.iter().any(|t| !t.slo_failures.is_empty());
+    let missed = report.tests.iter().any(|t| !t.slo_failures.is_empty())
+        || report
+            .searches
+            .iter()
+            .any(|s| super::search::exit_code(&s.report) == THRESHOLD);
     Ok(if report.interrupted {
         ExitCode::from(INTERRUPTED)
     } else if missed {
@@ -240,6 +244,7 @@ async fn run_locally(request: &RunRequest, observer: &Printer) -> Result<RunRepo
             Err(e) => return Err(e),
         };
         all.tests.extend(report.tests);
+        all.searches.extend(report.searches);
         if report.interrupted {
             all.interrupted = true;
             break;
@@ -364,22 +369,51 @@ impl Observer for Printer {
 }
 
 /// The summary table (or JSON); after several meshes, what the mesh costs. JSON is the
-/// list of test summaries, or with several meshes `{"tests": [...], "mesh_cost": [...]}`.
-fn print_report(tests: &[TestSummary], json: bool) -> anyhow::Result<()> {
+/// list of test summaries, or with several meshes or a capacity search an object:
+/// `{"tests": [...], "mesh_cost": [...], "searches": [...], "capacity_cost": [...]}`.
+fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
+    let tests = &report.tests;
     let several = tests.iter().any(|t| t.mesh != tests[0].mesh);
     let costs = if several {
         super::mesh_cost::costs(tests)
     } else {
         Vec::new()
     };
+    let capacity = super::mesh_cost::capacity_costs(&report.searches);
     let mut out = std::io::stdout().lock();
     if json {
-        let doc = if several {
-            serde_json::json!({"tests": tests, "mesh_cost": costs})
+        let doc = if several || !report.searches.is_empty() {
+            let searches: Vec<serde_json::Value> = report
+                .searches
+                .iter()
+                .map(|s| {
+                    meshload_runner::search::document(
+                        &s.test_name,
+                        "",
+                        &s.mesh,
+                        &s.search_id,
+                        &s.spec,
+                        &s.report,
+                    )
+                })
+                .collect();
+            serde_json::json!({"tests": tests, "mesh_cost": costs, "searches": searches, "capacity_cost": capacity})
         } else {
             serde_json::to_value(tests)?
         };
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(());
+    }
+    for s in &report.searches {
+        writeln!(out, "capacity search: {} (mesh {})", s.test_name, s.mesh)?;
+        super::search::write_table(&mut out, &s.report, &s.spec)?;
+        if let Some(file) = &s.file {
+            writeln!(out, "stored: {}", file.display())?;
+        }
+        writeln!(out)?;
+    }
+    super::mesh_cost::print_capacity(&mut out, &capacity)?;
+    if tests.is_empty() {
         return Ok(());
     }
     writeln!(
