@@ -81,6 +81,31 @@ fn finds_a_rate_limited_targets_capacity_within_the_precision() {
     );
     // Progress on stderr shows the interval.
     assert!(stderr.contains("interval: pass"), "{stderr}");
+    // The report lists the search and draws its knee, with the rate found marked.
+    let out_dir = store.join("report");
+    let out = bin()
+        .args([
+            "report",
+            "--store",
+            store.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(out_dir.join("index.html")).unwrap();
+    assert!(
+        html.contains("Capacity searches") && html.contains(id),
+        "{html}"
+    );
+    let svg =
+        std::fs::read_to_string(out_dir.join(format!("search_search_none_{id}.svg"))).unwrap();
+    assert!(svg.contains(&format!("capacity {max:.1} req/s")), "{svg}");
     std::fs::remove_dir_all(&store).unwrap();
 }
 

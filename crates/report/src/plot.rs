@@ -32,6 +32,19 @@ pub struct Chart {
     pub y_label: String,
     /// Series: a name (for the legend) and points, drawn in x order.
     pub series: Vec<(String, Vec<(f64, f64)>)>,
+    /// Reference lines across the chart (an SLO bound, a rate found).
+    pub marks: Vec<Mark>,
+}
+
+/// A dashed reference line with its label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    /// Shown beside the line.
+    pub label: String,
+    /// Horizontal (at a y value) or vertical (at an x value).
+    pub horizontal: bool,
+    /// Where.
+    pub at: f64,
 }
 
 impl Chart {
@@ -52,6 +65,15 @@ impl Chart {
             x1 = x1.max(x);
             y0 = y0.min(y);
             y1 = y1.max(y);
+        }
+        // Marks stay in view.
+        for m in self.marks.iter().filter(|m| m.at.is_finite()) {
+            if m.horizontal {
+                y1 = y1.max(m.at);
+            } else if x0 <= x1 {
+                x0 = x0.min(m.at);
+                x1 = x1.max(m.at);
+            }
         }
         if x0 > x1 {
             return ((0.0, 1.0), (0.0, 1.0));
@@ -116,7 +138,24 @@ where
         c.draw_series(sorted.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(|e| e.to_string())?;
     }
-    if chart.series.len() > 1 || chart.series.first().is_some_and(|(n, _)| !n.is_empty()) {
+    for (i, mark) in chart.marks.iter().enumerate() {
+        let color = Palette99::pick(chart.series.len() + i).to_rgba();
+        let line = if mark.horizontal {
+            vec![(x0, mark.at), (x1, mark.at)]
+        } else {
+            vec![(mark.at, y0), (mark.at, y1)]
+        };
+        c.draw_series(DashedLineSeries::new(line, 8, 5, color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(mark.label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
+    if chart.series.len() > 1
+        || !chart.marks.is_empty()
+        || chart.series.first().is_some_and(|(n, _)| !n.is_empty())
+    {
         c.configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
@@ -168,6 +207,7 @@ mod tests {
                 ("p99".into(), vec![(100.0, 2.0), (1000.0, 5.0)]),
                 ("p50".into(), vec![(100.0, 1.0)]),
             ],
+            marks: Vec::new(),
         }
     }
 

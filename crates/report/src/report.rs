@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use serde_json::Value as Json;
 
 use crate::ReportError;
 use crate::compare::fmt_value;
-use crate::plot::{self, Chart};
+use crate::plot::{self, Chart, Mark};
 use crate::runs::{NodeResources, Run};
 
 const TEMPLATE: &str = include_str!("../assets/report.html");
@@ -50,6 +51,7 @@ pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Ve
             x_label: "achieved rate (req/s)".into(),
             y_label: "max working set (MiB)".into(),
             series: per_node(resources, &|r| r.max_memory_mib),
+            marks: Vec::new(),
         },
         // The seed's own chart: the largest memory of each node's Envoy against the rate.
         Chart {
@@ -58,6 +60,7 @@ pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Ve
             x_label: "achieved rate (req/s)".into(),
             y_label: "max Envoy working set (MiB)".into(),
             series: per_node(&sidecars, &|r| r.max_memory_mib),
+            marks: Vec::new(),
         },
         Chart {
             id: "envoy_cpu_vs_rate".into(),
@@ -65,6 +68,7 @@ pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Ve
             x_label: "achieved rate (req/s)".into(),
             y_label: "Envoy CPU (cores)".into(),
             series: per_node(&sidecars, &|r| r.cpu_cores),
+            marks: Vec::new(),
         },
         Chart {
             id: "latency_vs_rate".into(),
@@ -95,6 +99,7 @@ pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Ve
                 (name.to_string(), points)
             })
             .collect(),
+            marks: Vec::new(),
         },
         Chart {
             id: "errors_vs_rate".into(),
@@ -107,6 +112,7 @@ pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Ve
                     .map(|r| (r.fortio.actual_qps, 100.0 * r.error_ratio()))
                     .collect(),
             )],
+            marks: Vec::new(),
         },
         Chart {
             id: "cpu_vs_rate".into(),
@@ -114,6 +120,7 @@ pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Ve
             x_label: "achieved rate (req/s)".into(),
             y_label: "CPU (cores)".into(),
             series: per_node(resources, &|r| r.cpu_cores),
+            marks: Vec::new(),
         },
     ];
     for run in runs {
@@ -140,6 +147,7 @@ fn timelines(run: &Run) -> [Chart; 2] {
                 ("responses/s".into(), at(&|x| x.requests as f64)),
                 ("errors/s".into(), at(&|x| x.errors as f64)),
             ],
+            marks: Vec::new(),
         },
         Chart {
             id: format!("latency_{id}"),
@@ -150,6 +158,7 @@ fn timelines(run: &Run) -> [Chart; 2] {
                 ("p50".into(), at(&|x| x.p50 * 1e3)),
                 ("p99".into(), at(&|x| x.p99 * 1e3)),
             ],
+            marks: Vec::new(),
         },
     ]
 }
@@ -302,8 +311,127 @@ fn write_error(path: &Path, source: std::io::Error) -> ReportError {
     }
 }
 
-/// Writes `index.html` and every chart as SVG and PNG into `out`.
-pub fn write(runs: &[Run], store: &str, out: &Path) -> Result<Written, ReportError> {
+/// One capacity search, as the report's table shows it.
+#[derive(Debug, Serialize)]
+pub struct SearchRow {
+    /// The test searched.
+    pub test_name: String,
+    /// Its mesh.
+    pub mesh: String,
+    /// The search's id.
+    pub search_id: String,
+    /// `p99_ms=50, error_ratio=0.01`.
+    pub slo: String,
+    /// Steps run.
+    pub steps: usize,
+    /// The rate found, or `-`.
+    pub capacity: String,
+    /// The search's one-line verdict.
+    pub verdict: String,
+}
+
+/// The table rows of capacity searches (`search-<id>.json` documents).
+pub fn search_rows(searches: &[Json]) -> Vec<SearchRow> {
+    searches
+        .iter()
+        .map(|s| SearchRow {
+            test_name: s["test_name"].as_str().unwrap_or("").to_string(),
+            mesh: s["mesh"].as_str().unwrap_or("none").to_string(),
+            search_id: s["search_id"].as_str().unwrap_or("").to_string(),
+            slo: s["slo"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+            steps: s["steps"].as_array().map_or(0, Vec::len),
+            capacity: s["max_rate"]
+                .as_f64()
+                .map_or("-".to_string(), |r| format!("{r:.1}")),
+            verdict: s["verdict"].as_str().unwrap_or("").to_string(),
+        })
+        .collect()
+}
+
+/// The knee chart of each search: every latency bound's median percentile against the
+/// rate of each step, with the bound and the rate found as dashed lines. A search whose
+/// SLO has no latency bound draws the response p99.
+pub fn search_charts(searches: &[Json]) -> Vec<Chart> {
+    let mut out = Vec::new();
+    for s in searches {
+        let test = s["test_name"].as_str().unwrap_or("search");
+        let id = s["search_id"].as_str().unwrap_or("");
+        let mesh = s["mesh"].as_str().unwrap_or("none");
+        let slo = s["slo"].as_object().cloned().unwrap_or_default();
+        // Each latency bound's median per step is in the step's checks; without one,
+        // the step's median response p99.
+        let mut bounds: Vec<(String, String, Option<f64>)> = slo
+            .iter()
+            .filter(|(k, _)| meshload_config::slo::LatencyBound::parse(k, 0.0).is_some())
+            .map(|(k, v)| (k.clone(), k.clone(), v.as_f64()))
+            .collect();
+        if bounds.is_empty() {
+            bounds.push(("response_p99_ms".to_string(), "p99_ms".to_string(), None));
+        }
+        let steps = s["steps"].as_array().cloned().unwrap_or_default();
+        let mut series = Vec::new();
+        let mut marks = Vec::new();
+        for (key, shown, max) in &bounds {
+            let points: Vec<(f64, f64)> = steps
+                .iter()
+                .filter_map(|step| {
+                    let qps = step["qps"].as_f64()?;
+                    let value = match step["checks"].as_array().and_then(|checks| {
+                        checks
+                            .iter()
+                            .find(|c| c["key"].as_str() == Some(key.as_str()))
+                    }) {
+                        Some(check) => check["value"].as_f64(),
+                        None => step[key.as_str()].as_f64(),
+                    };
+                    Some((qps, value?))
+                })
+                .collect();
+            series.push((format!("{shown} (median of trials)"), points));
+            if let Some(max) = max {
+                marks.push(Mark {
+                    label: format!("SLO {shown} = {max}"),
+                    horizontal: true,
+                    at: *max,
+                });
+            }
+        }
+        if let Some(rate) = s["max_rate"].as_f64() {
+            marks.push(Mark {
+                label: format!("capacity {rate:.1} req/s"),
+                horizontal: false,
+                at: rate,
+            });
+        }
+        out.push(Chart {
+            id: safe_id(&format!("search_{test}_{mesh}_{id}")),
+            title: format!("Capacity search {test} ({mesh}): latency against rate"),
+            x_label: "requested rate (req/s)".into(),
+            y_label: "latency (ms)".into(),
+            series,
+            marks,
+        });
+    }
+    out.retain(|c| !c.is_empty());
+    out
+}
+
+/// Writes `index.html` and every chart as SVG and PNG into `out`, with the capacity
+/// searches (`search-<id>.json` documents) among them.
+pub fn write(
+    runs: &[Run],
+    searches: &[Json],
+    store: &str,
+    out: &Path,
+) -> Result<Written, ReportError> {
     std::fs::create_dir_all(out).map_err(|source| write_error(out, source))?;
     let resources: Vec<BTreeMap<String, NodeResources>> =
         runs.iter().map(Run::node_resources).collect();
@@ -325,7 +453,9 @@ pub fn write(runs: &[Run], store: &str, out: &Path) -> Result<Written, ReportErr
         })
         .collect();
     let mut views = Vec::new();
-    for chart in charts(runs, &resources) {
+    let mut all = search_charts(searches);
+    all.extend(charts(runs, &resources));
+    for chart in all {
         let svg = plot::svg(&chart)?;
         let write = |name: String, bytes: &[u8]| {
             let path = out.join(&name);
@@ -357,6 +487,7 @@ pub fn write(runs: &[Run], store: &str, out: &Path) -> Result<Written, ReportErr
                 nodes => minijinja::value::Serde(&nodes),
                 node_rows => minijinja::value::Serde(&node_rows),
                 mesh_rows => minijinja::value::Serde(&mesh_rows(runs)),
+                search_rows => minijinja::value::Serde(&search_rows(searches)),
                 store => store,
                 generated => generated,
                 version => env!("CARGO_PKG_VERSION"),

@@ -109,6 +109,9 @@ pub struct Step {
     pub checks: Vec<Check>,
     /// All checks passed.
     pub passed: bool,
+    /// The median response-time p99 of the trials, ms (drawn when the SLO bounds no
+    /// percentile).
+    pub response_p99_ms: Option<f64>,
 }
 
 impl Step {
@@ -147,12 +150,18 @@ impl Step {
             }
         }
         let passed = checks.iter().all(|c| c.passed);
+        let response_p99_ms = median(
+            trials
+                .iter()
+                .filter_map(|t| t.percentile(Latency::Response, 99.0)),
+        );
         Step {
             index,
             qps,
             trials,
             checks,
             passed,
+            response_p99_ms,
         }
     }
 

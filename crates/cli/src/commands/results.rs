@@ -279,11 +279,16 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("warning: skipping {}/{}: {e}", r.test_name, r.id),
         }
     }
-    if runs.is_empty() {
+    let searches = searches(store.root(), pattern.as_ref());
+    if runs.is_empty() && searches.is_empty() {
         return Err(Exit::usage(format!("no runs to report in {}", store.root().display())).into());
     }
-    let written =
-        meshload_report::report::write(&runs, &store.root().display().to_string(), &args.out)?;
+    let written = meshload_report::report::write(
+        &runs,
+        &searches,
+        &store.root().display().to_string(),
+        &args.out,
+    )?;
     println!(
         "{} ({} runs, {} charts as PNG and SVG beside it)",
         written.index.display(),
@@ -291,6 +296,40 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         written.charts.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The capacity searches of the store (`<test>/search-<id>.json`), oldest first; an
+/// unreadable one is skipped with a warning.
+fn searches(root: &std::path::Path, pattern: Option<&regex::Regex>) -> Vec<serde_json::Value> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|test| pattern.is_none_or(|p| p.is_match(&test.file_name().to_string_lossy())))
+        .flat_map(|test| {
+            std::fs::read_dir(test.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("search-") && n.ends_with(".json"))
+        })
+        .collect();
+    files.sort_by_key(|p| p.file_name().map(std::ffi::OsStr::to_os_string));
+    files
+        .iter()
+        .filter_map(|path| {
+            let read = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()));
+            read.map_err(|e| eprintln!("warning: skipping {}: {e}", path.display()))
+                .ok()
+        })
+        .collect()
 }
 
 /// A `*`/`?` wildcard pattern as an anchored regular expression.
