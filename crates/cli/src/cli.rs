@@ -789,6 +789,8 @@ Examples:
   meshload results show quickstart-qps200              # the latest run of that test
   meshload results show quickstart-qps200/20261127175338")]
     Show(ResultsShowArgs),
+    /// Serve stored runs as a read-only Prometheus HTTP API (for Grafana, promtool).
+    Serve(ResultsServeArgs),
     /// Copy a store's runs into a local folder (the seed's `aws s3 sync`).
     #[command(after_help = "\
 Examples:
@@ -819,6 +821,41 @@ pub struct ResultsPushArgs {
     /// ~/.local/state/meshload/spool.
     #[arg(long, value_name = "STORE")]
     pub store: String,
+}
+
+/// `meshload results serve`.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Serve every stored run of a store as a read-only Prometheus HTTP API, so that Grafana's \
+Prometheus data source, `promtool query` and any Prometheus client can query them.
+
+Every series of every run's samples carries the run's labels: test_name, run, mesh and backend; \
+the load generator's per-second figures are series too (meshload_load_responses_per_second, \
+meshload_load_errors_per_second, meshload_load_response_p50_seconds, \
+meshload_load_response_p99_seconds). Served: /api/v1/query and /api/v1/query_range (GET, or POST \
+with a form, as Grafana sends them), /api/v1/labels, /api/v1/label/NAME/values, /api/v1/series \
+(match[], start, end), /api/v1/metadata and /api/v1/status/buildinfo, with Prometheus's answer \
+and error shapes. Runs written while it serves appear within a second; a damaged run is skipped \
+with a warning. Queries run on the embedded engine within its limits, for at most 30 s.
+
+It reads only the store's folder and listens on loopback unless told otherwise.",
+    after_help = "\
+Examples:
+  meshload results serve                              # ./results on 127.0.0.1:9090
+  meshload results serve --store /data/meshload --listen 127.0.0.1:9091 --align-runs
+  promtool query instant http://127.0.0.1:9090 'meshload_load_response_p99_seconds'"
+)]
+pub struct ResultsServeArgs {
+    /// The store (a folder; copy an S3 store first with `results pull`).
+    #[arg(long, value_name = "STORE", default_value = meshload_store::DEFAULT_STORE)]
+    pub store: String,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub listen: std::net::SocketAddr,
+    /// Shift every run so that all start when the earliest one did: Grafana then overlays
+    /// them on one time axis (a `none` and an `envoy` run, yesterday and today).
+    #[arg(long)]
+    pub align_runs: bool,
 }
 
 /// `meshload results list`.

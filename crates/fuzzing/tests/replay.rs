@@ -46,9 +46,6 @@ fn every_corpus_input_and_found_case_runs_cleanly() {
         let found = inputs(&fuzz.join("artifacts").join(name));
         for path in corpus.iter().chain(&found) {
             let data = std::fs::read(path).expect("a readable input");
-            if std::env::var_os("REPLAY_TRACE").is_some() {
-                eprintln!("{}", path.display());
-            }
             let started = Instant::now();
             std::thread::Builder::new()
                 .stack_size(STACK)

@@ -192,6 +192,26 @@ impl Store {
         self.series[id].native_histogram = true;
     }
 
+    /// Ids of the series a vector selector names (its name and matchers, its `or`
+    /// groups united), sorted by their labels.
+    pub fn select_vector(&self, vs: &promql_parser::parser::VectorSelector) -> Vec<SeriesId> {
+        let mut groups: Vec<Vec<Matcher>> = if vs.matchers.or_matchers.is_empty() {
+            vec![vs.matchers.matchers.clone()]
+        } else {
+            vs.matchers.or_matchers.clone()
+        };
+        if let Some(name) = &vs.name {
+            for g in &mut groups {
+                g.push(Matcher::new(MatchOp::Equal, METRIC_NAME, name));
+            }
+        }
+        let mut ids: Vec<SeriesId> = groups.iter().flat_map(|g| self.select(g)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.sort_by(|a, b| self.get(*a).labels.cmp(&self.get(*b).labels));
+        ids
+    }
+
     /// Ids of the series that every matcher accepts.
     pub fn select(&self, matchers: &[Matcher]) -> Vec<SeriesId> {
         // Start from the smallest posting list of an equality matcher on a non-empty value.

@@ -7,6 +7,7 @@ mod node;
 mod promql;
 mod query;
 mod results;
+mod results_serve;
 mod run;
 mod search;
 mod serve;
@@ -36,6 +37,7 @@ pub fn run(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<ExitC
         Command::Results(crate::cli::ResultsCommand::List(args)) => results::list(&args),
         Command::Results(crate::cli::ResultsCommand::Show(args)) => results::show(&args),
         Command::Results(crate::cli::ResultsCommand::Pull(args)) => results::pull(&args),
+        Command::Results(crate::cli::ResultsCommand::Serve(args)) => results_serve::run(&args),
         Command::Results(crate::cli::ResultsCommand::Push(args)) => results::push(&args),
         Command::Compare(args) => results::compare(&args),
         Command::Report(args) => results::report(&args),

@@ -9,8 +9,6 @@ use regex::Regex;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use promql_parser::label::{MatchOp, Matcher};
-
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 
 use super::{Annotations, QueryError, QueryOptions, QueryResult, RangeSeries, Sample, Value};
@@ -316,20 +314,7 @@ impl<'a> Evaluator<'a> {
         if let Some(ids) = self.selections.borrow().get(&key) {
             return Ok(ids.clone());
         }
-        let mut groups: Vec<Vec<Matcher>> = if vs.matchers.or_matchers.is_empty() {
-            vec![vs.matchers.matchers.clone()]
-        } else {
-            vs.matchers.or_matchers.clone()
-        };
-        if let Some(name) = &vs.name {
-            for g in &mut groups {
-                g.push(Matcher::new(MatchOp::Equal, METRIC_NAME, name));
-            }
-        }
-        let mut ids: Vec<SeriesId> = groups.iter().flat_map(|g| self.store.select(g)).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.sort_by(|a, b| self.store.get(*a).labels.cmp(&self.store.get(*b).labels));
+        let ids = self.store.select_vector(vs);
         if let Some(&native) = ids.iter().find(|&&id| self.store.get(id).native_histogram) {
             let name = self.store.get(native).labels.to_string();
             return Err(QueryError::Unsupported(format!(

@@ -127,6 +127,17 @@ pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, QueryError> {
     meshload_config::query_limits::parse(query).map_err(QueryError::Parse)
 }
 
+/// The series a selector such as `up{job="node"}` names (as `match[]` of the series and
+/// labels APIs); an error when the text is not a plain series selector.
+pub fn select_series(store: &Store, selector: &str) -> Result<Vec<usize>, QueryError> {
+    match parse(selector)? {
+        promql_parser::parser::Expr::VectorSelector(vs) => Ok(store.select_vector(&vs)),
+        _ => Err(QueryError::Parse(format!(
+            "{selector:?} is not a series selector"
+        ))),
+    }
+}
+
 /// Evaluates `query` at `t_ms`.
 pub fn instant_query(
     store: &Store,
