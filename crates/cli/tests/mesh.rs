@@ -664,3 +664,68 @@ fn sigkill_of_meshload_leaves_no_sidecar() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_search_under_each_mesh_says_what_the_mesh_costs_of_capacity() {
+    let dir = temp_dir("mesh-search");
+    let store = dir.join("store");
+    // The back node's request rate may not pass 330 req/s: under both meshes the search
+    // must end between 300 and 330, so the cost is known to be small.
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"front": ["back"], "back": []},
+            "ConnectivityCheckPerURL": 2, "sleep_between_tests": "0s",
+            "scrape_interval": "1s", "metrics_step": "1s",
+            "load_tests": [{"test_name": "cap", "target": "front",
+              "search": {"slo": {"p99_ms": 500}, "start_qps": 100, "max_qps": 2000,
+                         "precision": 0.1, "trials": 1, "trial_duration": "3s", "warmup": "0s",
+                         "promql": [{"name": "back_rate", "max": 330,
+                                     "query": "sum(rate(meshload_node_requests_total{node=\"back\"}[2s]))"}]}}]}"#,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_meshload"))
+        .args(["run", "--json", "--mesh", "none,envoy", "--store"])
+        .arg(&store)
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let meshes: Vec<&str> = doc["searches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["mesh"].as_str().unwrap())
+        .collect();
+    assert_eq!(meshes, ["none", "envoy"]);
+    for s in doc["searches"].as_array().unwrap() {
+        let max = s["max_rate"].as_f64().unwrap();
+        assert!((280.0..=330.0).contains(&max), "{}: {max}", s["mesh"]);
+    }
+    let cost = &doc["capacity_cost"][0];
+    assert_eq!(
+        (&cost["baseline"], &cost["mesh"]),
+        (&"none".into(), &"envoy".into())
+    );
+    assert!(
+        cost["cost_percent"].as_f64().unwrap().abs() <= 15.0,
+        "{cost}"
+    );
+    // The table says it in words.
+    let out = Command::new(env!("CARGO_BIN_EXE_meshload"))
+        .args(["report", "--store"])
+        .arg(&store)
+        .arg("--out")
+        .arg(dir.join("report"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let html = std::fs::read_to_string(dir.join("report").join("index.html")).unwrap();
+    assert!(
+        html.contains("Capacity searches") && html.contains(">envoy<"),
+        "{html}"
+    );
+    assert!(orphaned_envoys().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
