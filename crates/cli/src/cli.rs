@@ -846,7 +846,8 @@ Examples:
   promtool query instant http://127.0.0.1:9090 'meshload_load_response_p99_seconds'"
 )]
 pub struct ResultsServeArgs {
-    /// The store (a folder; copy an S3 store first with `results pull`).
+    /// The store: a folder, or s3://BUCKET/PREFIX (served from a local cache,
+    /// MESHLOAD_CACHE or ~/.cache/meshload/cache, checked for new runs every 5 s).
     #[arg(long, value_name = "STORE", default_value = meshload_store::DEFAULT_STORE)]
     pub store: String,
     /// Address to listen on.

@@ -214,3 +214,58 @@ fn a_store_that_goes_away_mid_run_keeps_the_run_in_the_spool_until_push() {
     assert_eq!(rows.len(), 1, "the bucket, recreated, holds the run");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn results_serve_reads_an_s3_store_through_its_cache_and_sees_new_runs() {
+    let dir = temp_dir("s3-serve");
+    let moto = Moto::start(free_port());
+    let mut env = env(moto.port, &dir.join("spool"));
+    env.push((
+        "MESHLOAD_CACHE".into(),
+        dir.join("cache").display().to_string(),
+    ));
+    let config = write_config(&dir, TINY);
+    let store = "s3://bucket-a/prefix";
+    let out = run_env(&["run", "--store", store, config.to_str().unwrap()], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = common::NodeProc::spawn(
+        &["results", "serve", "--store", store, "--listen", &listen],
+        &pairs,
+    );
+    let runs_served = || {
+        let url = format!(
+            "http://{}/api/v1/label/run/values?match[]=meshload_load_responses_per_second",
+            server.addr
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let reply = rt.block_on(common::get(&url));
+        let body: Value = serde_json::from_str(&reply.body).unwrap();
+        body["data"].as_array().unwrap().len()
+    };
+    assert_eq!(runs_served(), 1);
+    // A second run uploaded while serving is copied and served within the sync interval.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let out = run_env(&["run", "--store", store, config.to_str().unwrap()], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runs_served() < 2 {
+        assert!(Instant::now() < deadline, "the new run never appeared");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(dir.join("cache/bucket-a/prefix/tiny").is_dir());
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

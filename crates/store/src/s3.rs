@@ -106,6 +106,60 @@ impl S3Store {
         }
     }
 
+    /// A local copy of this store's runs, for readers that serve them
+    /// (`MESHLOAD_CACHE`, default `~/.cache/meshload/cache`, then bucket and prefix).
+    pub fn cache(&self) -> FsStore {
+        let base = std::env::var_os("MESHLOAD_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        std::env::var_os("HOME")
+                            .map_or_else(std::env::temp_dir, PathBuf::from)
+                            .join(".cache")
+                    })
+                    .join("meshload/cache")
+            });
+        FsStore {
+            root: base.join(&self.bucket).join(&self.prefix),
+        }
+    }
+
+    /// Copies into `cache` every run it does not hold yet; returns how many. A run is
+    /// staged first and moved into place whole, and one whose `metadata.json` (uploaded
+    /// last) is not there yet is left for a later call, so a reader of the cache never
+    /// sees half a run.
+    pub async fn sync_into(&self, cache: &FsStore) -> Result<usize, StoreError> {
+        let staging = FsStore {
+            root: cache.root.join(".staging"),
+        };
+        let mut added = 0;
+        for (test, id) in self.list_runs().await? {
+            let target = cache.root.join(&test).join(&id);
+            if target.join("metadata.json").is_file() {
+                continue;
+            }
+            let staged = self.download_run(&test, &id, &staging).await?;
+            if !staged.join("metadata.json").is_file() {
+                let _ = std::fs::remove_dir_all(&staged);
+                continue;
+            }
+            let parent = cache.root.join(&test);
+            std::fs::create_dir_all(&parent).map_err(|e| StoreError::Io {
+                path: parent.display().to_string(),
+                source: e,
+            })?;
+            let _ = std::fs::remove_dir_all(&target);
+            std::fs::rename(&staged, &target).map_err(|e| StoreError::Io {
+                path: target.display().to_string(),
+                source: e,
+            })?;
+            added += 1;
+        }
+        Ok(added)
+    }
+
     fn key(&self, parts: &[&str]) -> ObjectPath {
         let mut all: Vec<&str> = Vec::new();
         if !self.prefix.is_empty() {

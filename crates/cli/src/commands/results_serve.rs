@@ -37,20 +37,41 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves until Ctrl-C or SIGTERM.
 pub fn run(args: &ResultsServeArgs) -> anyhow::Result<ExitCode> {
-    let store = match ResultStore::open(&args.store).map_err(|e| Exit::usage(e.to_string()))? {
-        ResultStore::Fs(fs) => fs,
-        ResultStore::S3(_) => {
-            return Err(Exit::usage(
-                "results serve reads a folder: copy an S3 store first with `meshload results pull --store s3://... --to DIR`",
-            )
-            .into());
+    let opened = ResultStore::open(&args.store).map_err(|e| Exit::usage(e.to_string()))?;
+    let runtime = super::runtime()?;
+    let store = match &opened {
+        ResultStore::Fs(fs) => fs.clone(),
+        // An S3 store is served from a local cache, kept up to date in the background.
+        ResultStore::S3(s3) => {
+            let cache = s3.cache();
+            let added = runtime
+                .block_on(s3.sync_into(&cache))
+                .with_context(|| format!("cannot read {}", s3.address()))?;
+            eprintln!(
+                "meshload: {} new runs of {} copied into {}",
+                added,
+                s3.address(),
+                cache.root().display()
+            );
+            let (s3, into) = (s3.clone(), cache.clone());
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(S3_SYNC).await;
+                    if let Err(e) = s3.sync_into(&into).await {
+                        tracing::warn!(error = %e, "cannot copy new runs from S3");
+                    }
+                }
+            });
+            cache
         }
     };
     let catalog = Arc::new(Catalog::new(store, args.align_runs));
     catalog.refresh(true);
-    let runtime = super::runtime()?;
     runtime.block_on(serve(catalog, args.listen))
 }
+
+/// How often an S3 store is looked at for new runs.
+const S3_SYNC: Duration = Duration::from_secs(5);
 
 async fn serve(catalog: Arc<Catalog>, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen)
