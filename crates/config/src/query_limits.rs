@@ -97,9 +97,8 @@ fn plain_durations(query: &str) -> Result<(), String> {
                     "{number} seconds is out of range for a duration (at most {MAX_PLAIN_SECONDS:e})"
                 ));
             }
-            if let Ok(secs) = u128::from_str_radix(number.trim_start_matches("0x"), 16)
-                && number.starts_with("0x")
-                && secs as f64 >= MAX_PLAIN_SECONDS
+            if let Some(hex) = number.strip_prefix("0x")
+                && u128::from_str_radix(hex, 16).is_ok_and(|secs| secs as f64 >= MAX_PLAIN_SECONDS)
             {
                 return Err(format!("{number} seconds is out of range for a duration"));
             }

@@ -88,6 +88,20 @@ pub fn parse_resolve(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
     Ok((authority.to_ascii_lowercase(), addrs))
 }
 
+/// The next accepted connection. A failed accept (out of file descriptors and the like)
+/// is logged and retried after a short pause instead of spinning.
+pub async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// Serves the REST API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -104,14 +118,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
+            stream = accept(&listener) => stream,
             () = &mut shutdown => return,
         };
         let builder = builder.clone();

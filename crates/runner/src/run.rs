@@ -60,6 +60,8 @@ pub struct SearchRun {
     pub spec: SearchSpec,
     /// What it found.
     pub report: SearchReport,
+    /// The search as stored (`search-<id>.json`) and printed by `--json`.
+    pub document: serde_json::Value,
     /// Where its summary (`search-<id>.json`) was written.
     pub file: Option<std::path::PathBuf>,
 }
@@ -501,17 +503,10 @@ async fn run_test<B: Backend>(
         }
     };
     let window = (started, SystemTime::now());
-    let metrics = measure(ctx, &fortio, window, stop).await;
+    let (metrics, query_window) = measure(ctx, &fortio, window, stop).await;
     let mut thresholds = Vec::new();
     let mut search = serde_json::Value::Null;
     if let Some(trial) = trial {
-        let ms = |t: SystemTime| meshload_promql::system_time_ms(&t);
-        let query_window = query_window(
-            ms(window.0),
-            ms(window.1),
-            ms(SystemTime::now()),
-            ctx.config.metrics_step,
-        );
         for t in trial.thresholds {
             let value = match ctx.answerer.range(&t.query, query_window, stop).await {
                 Ok(series) => threshold_value(&series, t.max.is_some()),
@@ -679,39 +674,34 @@ async fn run_search<B: Backend>(
         })?;
     observer.phase(&format!("{}: {}", test.name, report.verdict()));
     let document = crate::search::document(&test.name, &test.url, &mesh, &search_id, spec, &report);
-    let path = ctx
-        .settings
-        .store
-        .local()
-        .root()
-        .join(&test.name)
-        .join(format!("search-{search_id}.json"));
-    let mut text = serde_json::to_string_pretty(&document).expect("JSON values serialize");
-    text.push('\n');
-    let file = match std::fs::write(&path, text) {
-        Ok(()) => Some(path),
-        Err(e) => {
-            observer.phase(&format!("cannot write {}: {e}", path.display()));
-            None
-        }
-    };
+    let file =
+        match crate::search::write_document(&ctx.settings.store, &test.name, &search_id, &document)
+        {
+            Ok(path) => Some(path),
+            Err(e) => {
+                observer.phase(&format!("cannot write the search of {}: {e}", test.name));
+                None
+            }
+        };
     Ok(SearchRun {
         test_name: test.name.clone(),
         mesh,
         search_id,
         spec: spec.clone(),
         report,
+        document,
         file,
     })
 }
 
-/// Evaluates every metric query of the config over the test's window.
+/// Evaluates every metric query of the config over the test's window, and says which
+/// window that was (a search trial's thresholds use the same).
 async fn measure(
     ctx: &TestContext<'_>,
     fortio: &FortioResult,
     (started, ended): (SystemTime, SystemTime),
     stop: &StopSignal,
-) -> Vec<MetricResult> {
+) -> (Vec<MetricResult>, QueryWindow) {
     // The window's end needs samples: scrape now; a Prometheus scrapes on its own
     // schedule, so give it one interval (`scrape_interval`, which should match a cluster's
     // Prometheus; at most a minute).
@@ -737,7 +727,7 @@ async fn measure(
             series: ctx.answerer.range(query, window, stop).await,
         });
     }
-    metrics
+    (metrics, window)
 }
 
 /// What one test stores beside its summary.

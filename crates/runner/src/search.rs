@@ -447,6 +447,23 @@ pub fn document(
     })
 }
 
+/// Writes a search's document as `<store>/<test_name>/search-<id>.json` (in the local
+/// folder, or an S3 store's spool) and says where.
+pub fn write_document(
+    store: &meshload_store::ResultStore,
+    test_name: &str,
+    search_id: &str,
+    document: &serde_json::Value,
+) -> std::io::Result<std::path::PathBuf> {
+    let dir = store.local().root().join(test_name);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("search-{search_id}.json"));
+    let mut text = serde_json::to_string_pretty(document).expect("JSON values serialize");
+    text.push('\n');
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 /// Runs the search with `runner`; `progress` gets one line per event.
 pub async fn run(
     spec: &SearchSpec,

@@ -88,14 +88,7 @@ async fn serve(catalog: Arc<Catalog>, listen: SocketAddr) -> anyhow::Result<Exit
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
+            stream = meshload_loadgen::rest::accept(&listener) => stream,
             () = &mut shutdown => break,
         };
         let catalog = catalog.clone();

@@ -383,20 +383,8 @@ fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         let doc = if several || !report.searches.is_empty() {
-            let searches: Vec<serde_json::Value> = report
-                .searches
-                .iter()
-                .map(|s| {
-                    meshload_runner::search::document(
-                        &s.test_name,
-                        "",
-                        &s.mesh,
-                        &s.search_id,
-                        &s.spec,
-                        &s.report,
-                    )
-                })
-                .collect();
+            let searches: Vec<&serde_json::Value> =
+                report.searches.iter().map(|s| &s.document).collect();
             serde_json::json!({"tests": tests, "mesh_cost": costs, "searches": searches, "capacity_cost": capacity})
         } else {
             serde_json::to_value(tests)?

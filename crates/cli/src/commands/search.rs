@@ -54,14 +54,8 @@ pub fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     let (report, search_id) = report.map_err(|e| anyhow::anyhow!(e))?;
     let document = search::document(&args.name, &args.url, "none", &search_id, &spec, &report);
     if let Some(store) = &store {
-        let path = store
-            .local()
-            .root()
-            .join(&args.name)
-            .join(format!("search-{search_id}.json"));
-        let mut text = serde_json::to_string_pretty(&document).context("encoding the search")?;
-        text.push('\n');
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        let path = search::write_document(store, &args.name, &search_id, &document)
+            .with_context(|| format!("cannot write the search of {}", args.name))?;
         eprintln!("meshload: search stored in {}", path.display());
     }
     print(&report, &spec, &document, args.json)?;
