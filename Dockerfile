@@ -9,11 +9,12 @@ RUN apk add --no-cache musl-dev build-base cmake perl clang ca-certificates
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p meshload \
- && strip target/release/meshload
+ && strip target/release/meshload target/release/meshload-node
 
 FROM scratch
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /src/target/release/meshload /meshload
+COPY --from=build /src/target/release/meshload-node /meshload-node
 USER 65532:65532
 EXPOSE 9080 8080
 ENTRYPOINT ["/meshload"]

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): the 3-node topology 0 -> 1, 2 served by `meshload node` and by a
+# Benchmark (not a test): the 3-node topology 0 -> 1, 2 served by `meshload-node` (the
+# node-only binary that `meshload run` starts; MESHLOAD_NODE_BIN=meshload for `meshload
+# node` from the main binary) and by a
 # seed-style Flask + aiohttp service (bench/seed_node.py), each loaded by wrk with the same
 # duration and connections. Prints requests per second and peak RSS per node, and ratios.
 #
@@ -18,7 +20,11 @@ if [ ! -x "$out/venv/bin/python" ]; then
   "$out/venv/bin/pip" install -q "flask[async]" aiohttp
 fi
 cargo build --release -q -p meshload
-bin=target/release/meshload
+if [ "${MESHLOAD_NODE_BIN:-meshload-node}" = meshload ]; then
+  node_cmd=(target/release/meshload -q node)
+else
+  node_cmd=(target/release/meshload-node -q)
+fi
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -28,7 +34,7 @@ trap cleanup EXIT
 start_node() {
   local kind=$1 port=$2 backends=$3
   if [ "$kind" = meshload ]; then
-    BACKENDS=$backends "$bin" -q node --listen "127.0.0.1:$port" >/dev/null &
+    BACKENDS=$backends "${node_cmd[@]}" --listen "127.0.0.1:$port" >/dev/null &
   else
     BACKENDS=$backends "$out/venv/bin/python" bench/seed_node.py "$port" >/dev/null 2>&1 &
   fi
@@ -57,7 +63,7 @@ read -r m_rps m0 m1 m2 < <(bench meshload 19080)
 read -r s_rps s0 s1 s2 < <(bench seed 19180)
 
 printf '%-10s %12s %14s %14s %14s\n' impl req/s "node0 RSS KiB" "node1 RSS KiB" "node2 RSS KiB"
-printf '%-10s %12s %14s %14s %14s\n' meshload "$m_rps" "$m0" "$m1" "$m2"
+printf '%-10s %12s %14s %14s %14s\n' "${node_cmd[0]##*/}" "$m_rps" "$m0" "$m1" "$m2"
 printf '%-10s %12s %14s %14s %14s\n' seed-style "$s_rps" "$s0" "$s1" "$s2"
 awk -v a="$m_rps" -v b="$s_rps" -v m="$m0" -v s="$s0" 'BEGIN {
   printf "throughput ratio meshload/seed-style: %.1fx\n", a / b

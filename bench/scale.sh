@@ -41,7 +41,7 @@ run_one() {
         *"test 1/1"*)
           sleep "$((secs / 2))"
           # Resident memory of every node process of this run.
-          for p in $(pgrep -f "meshload -q node"); do awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null; done > "$rss_file" ;;
+          for p in $(pgrep -f "meshload-node -q|meshload -q node"); do awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null; done > "$rss_file" ;;
       esac
     done)
   sleep 0.5

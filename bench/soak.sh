@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Soak (benchmark, not a test): REQUESTS requests (default 10 million) through the 3-node
-# topology 0 -> 1, 2 of `meshload node`, sent by `meshload load` as fast as it goes. Samples
+# topology 0 -> 1, 2 of `meshload-node` (the node binary `meshload run` starts), sent by
+# `meshload load` as fast as it goes. Samples
 # the resident memory, open file descriptors and threads of the load generator and of
 # every node every few seconds, then prints them at the start, the middle and the end,
 # the peak, and whether memory stayed flat (the end within 25% + 2 MiB of the value at a
@@ -18,16 +19,17 @@ out=bench/out/soak
 mkdir -p "$out"
 cargo build --release -q -p meshload
 bin=$PWD/target/release/meshload
+node=$PWD/target/release/meshload-node
 base=19380
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-before=$(pgrep -c -x meshload || true)
-"$bin" -q node --listen "127.0.0.1:$((base + 1))" --name 1 >/dev/null & pids+=($!)
-"$bin" -q node --listen "127.0.0.1:$((base + 2))" --name 2 >/dev/null & pids+=($!)
-"$bin" -q node --listen "127.0.0.1:$base" --name 0 \
+before=$(pgrep -c -x "meshload|meshload-node" || true)
+"$node" -q --listen "127.0.0.1:$((base + 1))" --name 1 >/dev/null & pids+=($!)
+"$node" -q --listen "127.0.0.1:$((base + 2))" --name 2 >/dev/null & pids+=($!)
+"$node" -q --listen "127.0.0.1:$base" --name 0 \
   --backends "http://127.0.0.1:$((base + 1))/,http://127.0.0.1:$((base + 2))/" >/dev/null & pids+=($!)
 for p in "$base" $((base + 1)) $((base + 2)); do
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$p/health" >/dev/null && break; sleep 0.1; done
@@ -68,7 +70,7 @@ sample
 cleanup
 pids=()
 sleep 1
-after=$(pgrep -c -x meshload || true)
+after=$(pgrep -c -x "meshload|meshload-node" || true)
 
 grep -E '^(Achieved|Codes)' "$out/summary.txt" || cat "$out/summary.txt"
 echo

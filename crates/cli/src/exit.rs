@@ -3,12 +3,10 @@
 
 use std::process::ExitCode;
 
-use clap::error::ErrorKind;
-
 /// A usage or configuration error: the command could not start.
-pub const USAGE: u8 = 64;
+pub const USAGE: u8 = meshload_node::cli::USAGE;
 /// A runtime error.
-pub const RUNTIME: u8 = 2;
+pub const RUNTIME: u8 = meshload_node::cli::RUNTIME;
 /// A run finished but a threshold (SLO) was missed.
 pub const THRESHOLD: u8 = 1;
 /// Stopped by Ctrl-C (128 + SIGINT), as shells report it.
@@ -37,33 +35,7 @@ impl Exit {
 /// Reports a command-line parse error: help and version go to stdout with exit 0;
 /// anything else is one line on stderr and exit 64.
 pub fn usage(err: &clap::Error) -> ExitCode {
-    match err.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = err.print();
-            ExitCode::SUCCESS
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = err.print();
-            ExitCode::from(USAGE)
-        }
-        _ => {
-            // One line: clap's message up to its first blank line (a list of missing
-            // arguments continues on the next lines), without usage and tips.
-            let rendered = err.render().to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            let message = if message.is_empty() {
-                "error: invalid arguments".to_string()
-            } else {
-                message.join(" ")
-            };
-            eprintln!("{message} (see --help)");
-            ExitCode::from(USAGE)
-        }
-    }
+    meshload_node::cli::usage_error(err)
 }
 
 /// Reports a failed command with its whole context chain and picks the exit code.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{NodeProc, get, get_with, run, sample};
+use common::{NodeProc, get, get_with, node_bin, run, sample};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -352,4 +352,50 @@ fn help_teaches_with_examples() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("Examples:"), "{help}");
     assert!(help.contains("--backends"), "{help}");
+}
+
+#[tokio::test]
+async fn the_node_binary_serves_as_meshload_node_does() {
+    let leaf = NodeProc::start(&["--name", "1"]);
+    let mut entry = NodeProc::start_node_binary(&["--name", "0", "--backends", &leaf.backend()]);
+    let ok = get(&entry.url()).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let body: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
+    assert_eq!(body["node"], "0");
+    let metrics = get(&format!("{}metrics", entry.url())).await;
+    assert!(
+        metrics.body.contains("meshload_node_requests_total"),
+        "{}",
+        metrics.body
+    );
+    entry.terminate();
+    let status = entry
+        .wait_exit(Duration::from_secs(5))
+        .expect("stops on SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn the_node_binary_names_its_build_and_refuses_bad_flags() {
+    let out = node_bin().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with("meshload-node "), "{version}");
+    assert!(version.contains("(node sources "), "{version}");
+    let out = node_bin().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--backends") && help.contains("Examples:"),
+        "{help}"
+    );
+    for args in [
+        &["--listen", "nowhere"][..],
+        &["node"],
+        &["--error-rate", "2"],
+    ] {
+        let out = node_bin().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    }
 }

@@ -360,6 +360,9 @@ fn a_node_that_dies_mid_test_is_recorded_and_the_run_goes_on() {
                 .any(|a| a == b"1")
         })
         .expect("node 1 runs");
+    // Local nodes run the node-only binary built beside meshload.
+    let exe = std::fs::read_link(format!("/proc/{leaf}/exe")).unwrap();
+    assert_eq!(exe.file_name().unwrap(), "meshload-node", "{exe:?}");
     assert!(
         Command::new("kill")
             .args(["-KILL", &leaf.to_string()])

@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`config`]: the node's settings, backend addresses and limits.
 //! - [`behaviour`]: injected latency and errors, drawn from a seeded stream.
+//! - [`cli`]: the node's flags and the process around it (signals, logs, usage errors).
 //! - [`capacity`]: a known capacity (`--capacity`), rejecting or queueing beyond it.
 //! - [`metrics`]: the Prometheus metrics a node exposes.
 //! - [`process`]: resource samples from `/proc` (also used to watch child nodes).
@@ -17,6 +18,7 @@
 
 pub mod behaviour;
 pub mod capacity;
+pub mod cli;
 pub mod config;
 pub(crate) mod connections;
 mod handler;

@@ -5,6 +5,7 @@
 //! - [`plan`]: nodes, replicas, pod and service names.
 //! - [`backend`]: the `Backend` trait (the seam for Kubernetes) and what it brings up.
 //! - [`local`]: the local backend (child `meshload node` processes on loopback).
+//! - [`node_program`]: `meshload-node` or `meshload node`, the program a local node runs.
 //! - [`mesh`]: Envoy sidecars for the local backend (`--mesh envoy`).
 //! - [`scrape`]: scrapes and `/proc` samples into the embedded store during a run.
 //! - [`prometheus`]: `prometheus: "spawn"`, a real Prometheus on the run's replicas.
@@ -17,6 +18,7 @@ pub mod backend;
 pub mod http;
 pub mod local;
 pub mod mesh;
+pub mod node_program;
 pub mod plan;
 pub mod prometheus;
 pub mod results;

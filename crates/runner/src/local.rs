@@ -1,5 +1,5 @@
 //! The local backend: every replica of every node is a child `meshload node` process on
-//! a loopback port. Children are started leaves first, each told where its backends'
+//! a loopback port (`meshload-node` when it sits beside `meshload`: see [`NodeProgram`]). Children are started leaves first, each told where its backends'
 //! replicas are (`--resolve`), in their own process group (a Ctrl-C in the terminal
 //! reaches only meshload, which tears down in order), killed when dropped, and told to
 //! exit should meshload itself die (`MESHLOAD_PARENT_PID`).
@@ -23,6 +23,7 @@ use crate::RunError;
 use crate::backend::{Backend, Container, Deployment, Facts, Replica, ReplicaExit, ScrapeTarget};
 use crate::mesh::envoy::{Sidecar, TlsFiles, Upstream, virtual_node};
 use crate::mesh::{ENVOY_CONTAINER, ENVOY_JOB, EnvoyMesh, TlsMode, certs::RunCa, sidecar};
+use crate::node_program::NodeProgram;
 use crate::plan::{Plan, PlannedNode};
 
 /// The `job` label of the nodes' own `/metrics`.
@@ -38,7 +39,7 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs nodes as child processes of this one.
 #[derive(Debug)]
 pub struct LocalBackend {
-    exe: PathBuf,
+    node: NodeProgram,
     mesh: Option<EnvoyMesh>,
     /// Every child, named as its exit is reported (`<pod>`, `<pod>/envoy`).
     children: Vec<(String, Child)>,
@@ -66,11 +67,17 @@ struct Started {
 }
 
 impl LocalBackend {
-    /// A backend that runs `exe node ...` for every replica (normally the running
-    /// `meshload` binary).
+    /// A backend that runs a node for every replica: `meshload-node` beside `exe` (the
+    /// running `meshload` binary, normally) when it is the same node build, else
+    /// `exe node ...` (a `meshload-node` of another build is not used, with a warning).
     pub fn new(exe: PathBuf) -> LocalBackend {
+        let (node, note) = NodeProgram::beside(&exe);
+        if let Some(note) = note {
+            tracing::warn!("{note}");
+        }
+        tracing::debug!(exe = %node.exe.display(), "local nodes");
         LocalBackend {
-            exe,
+            node,
             mesh: None,
             children: Vec::new(),
             exited: Vec::new(),
@@ -105,15 +112,9 @@ impl LocalBackend {
             None => None,
         };
         let egress = ports.map(|(_, egress, _)| egress);
-        let mut cmd = Command::new(&self.exe);
-        cmd.args([
-            "-q",
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            &node.name,
-        ]);
+        let mut cmd = Command::new(&self.node.exe);
+        cmd.arg("-q").args(&self.node.prefix);
+        cmd.args(["--listen", "127.0.0.1:0", "--name", &node.name]);
         cmd.args(node_args(node, index, plan, deployment, egress));
         cmd.env(
             meshload_node::PARENT_PID_ENV,

@@ -16,6 +16,8 @@ mod validate;
 
 use std::process::ExitCode;
 
+use meshload_node::cli::{orphaned, shutdown_signal};
+
 use crate::cli::Command;
 
 /// Runs a parsed command (`matches` are the whole command line's).
@@ -51,43 +53,5 @@ pub fn run(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<ExitC
 /// A multi-threaded Tokio runtime for the commands that serve or send traffic.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context as _;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot watch SIGTERM; only Ctrl-C stops");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-/// Completes when the parent process named in `MESHLOAD_PARENT_PID` is gone (never, when
-/// the variable is unset): how children of `meshload run` notice that it died.
-async fn orphaned() {
-    let parent: Option<u32> = std::env::var(meshload_node::PARENT_PID_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let Some(parent) = parent else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        if std::os::unix::process::parent_id() != parent {
-            tracing::warn!(parent, "parent process is gone; stopping");
-            return;
-        }
-    }
+    meshload_node::cli::runtime().context("cannot start the async runtime")
 }

@@ -16,6 +16,11 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meshload"))
 }
 
+/// The node-only binary (`meshload node` alone).
+pub fn node_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meshload-node"))
+}
+
 /// Runs the binary to completion with a bounded wait.
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = bin();
@@ -48,7 +53,17 @@ impl NodeProc {
 
     /// Starts any meshload server command that prints `listening on http://ADDR` first.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> NodeProc {
-        let mut cmd = bin();
+        Self::spawn_program(bin(), args, env)
+    }
+
+    /// Starts `meshload-node --listen 127.0.0.1:0 ARGS...` (the node-only binary).
+    pub fn start_node_binary(args: &[&str]) -> NodeProc {
+        let mut full = vec!["-q", "--listen", "127.0.0.1:0"];
+        full.extend_from_slice(args);
+        Self::spawn_program(node_bin(), &full, &[])
+    }
+
+    fn spawn_program(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> NodeProc {
         cmd.args(args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
