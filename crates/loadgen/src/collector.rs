@@ -13,15 +13,33 @@ use crate::executor::ErrorKind;
 
 /// Largest latency the histograms hold, in nanoseconds (one hour); longer values clamp.
 const MAX_NANOS: u64 = 3_600_000_000_000;
+/// Largest size the histograms hold, in bytes (1 TiB); larger values clamp.
+const MAX_BYTES: u64 = 1 << 40;
 
-/// A histogram of nanosecond latencies with 3 significant digits.
+/// A histogram of nanosecond latencies with 3 significant digits (values clamp to
+/// [`MAX_NANOS`] when recorded).
+///
+/// It grows with the largest value recorded (hdrhistogram's auto-resize) instead of
+/// covering an hour from the start: hdrhistogram writes every count when it sizes its
+/// array, so each full-range histogram cost its whole 270 KiB of resident memory at once,
+/// about 1.6 MiB for a load test's six. Growing reallocates a few times early in a run, in
+/// the collector, never on a connection's path.
 pub(crate) fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_NANOS, 3).expect("static bounds are valid")
+    Histogram::new(3).expect("3 significant digits are valid")
 }
 
-/// A histogram of byte sizes (up to 1 TiB) with 3 significant digits.
+/// Records into a growing histogram (`saturating_record` would clamp to its current size
+/// instead of growing it); the values are clamped to the range already.
+fn record(histogram: &mut Histogram<u64>, value: u64) {
+    if histogram.record(value).is_err() {
+        histogram.saturating_record(value);
+    }
+}
+
+/// A histogram of byte sizes with 3 significant digits, growing as
+/// [`latency_histogram`] does (values clamp to [`MAX_BYTES`] when recorded).
 pub(crate) fn size_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds are valid")
+    Histogram::new(3).expect("3 significant digits are valid")
 }
 
 /// What a connection reports for each request.
@@ -213,17 +231,17 @@ impl Collector {
                 .unwrap_or(u64::MAX)
                 .clamp(1, MAX_NANOS)
         };
-        c.service.saturating_record(nanos(s.service));
-        c.response.saturating_record(nanos(s.response));
+        record(&mut c.service, nanos(s.service));
+        record(&mut c.response, nanos(s.response));
         if let Some(lag) = s.lag {
-            c.lag.saturating_record(nanos(lag));
+            record(&mut c.lag, nanos(lag));
         }
         if s.is_error() {
-            c.errors_service.saturating_record(nanos(s.service));
+            record(&mut c.errors_service, nanos(s.service));
         }
         if s.code >= 0 {
-            c.sizes.saturating_record(s.size_bytes.max(1));
-            c.header_sizes.saturating_record(s.header_bytes.max(1));
+            record(&mut c.sizes, s.size_bytes.clamp(1, MAX_BYTES));
+            record(&mut c.header_sizes, s.header_bytes.clamp(1, MAX_BYTES));
         }
         *c.codes.entry(s.code).or_default() += 1;
         if let Some(kind) = s.error {
@@ -328,6 +346,29 @@ mod tests {
             size_bytes: 100,
             header_bytes: 40,
         }
+    }
+
+    #[test]
+    fn histograms_grow_with_what_is_recorded_and_clamp_beyond_their_range() {
+        let mut c = Collector::new(Live::default());
+        c.add(&sample(200, 10, 2));
+        // A 2 ms response: the counts cover milliseconds, not an hour (a few pages).
+        assert!(c.collected.response.distinct_values() < 20_000);
+        let mut slow = sample(200, 20, 0);
+        slow.response = Duration::from_secs(7200);
+        slow.size_bytes = u64::MAX;
+        c.add(&slow);
+        let out = c.finish();
+        let hour = Duration::from_secs(3600).as_nanos() as f64;
+        let max = out.response.max() as f64;
+        assert!(
+            (max - hour).abs() / hour < 0.001,
+            "clamped to an hour: {max}"
+        );
+        let tib = (1u64 << 40) as f64;
+        let max = out.sizes.max() as f64;
+        assert!((max - tib).abs() / tib < 0.001, "clamped to 1 TiB: {max}");
+        assert_eq!(out.response.len(), 2);
     }
 
     #[test]

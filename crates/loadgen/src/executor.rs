@@ -201,20 +201,6 @@ impl Default for ConnectionStats {
 }
 
 impl ConnectionStats {
-    /// Adds another connection's figures.
-    pub fn merge(&mut self, other: &ConnectionStats) {
-        self.sockets += other.sockets;
-        let _ = self.connect.add(&other.connect);
-        let _ = self.tls_handshake.add(&other.tls_handshake);
-        self.alpn_h2 += other.alpn_h2;
-        self.alpn_http1 += other.alpn_http1;
-        self.alpn_none += other.alpn_none;
-        if self.certificate_problem.is_none() {
-            self.certificate_problem
-                .clone_from(&other.certificate_problem);
-        }
-    }
-
     fn record(histogram: &mut Histogram<u64>, d: Duration) {
         let _ = histogram.record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1));
     }
@@ -228,25 +214,40 @@ enum Sender {
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
+/// What the sockets of every connection of a run cost, shared: sockets open rarely, and
+/// one set of histograms for the run (rather than one per connection, which took 100 KiB
+/// of heap per connection once a connect time was recorded) keeps memory flat in `c`.
+pub type SharedStats = Arc<std::sync::Mutex<ConnectionStats>>;
+
 /// One load-generator connection; reconnects after a failure.
 pub struct Connection {
     target: Arc<Target>,
     sender: Option<Sender>,
     /// The current socket's write and read stamps.
     stamps: Arc<crate::wire::Stamps>,
-    /// What its sockets cost so far.
-    pub stats: ConnectionStats,
+    /// What the run's sockets cost so far.
+    stats: SharedStats,
 }
 
 impl Connection {
-    /// A connection that will open its socket on first use (or on [`Connection::warm_up`]).
-    pub fn new(target: Arc<Target>) -> Connection {
+    /// A connection that will open its socket on first use (or on [`Connection::warm_up`]),
+    /// recording what its sockets cost in `stats`.
+    pub fn new(target: Arc<Target>, stats: SharedStats) -> Connection {
         Connection {
             target,
             sender: None,
             stamps: crate::wire::Stamps::new(),
-            stats: ConnectionStats::default(),
+            stats,
         }
+    }
+
+    /// Records into the shared figures (never held across an await).
+    fn with_stats(&self, f: impl FnOnce(&mut ConnectionStats)) {
+        let mut stats = self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut stats);
     }
 
     /// Opens the socket ahead of the run so the first request does not pay for it;
@@ -259,7 +260,7 @@ impl Connection {
     }
 
     async fn connect(&mut self) -> Result<Sender, ErrorKind> {
-        self.stats.sockets += 1;
+        self.with_stats(|s| s.sockets += 1);
         let started = Instant::now();
         let stream = TcpStream::connect(self.target.addr)
             .await
@@ -267,31 +268,41 @@ impl Connection {
                 std::io::ErrorKind::ConnectionRefused => ErrorKind::Refused,
                 _ => ErrorKind::Connect,
             })?;
-        ConnectionStats::record(&mut self.stats.connect, started.elapsed());
+        let took = started.elapsed();
+        self.with_stats(|s| ConnectionStats::record(&mut s.connect, took));
         let _ = stream.set_nodelay(true);
         let stream = crate::wire::Stamped::new(stream, self.stamps.clone());
         let Some(tls) = &self.target.tls else {
             return handshake(TokioIo::new(stream), self.target.h2).await;
         };
         let started = Instant::now();
-        let done = tls.handshake(stream).await.map_err(|e| {
-            if let Some(problem) = crate::tls::certificate_problem(&e) {
-                self.stats.certificate_problem.get_or_insert(problem);
-                ErrorKind::Tls
-            } else {
-                match ErrorKind::of_io(&e) {
-                    ErrorKind::Other => ErrorKind::Tls,
-                    kind => kind,
-                }
+        let done = match tls.handshake(stream).await {
+            Ok(done) => done,
+            Err(e) => {
+                return Err(match crate::tls::certificate_problem(&e) {
+                    Some(problem) => {
+                        self.with_stats(|s| {
+                            s.certificate_problem.get_or_insert(problem);
+                        });
+                        ErrorKind::Tls
+                    }
+                    None => match ErrorKind::of_io(&e) {
+                        ErrorKind::Other => ErrorKind::Tls,
+                        kind => kind,
+                    },
+                });
             }
-        })?;
-        ConnectionStats::record(&mut self.stats.tls_handshake, started.elapsed());
-        let chosen = match done.alpn.as_deref() {
-            Some(b"h2") => &mut self.stats.alpn_h2,
-            Some(_) => &mut self.stats.alpn_http1,
-            None => &mut self.stats.alpn_none,
         };
-        *chosen += 1;
+        let took = started.elapsed();
+        self.with_stats(|s| {
+            ConnectionStats::record(&mut s.tls_handshake, took);
+            let chosen = match done.alpn.as_deref() {
+                Some(b"h2") => &mut s.alpn_h2,
+                Some(_) => &mut s.alpn_http1,
+                None => &mut s.alpn_none,
+            };
+            *chosen += 1;
+        });
         // `--h2` forces HTTP/2 whatever ALPN said (a server may still accept its preface).
         let h2 = self.target.h2 || done.alpn.as_deref() == Some(b"h2");
         handshake(TokioIo::new(done.stream), h2).await

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use crate::collector::{Collector, Live, Sample};
-use crate::executor::{Connection, ConnectionStats, Target};
+use crate::executor::{Connection, ConnectionStats, SharedStats, Target};
 use crate::result::LoadResult;
 use crate::schedule::{Schedule, quota};
 use crate::spec::{LoadSpec, Stop};
@@ -108,15 +108,14 @@ pub async fn run(
         .iter()
         .map(|a| Arc::new(Target::new(&spec, *a)))
         .collect();
+    let stats = SharedStats::default();
     let mut connections: Vec<Connection> = (0..spec.connections)
-        .map(|i| Connection::new(targets[i % targets.len()].clone()))
+        .map(|i| Connection::new(targets[i % targets.len()].clone(), stats.clone()))
         .collect();
     futures_util::future::join_all(connections.iter_mut().map(Connection::warm_up)).await;
     // A refused certificate fails every request the same way: say why, once, rather than
     // counting a whole test of errors.
-    let refused = connections
-        .iter()
-        .find_map(|c| c.stats.certificate_problem.clone());
+    let refused = lock(&stats).certificate_problem.clone();
     if let (Some(reason), Some(tls)) = (refused, &spec.tls) {
         return Err(LoadError::Certificate {
             host: tls.host.clone(),
@@ -152,7 +151,8 @@ pub async fn run(
         tasks.spawn(drive(conn, plan, shared.clone(), tx.clone()));
     }
     drop(tx);
-    let (stats, interrupted) = wait_or_stop(&mut tasks, stop, &shared).await;
+    let interrupted = wait_or_stop(&mut tasks, stop, &shared).await;
+    let stats = lock(&stats).clone();
     if let Some(pacer) = pacer {
         shared.stopping.store(true, Ordering::Release);
         let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
@@ -182,21 +182,14 @@ async fn resolve(authority: &str) -> Result<SocketAddr, LoadError> {
     })
 }
 
-/// Waits for every connection to finish, or for `stop`; returns what their sockets cost
-/// and whether the run was stopped.
+/// Waits for every connection to finish, or for `stop`; says whether the run was stopped.
 async fn wait_or_stop(
-    tasks: &mut tokio::task::JoinSet<ConnectionStats>,
+    tasks: &mut tokio::task::JoinSet<()>,
     stop: impl Future<Output = ()>,
     shared: &Shared,
-) -> (ConnectionStats, bool) {
-    async fn join_all(tasks: &mut tokio::task::JoinSet<ConnectionStats>) -> ConnectionStats {
-        let mut all = ConnectionStats::default();
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok(stats) = joined {
-                all.merge(&stats);
-            }
-        }
-        all
+) -> bool {
+    async fn join_all(tasks: &mut tokio::task::JoinSet<()>) {
+        while tasks.join_next().await.is_some() {}
     }
     let interrupted = tokio::select! {
         () = stop => {
@@ -204,9 +197,17 @@ async fn wait_or_stop(
             shared.close_all();
             true
         }
-        sockets = join_all(tasks) => return (sockets, false),
+        () = join_all(tasks) => return false,
     };
-    (join_all(tasks).await, interrupted)
+    join_all(tasks).await;
+    interrupted
+}
+
+/// The run's socket figures (a panicked connection task leaves them as they were).
+fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, ConnectionStats> {
+    stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn quota_of(spec: &LoadSpec, conn: usize) -> Option<u64> {
@@ -238,7 +239,7 @@ async fn drive(
     plan: ConnectionPlan,
     shared: Arc<Shared>,
     tx: UnboundedSender<Vec<Sample>>,
-) -> ConnectionStats {
+) {
     let slots = &shared.slots[plan.index];
     let mut sent = 0u64;
     let mut k = 0u64;
@@ -300,7 +301,6 @@ async fn drive(
     }
     batch.flush();
     slots.finished.store(true, Ordering::Release);
-    conn.stats
 }
 
 /// Samples on their way to the collector, sent in batches: one channel message (and one
