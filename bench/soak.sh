@@ -26,7 +26,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-before=$(pgrep -c -x "meshload|meshload-node" || true)
+# meshload and meshload-node processes (pgrep matches at most 15 characters of a name).
+running() { echo $(($(pgrep -c -x meshload || true) + $(pgrep -c -x meshload-node || true))); }
+before=$(running)
 "$node" -q --listen "127.0.0.1:$((base + 1))" --name 1 >/dev/null & pids+=($!)
 "$node" -q --listen "127.0.0.1:$((base + 2))" --name 2 >/dev/null & pids+=($!)
 "$node" -q --listen "127.0.0.1:$base" --name 0 \
@@ -70,7 +72,7 @@ sample
 cleanup
 pids=()
 sleep 1
-after=$(pgrep -c -x "meshload|meshload-node" || true)
+after=$(running)
 
 grep -E '^(Achieved|Codes)' "$out/summary.txt" || cat "$out/summary.txt"
 echo
