@@ -316,20 +316,7 @@ async fn aligned_runs_start_at_the_same_instant() {
         firsts.sort_by(f64::total_cmp);
         firsts
     };
-    // Every run's span, from the first start to the last end.
-    let spans: Vec<(i64, i64)> = ["slow", "fast"]
-        .iter()
-        .flat_map(|t| std::fs::read_dir(store().join(t)).unwrap())
-        .map(|e| json(&e.unwrap().path().join("metadata.json")))
-        .map(|m| {
-            (
-                m["start_ms"].as_i64().unwrap(),
-                m["end_ms"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    let start = (spans.iter().map(|s| s.0).min().unwrap() / 1000 - 5).to_string();
-    let end = (spans.iter().map(|s| s.1).max().unwrap() / 1000 + 5).to_string();
+    let (start, end) = store_span();
     let form = [
         ("query", "meshload_load_responses_per_second"),
         ("start", start.as_str()),
@@ -411,20 +398,7 @@ async fn every_dashboard_expression_evaluates() {
         json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/grafana/meshload.json"));
     let server = serve(store(), &[]);
     let api = format!("http://{}/api/v1", server.addr);
-    // The whole store's span; the runs are minutes apart at most.
-    let spans: Vec<(i64, i64)> = ["slow", "fast"]
-        .iter()
-        .flat_map(|t| std::fs::read_dir(store().join(t)).unwrap())
-        .map(|e| json(&e.unwrap().path().join("metadata.json")))
-        .map(|m| {
-            (
-                m["start_ms"].as_i64().unwrap(),
-                m["end_ms"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    let start = (spans.iter().map(|s| s.0).min().unwrap() / 1000 - 5).to_string();
-    let end = (spans.iter().map(|s| s.1).max().unwrap() / 1000 + 5).to_string();
+    let (start, end) = store_span();
     let mut sidecars = false;
     // Grafana's variables as it would fill them: every test and run, a 4 s rate interval.
     let fill = |expr: &str| {
@@ -480,4 +454,23 @@ async fn every_dashboard_expression_evaluates() {
         assert_eq!(status, 200);
         assert!(!body["data"].as_array().unwrap().is_empty(), "{q}: {body}");
     }
+}
+
+/// The span of every run in the store, from 5 s before the first start to 5 s after the
+/// last end, in Unix seconds (the runs are minutes apart at most).
+fn store_span() -> (String, String) {
+    let spans: Vec<(i64, i64)> = ["slow", "fast"]
+        .iter()
+        .flat_map(|t| std::fs::read_dir(store().join(t)).unwrap())
+        .map(|e| json(&e.unwrap().path().join("metadata.json")))
+        .map(|m| {
+            (
+                m["start_ms"].as_i64().unwrap(),
+                m["end_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let start = (spans.iter().map(|s| s.0).min().unwrap() / 1000 - 5).to_string();
+    let end = (spans.iter().map(|s| s.1).max().unwrap() / 1000 + 5).to_string();
+    (start, end)
 }

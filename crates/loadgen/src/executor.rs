@@ -219,6 +219,13 @@ enum Sender {
 /// of heap per connection once a connect time was recorded) keeps memory flat in `c`.
 pub type SharedStats = Arc<std::sync::Mutex<ConnectionStats>>;
 
+/// The shared socket figures (a panicked connection task leaves them as they were).
+pub fn lock_stats(stats: &SharedStats) -> std::sync::MutexGuard<'_, ConnectionStats> {
+    stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One load-generator connection; reconnects after a failure.
 pub struct Connection {
     target: Arc<Target>,
@@ -243,11 +250,7 @@ impl Connection {
 
     /// Records into the shared figures (never held across an await).
     fn with_stats(&self, f: impl FnOnce(&mut ConnectionStats)) {
-        let mut stats = self
-            .stats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut stats);
+        f(&mut lock_stats(&self.stats));
     }
 
     /// Opens the socket ahead of the run so the first request does not pay for it;

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use crate::collector::{Collector, Live, Sample};
-use crate::executor::{Connection, ConnectionStats, SharedStats, Target};
+use crate::executor::{Connection, SharedStats, Target, lock_stats};
 use crate::result::LoadResult;
 use crate::schedule::{Schedule, quota};
 use crate::spec::{LoadSpec, Stop};
@@ -115,7 +115,7 @@ pub async fn run(
     futures_util::future::join_all(connections.iter_mut().map(Connection::warm_up)).await;
     // A refused certificate fails every request the same way: say why, once, rather than
     // counting a whole test of errors.
-    let refused = lock(&stats).certificate_problem.clone();
+    let refused = lock_stats(&stats).certificate_problem.clone();
     if let (Some(reason), Some(tls)) = (refused, &spec.tls) {
         return Err(LoadError::Certificate {
             host: tls.host.clone(),
@@ -152,7 +152,7 @@ pub async fn run(
     }
     drop(tx);
     let interrupted = wait_or_stop(&mut tasks, stop, &shared).await;
-    let stats = lock(&stats).clone();
+    let stats = lock_stats(&stats).clone();
     if let Some(pacer) = pacer {
         shared.stopping.store(true, Ordering::Release);
         let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
@@ -201,13 +201,6 @@ async fn wait_or_stop(
     };
     join_all(tasks).await;
     interrupted
-}
-
-/// The run's socket figures (a panicked connection task leaves them as they were).
-fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, ConnectionStats> {
-    stats
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn quota_of(spec: &LoadSpec, conn: usize) -> Option<u64> {
