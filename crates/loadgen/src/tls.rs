@@ -12,7 +12,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -62,7 +61,7 @@ impl std::fmt::Debug for Tls {
 /// What a TLS handshake agreed on.
 pub struct Handshake {
     /// The encrypted stream.
-    pub stream: TlsStream<crate::wire::Stamped<TcpStream>>,
+    pub stream: TlsStream<crate::wire::Stamped>,
     /// The protocol ALPN chose (`h2`, `http/1.1`), if the server chose one.
     pub alpn: Option<Vec<u8>>,
 }
@@ -100,10 +99,7 @@ impl Tls {
     }
 
     /// The handshake over a connected socket.
-    pub async fn handshake(
-        &self,
-        tcp: crate::wire::Stamped<TcpStream>,
-    ) -> std::io::Result<Handshake> {
+    pub async fn handshake(&self, tcp: crate::wire::Stamped) -> std::io::Result<Handshake> {
         let stream = self
             .connector
             .connect(self.server_name.clone(), tcp)
