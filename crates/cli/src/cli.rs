@@ -376,8 +376,8 @@ pub struct LoadArgs {
     /// Free-form labels stored in the result.
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub labels: String,
-    /// Pace with sleeps alone, without spinning the last 50 µs before each due time:
-    /// saves about 3% of a core at 1,000 req/s, and requests leave about 100 µs late.
+    /// Pace with sleeps alone, without spinning the last microseconds before each due
+    /// time: saves about 4% of a core at 1,000 req/s, and requests leave about 100 µs late.
     #[arg(long)]
     pub coarse_pacing: bool,
     /// Trust the CA certificates of this PEM file for https:// (instead of the system's).

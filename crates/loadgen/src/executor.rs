@@ -311,10 +311,12 @@ impl Connection {
         handshake(TokioIo::new(done.stream), h2).await
     }
 
-    /// Sends one request and reads the whole response, within the timeout.
-    pub async fn send(&mut self) -> Exchange {
+    /// Sends one request and reads the whole response, within the timeout. With `due`,
+    /// the request is made ready at once but its first byte is written no earlier than
+    /// `due` (a paced request released a little ahead of its time).
+    pub async fn send(&mut self, due: Option<Instant>) -> Exchange {
         let timeout = self.target.timeout;
-        match tokio::time::timeout(timeout, self.exchange()).await {
+        match tokio::time::timeout(timeout, self.exchange(due)).await {
             Ok(Ok(mut exchange)) => {
                 exchange.wire = self.stamps.exchange();
                 exchange
@@ -331,7 +333,7 @@ impl Connection {
         }
     }
 
-    async fn exchange(&mut self) -> Result<Exchange, ErrorKind> {
+    async fn exchange(&mut self, due: Option<Instant>) -> Result<Exchange, ErrorKind> {
         let ready = match &mut self.sender {
             Some(Sender::H1(s)) => s.ready().await.is_ok(),
             Some(Sender::H2(s)) => s.ready().await.is_ok(),
@@ -342,6 +344,9 @@ impl Connection {
         }
         // From here on, the socket's first write is this request's.
         self.stamps.reset();
+        if let Some(due) = due {
+            self.stamps.hold_until(due);
+        }
         let response = match self.sender.as_mut().expect("connected above") {
             Sender::H1(s) => s.send_request(copy(&self.target.h1_request)).await,
             Sender::H2(s) => s.send_request(copy(&self.target.h2_request)).await,

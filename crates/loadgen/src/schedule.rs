@@ -43,6 +43,11 @@ impl Schedule {
         Duration::from_secs_f64(self.interval_secs)
     }
 
+    /// Seconds between two requests of the whole run (the rate's inverse).
+    pub fn gap(&self) -> Duration {
+        Duration::from_secs_f64(self.interval_secs / self.connections as f64)
+    }
+
     /// When request `k` of connection `conn` is due, counted from the start of the run.
     pub fn due(&self, conn: usize, k: u64) -> Duration {
         let offset = self.interval_secs * conn as f64 / self.connections as f64;

@@ -27,12 +27,21 @@ use tokio::net::TcpStream;
 /// Not yet stamped.
 const UNSET: u64 = u64::MAX;
 
+/// Longest a held write spins for its due time (the pacer releases requests a few tens of
+/// microseconds early; this bound only guards against a due time far off).
+pub const MAX_HOLD: Duration = Duration::from_millis(1);
+const MAX_HOLD_NANOS: u64 = MAX_HOLD.as_nanos() as u64;
+
 /// The stamps of one connection's current exchange, in nanoseconds since `base`.
 #[derive(Debug)]
 pub struct Stamps {
     base: Instant,
     first_write: AtomicU64,
     last_read: AtomicU64,
+    /// The exchange's first write waits (spinning) until this time: a paced request is
+    /// encoded and handed to the connection ahead of its due time, and only the write
+    /// itself waits for it (see [`Stamps::hold_until`]).
+    not_before: AtomicU64,
 }
 
 impl Stamps {
@@ -42,6 +51,7 @@ impl Stamps {
             base: Instant::now(),
             first_write: AtomicU64::new(UNSET),
             last_read: AtomicU64::new(UNSET),
+            not_before: AtomicU64::new(UNSET),
         })
     }
 
@@ -49,6 +59,31 @@ impl Stamps {
     pub fn reset(&self) {
         self.first_write.store(UNSET, Ordering::Relaxed);
         self.last_read.store(UNSET, Ordering::Relaxed);
+        self.not_before.store(UNSET, Ordering::Relaxed);
+    }
+
+    /// Holds the next exchange's first write until `due` (after [`Stamps::reset`]): the
+    /// write spins out what is left, so the request leaves at its due time however long
+    /// the client took to get it ready. Only a short wait is spun (at most
+    /// [`MAX_HOLD`]); a due time further off is not waited for here.
+    pub fn hold_until(&self, due: Instant) {
+        if let Some(nanos) = due.checked_duration_since(self.base) {
+            let nanos = u64::try_from(nanos.as_nanos()).unwrap_or(UNSET - 1);
+            self.not_before.store(nanos, Ordering::Relaxed);
+        }
+    }
+
+    /// Spins until the held write's due time, if there is one (once per exchange).
+    fn wait_for_due(&self) {
+        let held = self.not_before.swap(UNSET, Ordering::Relaxed);
+        if held == UNSET {
+            return;
+        }
+        let limit = self.now().saturating_add(MAX_HOLD_NANOS);
+        let until = held.min(limit);
+        while self.now() < until {
+            std::hint::spin_loop();
+        }
     }
 
     fn now(&self) -> u64 {
@@ -62,6 +97,9 @@ impl Stamps {
     /// Stamps a write, when it is the exchange's first: a request written in several
     /// pieces started with the first.
     fn mark_write(&self) {
+        if self.first_write.load(Ordering::Relaxed) == UNSET {
+            self.wait_for_due();
+        }
         let _ = self.first_write.compare_exchange(
             UNSET,
             self.now(),
@@ -254,5 +292,36 @@ mod tests {
             returned - last
         );
         assert!(last >= first);
+    }
+
+    /// A held write leaves no earlier than its due time (the pacer releases requests
+    /// ahead of it), and a due time far off is not spun for.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_held_write_waits_for_its_due_time_within_a_bound() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || listener.accept().expect("accept"));
+        let stamps = Stamps::new();
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut stream = Stamped::new(tcp, stamps.clone());
+        let _peer = server.join().expect("accepted");
+
+        stamps.reset();
+        let due = Instant::now() + Duration::from_micros(300);
+        stamps.hold_until(due);
+        stream.write_all(b"a").await.expect("write");
+        let first = stamps.at(stamps.first_write.load(Ordering::Relaxed));
+        assert!(
+            first.expect("stamped") >= due,
+            "written before its due time"
+        );
+
+        stamps.reset();
+        let asked = Instant::now();
+        stamps.hold_until(asked + Duration::from_secs(60));
+        stream.write_all(b"b").await.expect("write");
+        let waited = asked.elapsed();
+        assert!(waited >= MAX_HOLD, "{waited:?}");
+        assert!(waited < Duration::from_secs(10), "spun for {waited:?}");
     }
 }
