@@ -157,10 +157,19 @@ impl Stamped {
 
     /// One non-blocking read into `dst`: how many bytes, and when the kernel took in the
     /// last of them (wall clock), if it said.
+    ///
+    /// A read that takes less than `dst` has drained the socket, and its readiness is
+    /// cleared then, as tokio's own stream does: otherwise the next read (right after the
+    /// next request is written) would be one more system call only to be told `EAGAIN`.
+    /// `try_io` clears readiness only when its closure says `WouldBlock`, so a short read
+    /// hands its result out through `short` and says so; the readiness cleared is the one
+    /// seen before the read, so an event that came in meanwhile is not lost.
     fn read_stamped(&mut self, dst: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
         let fd = self.inner.as_raw_fd();
         let control = &mut self.control;
-        self.inner.try_io(Interest::READABLE, || {
+        let mut short = None;
+        let read = self.inner.try_io(Interest::READABLE, || {
+            let max = dst.len();
             let mut iov = [io::IoSliceMut::new(dst)];
             let msg = recvmsg::<()>(fd, &mut iov, Some(control), MsgFlags::MSG_DONTWAIT)
                 .map_err(io::Error::from)?;
@@ -170,8 +179,16 @@ impl Stamped {
                     _ => None,
                 })
             });
+            if msg.bytes > 0 && msg.bytes < max {
+                short = Some((msg.bytes, arrived));
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             Ok((msg.bytes, arrived))
-        })
+        });
+        match (read, short) {
+            (_, Some(done)) => Ok(done),
+            (read, None) => read,
+        }
     }
 }
 
