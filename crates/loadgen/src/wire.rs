@@ -9,7 +9,7 @@
 //! taken in by the network stack), so the event loop's wake-up after a response arrives,
 //! 30-45 µs on these machines and what wrk counts too, is not counted as the target's
 //! time. A read without that stamp (the option refused, or a clock step in between) is
-//! stamped when it returns, as before.
+//! stamped when it returns.
 
 use std::io;
 use std::os::fd::AsRawFd;
