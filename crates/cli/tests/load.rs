@@ -216,6 +216,61 @@ fn h2c_headers_and_payload_reach_the_node() {
     assert_eq!(r["H2"], true);
 }
 
+/// A keep-alive HTTP/1.1 server on loopback that answers 200 to a request whose body is
+/// exactly `want` and 400 otherwise (a thread per connection).
+fn body_checking_server(want: &'static [u8]) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(socket) = socket else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(socket.try_clone().unwrap());
+                let mut writer = socket;
+                loop {
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let status = if body == want {
+                        "200 OK"
+                    } else {
+                        "400 Bad Request"
+                    };
+                    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                    if writer.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn http1_payload_reaches_the_server_whole_on_every_request() {
+    // 3 KiB, so head and body do not fit one small write by chance.
+    static BODY: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| (0..3072u32).map(|i| b'a' + (i % 26) as u8).collect());
+    let url = body_checking_server(BODY.as_slice());
+    let payload = String::from_utf8(BODY.clone()).unwrap();
+    let r = load_json(&["--payload", &payload, "-n", "40", "-c", "2", &url]);
+    assert_eq!(code(&r, "200"), 40, "{}", r["RetCodes"]);
+}
+
 #[test]
 fn text_summary_shows_both_latencies() {
     let node = NodeProc::start(&[]);

@@ -392,7 +392,13 @@ where
         tokio::spawn(conn);
         Ok(Sender::H2(sender))
     } else {
-        let (sender, conn) = http1::handshake(io)
+        // One flat buffer per request rather than vectored writes: the head and a load
+        // test's (small) body in one `write` cost about 4% less CPU per request here
+        // (`/usr/bin/time` over 300,000 requests, 6 of 7 interleaved pairs); hyper copies
+        // the body into it, which a large payload pays for.
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(io)
             .await
             .map_err(|e| ErrorKind::of_hyper(&e))?;
         tokio::spawn(conn);
