@@ -342,7 +342,7 @@ impl Connection {
         if !ready {
             // Boxed: connecting (a TLS handshake's state is kilobytes) is rare, and held
             // inline it made every request's future 9 KiB, copied several times per
-            // request (a tenth of the maximum rate).
+            // request (two thirds of the generator's instructions, under callgrind).
             self.sender = Some(Box::pin(self.connect()).await?);
         }
         // From here on, the socket's first write is this request's.
