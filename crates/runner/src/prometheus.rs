@@ -149,9 +149,7 @@ impl SpawnedPrometheus {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(crate::mesh::sidecar::free_port()?.port())
 }
 
 /// The generated `prometheus.yml`: one job per distinct `job` label of the targets, one
