@@ -218,13 +218,15 @@ fn h2c_headers_and_payload_reach_the_node() {
 
 /// A keep-alive HTTP/1.1 server on loopback that answers 200 to a request whose body is
 /// exactly `want` and 400 otherwise (a thread per connection).
-fn body_checking_server(want: &'static [u8]) -> String {
+fn body_checking_server(want: Vec<u8>) -> String {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
+    let want = std::sync::Arc::new(want);
     std::thread::spawn(move || {
         for socket in listener.incoming() {
             let Ok(socket) = socket else { return };
+            let want = want.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(socket.try_clone().unwrap());
                 let mut writer = socket;
@@ -244,7 +246,7 @@ fn body_checking_server(want: &'static [u8]) -> String {
                     }
                     let mut body = vec![0; length];
                     reader.read_exact(&mut body).unwrap();
-                    let status = if body == want {
+                    let status = if body == *want {
                         "200 OK"
                     } else {
                         "400 Bad Request"
@@ -263,10 +265,9 @@ fn body_checking_server(want: &'static [u8]) -> String {
 #[test]
 fn http1_payload_reaches_the_server_whole_on_every_request() {
     // 3 KiB, so head and body do not fit one small write by chance.
-    static BODY: std::sync::LazyLock<Vec<u8>> =
-        std::sync::LazyLock::new(|| (0..3072u32).map(|i| b'a' + (i % 26) as u8).collect());
-    let url = body_checking_server(BODY.as_slice());
-    let payload = String::from_utf8(BODY.clone()).unwrap();
+    let body: Vec<u8> = (0..3072u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let payload = String::from_utf8(body.clone()).unwrap();
+    let url = body_checking_server(body);
     let r = load_json(&["--payload", &payload, "-n", "40", "-c", "2", &url]);
     assert_eq!(code(&r, "200"), 40, "{}", r["RetCodes"]);
 }

@@ -26,10 +26,7 @@ use super::envoy::{Sidecar, bootstrap};
 pub fn free_port() -> std::io::Result<SocketAddr> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
+    let ephemeral_low = u32::from(ephemeral_low());
     // The ports from 10000 (above most services' well-known ones) up to the range.
     let low = 10_000u32;
     if ephemeral_low > low + 1000 {
@@ -47,6 +44,14 @@ pub fn free_port() -> std::io::Result<SocketAddr> {
         }
     }
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// The first port of the kernel's ephemeral range (32768, Linux's default, if unreadable).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// Writes the sidecar's bootstrap to `dir/<pod>.json` and starts Envoy on it.
@@ -97,12 +102,7 @@ mod tests {
 
     #[test]
     fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
-        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .expect("a Linux host")
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u16>().ok())
-            .expect("the range's low end");
+        let low = ephemeral_low();
         let ports: Vec<SocketAddr> = (0..20).map(|_| free_port().expect("a port")).collect();
         let mut distinct: Vec<u16> = ports.iter().map(SocketAddr::port).collect();
         distinct.sort_unstable();
