@@ -380,6 +380,11 @@ pub struct LoadArgs {
     /// time: saves about 4% of a core at 1,000 req/s, and requests leave about 100 µs late.
     #[arg(long)]
     pub coarse_pacing: bool,
+    /// Send HTTP/1.1 with hyper's general client instead of meshload's fast exchange
+    /// (Fortio's -stdclient): slower, for comparison or for a server the fast one
+    /// misreads. HTTP/2 always uses hyper.
+    #[arg(long, alias = "stdclient")]
+    pub std_client: bool,
     /// Trust the CA certificates of this PEM file for https:// (instead of the system's).
     #[arg(long, value_name = "FILE")]
     pub cacert: Option<std::path::PathBuf>,

@@ -420,3 +420,129 @@ fn more_connections_than_the_rate_still_hold_the_rate() {
     let r = load_json(&["--qps", "10", "-c", "200", "-t", "1s", &url]);
     assert_eq!(code(&r, "200"), 10, "{}", r["RetCodes"]);
 }
+
+/// nginx on loopback (a server none of us wrote), as HTTP/1.1 servers commonly run:
+/// `/page.txt` framed by `Content-Length`, `/gz/page.txt` gzipped and so chunked, `/none`
+/// a 204; every 5th answer on a connection closes it (`keepalive_requests 5`), and a
+/// connection idle for 100 ms is closed (`keepalive_timeout 100ms`).
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let dir = common::temp_dir("nginx");
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        let page: String = (0..2000u32)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        std::fs::write(dir.join("www/page.txt"), page).unwrap();
+        let port = common::free_port();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1;
+             error_log {d}/error.log; pid {d}/nginx.pid;
+             events {{ worker_connections 256; }}
+             http {{
+               access_log off; default_type text/plain;
+               client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;
+               fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+               keepalive_requests 5; keepalive_timeout 100ms;
+               server {{
+                 listen 127.0.0.1:{port};
+                 root {d}/www;
+                 location = /none {{ return 204; }}
+                 location /gz/ {{ alias {d}/www/; gzip on; gzip_min_length 0; gzip_types *; }}
+               }}
+             }}"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (Debian package nginx; scripts/test installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child, port, dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The fast HTTP/1.1 exchange reads what nginx sends as hyper's client does: the same
+/// answers and sizes, and a new socket whenever nginx closes one.
+#[test]
+fn the_fast_client_reads_nginx_as_hypers_client_does() {
+    let nginx = Nginx::start();
+    let page = nginx.url("/page.txt");
+    // As fast as it goes: at the default 8 req/s nginx would close each idle connection.
+    let fast = load_json(&["--qps", "0", "-n", "30", "-c", "1", &page]);
+    let std = load_json(&["--std-client", "--qps", "0", "-n", "30", "-c", "1", &page]);
+    for r in [&fast, &std] {
+        assert_eq!(code(r, "200"), 30, "{}", r["RetCodes"]);
+        // nginx closes every 5th answer's connection: 6 sockets, no failed request.
+        assert_eq!(r["SocketCount"], 6, "{}", r["SocketCount"]);
+    }
+    // hyper's client counts the head from the headers it parsed (nginx writes them in the
+    // usual form) and the body it collected; the fast one counts the bytes read.
+    assert_eq!(fast["Sizes"]["Avg"], std["Sizes"]["Avg"]);
+    assert!(fast["Sizes"]["Avg"].as_f64().unwrap() > 2000.0);
+    assert_eq!(fast["HeaderSizes"]["Avg"], std["HeaderSizes"]["Avg"]);
+
+    let gzip = [
+        "-H",
+        "Accept-Encoding: gzip",
+        "--qps",
+        "0",
+        "-n",
+        "20",
+        "-c",
+        "2",
+    ];
+    let url = nginx.url("/gz/page.txt");
+    let chunked = load_json(&[&gzip[..], &[url.as_str()]].concat());
+    assert_eq!(code(&chunked, "200"), 20, "{}", chunked["RetCodes"]);
+    assert_eq!(chunked["SocketCount"], 4);
+    // Compressed, the page of 2,000 repeating letters is far smaller than it.
+    assert!(chunked["Sizes"]["Avg"].as_f64().unwrap() < 1000.0);
+
+    let none = load_json(&["--qps", "0", "-n", "10", "-c", "1", &nginx.url("/none")]);
+    assert_eq!(code(&none, "204"), 10, "{}", none["RetCodes"]);
+    assert_eq!(none["SocketCount"], 2);
+}
+
+/// A connection the server closed while it was idle is reopened before the next request
+/// rather than written to and counted as an error.
+#[test]
+fn connections_closed_while_idle_are_reopened_without_errors() {
+    let nginx = Nginx::start();
+    // 5 req/s on one connection: 200 ms between requests, nginx closes after 100 ms.
+    for client in [None, Some("--std-client")] {
+        let mut args = vec!["--qps", "5", "-c", "1", "-n", "4"];
+        args.extend(client);
+        let url = nginx.url("/page.txt");
+        args.push(&url);
+        let r = load_json(&args);
+        assert_eq!(code(&r, "200"), 4, "{client:?}: {}", r["RetCodes"]);
+        assert_eq!(r["SocketCount"], 4, "{client:?}");
+    }
+}

@@ -55,7 +55,7 @@ impl ErrorKind {
         }
     }
 
-    fn of_io(err: &std::io::Error) -> ErrorKind {
+    pub(crate) fn of_io(err: &std::io::Error) -> ErrorKind {
         use std::io::ErrorKind as Io;
         match err.kind() {
             Io::ConnectionRefused => ErrorKind::Refused,
@@ -121,6 +121,9 @@ pub struct Target {
     h1_request: Request<Full<Bytes>>,
     /// The request as HTTP/2 sends it (an absolute URI: `:authority` comes from it).
     h2_request: Request<Full<Bytes>>,
+    /// The request as the fast HTTP/1.1 exchange writes it (`None`: hyper's client sends
+    /// HTTP/1.1 too, asked for with `--std-client` or needed for a transfer coding).
+    fast_request: Option<crate::h1::Request>,
     /// h2c with prior knowledge on `http://`.
     h2: bool,
     tls: Option<crate::tls::Tls>,
@@ -145,8 +148,18 @@ impl Target {
                 h1_request.headers_mut().insert(HOST, value);
             }
         }
+        let fast_request = if spec.options.std_client {
+            None
+        } else {
+            let path = h1_request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str());
+            crate::h1::Request::new(&spec.method, path, h1_request.headers(), &spec.payload)
+        };
         Target {
             addr,
+            fast_request,
             h1_request,
             h2_request,
             h2: spec.h2,
@@ -206,12 +219,48 @@ impl ConnectionStats {
     }
 }
 
-/// A connection's request side; its I/O runs in a task of its own. (Polling the HTTP/1.1
-/// connection in the requesting task instead was tried: at c=1 it moved the reported
-/// service time by nothing measurable, and at c=50 it cost 10-20% of the maximum rate.)
+/// How a connection sends: the fast HTTP/1.1 exchange on its own stream, or hyper's
+/// client, whose I/O runs in a task of its own. (Polling hyper's HTTP/1.1 connection in
+/// the requesting task instead was tried: at c=1 it moved the reported service time by
+/// nothing measurable, and at c=50 it cost 10-20% of the maximum rate.)
 enum Sender {
+    Fast(FastConnection),
     H1(http1::SendRequest<Full<Bytes>>),
     H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// A connection of the fast HTTP/1.1 exchange: its stream and its read buffer.
+struct FastConnection {
+    io: Box<dyn Stream>,
+    buf: Vec<u8>,
+}
+
+impl FastConnection {
+    fn sender(io: Box<dyn Stream>) -> Sender {
+        Sender::Fast(FastConnection {
+            io,
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// The byte stream of a fast connection, plain or encrypted.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {
+    /// The server closed the connection while it was idle (see
+    /// [`crate::wire::Stamped::peer_closed`]).
+    fn peer_closed(&self) -> bool;
+}
+
+impl Stream for crate::wire::Stamped {
+    fn peer_closed(&self) -> bool {
+        crate::wire::Stamped::peer_closed(self)
+    }
+}
+
+impl Stream for tokio_rustls::client::TlsStream<crate::wire::Stamped> {
+    fn peer_closed(&self) -> bool {
+        self.get_ref().0.peer_closed()
+    }
 }
 
 /// What the sockets of every connection of a run cost, shared: sockets open rarely, and
@@ -275,7 +324,11 @@ impl Connection {
         self.with_stats(|s| ConnectionStats::record(&mut s.connect, took));
         let _ = stream.set_nodelay(true);
         let stream = crate::wire::Stamped::new(stream, self.stamps.clone());
+        let fast = self.target.fast_request.is_some();
         let Some(tls) = &self.target.tls else {
+            if fast && !self.target.h2 {
+                return Ok(FastConnection::sender(Box::new(stream)));
+            }
             return handshake(TokioIo::new(stream), self.target.h2).await;
         };
         let started = Instant::now();
@@ -308,6 +361,9 @@ impl Connection {
         });
         // `--h2` forces HTTP/2 whatever ALPN said (a server may still accept its preface).
         let h2 = self.target.h2 || done.alpn.as_deref() == Some(b"h2");
+        if fast && !h2 {
+            return Ok(FastConnection::sender(Box::new(done.stream)));
+        }
         handshake(TokioIo::new(done.stream), h2).await
     }
 
@@ -335,6 +391,7 @@ impl Connection {
 
     async fn exchange(&mut self, due: Option<Instant>) -> Result<Exchange, ErrorKind> {
         let ready = match &mut self.sender {
+            Some(Sender::Fast(f)) => !f.io.peer_closed(),
             Some(Sender::H1(s)) => s.ready().await.is_ok(),
             Some(Sender::H2(s)) => s.ready().await.is_ok(),
             None => false,
@@ -350,13 +407,50 @@ impl Connection {
         if let Some(due) = due {
             self.stamps.hold_until(due);
         }
-        let response = match self.sender.as_mut().expect("connected above") {
-            Sender::H1(s) => s.send_request(copy(&self.target.h1_request)).await,
-            Sender::H2(s) => s.send_request(copy(&self.target.h2_request)).await,
+        let target = &self.target;
+        let (answer, reusable) = match self.sender.as_mut().expect("connected above") {
+            Sender::Fast(f) => {
+                let request = target.fast_request.as_ref().expect("a fast target");
+                let answer = crate::h1::exchange(&mut *f.io, &mut f.buf, request).await?;
+                let exchange = Exchange {
+                    wire: None,
+                    code: i32::from(answer.code),
+                    error: None,
+                    size_bytes: answer.size_bytes,
+                    header_bytes: answer.header_bytes,
+                };
+                (exchange, answer.reusable)
+            }
+            // Boxed: hyper's request future is large, and held inline it would make the
+            // fast exchange's future (copied several times per request) as large.
+            Sender::H1(s) => {
+                let request = copy(&target.h1_request);
+                (
+                    Box::pin(hyper_exchange(s.send_request(request))).await?,
+                    true,
+                )
+            }
+            Sender::H2(s) => {
+                let request = copy(&target.h2_request);
+                (
+                    Box::pin(hyper_exchange(s.send_request(request))).await?,
+                    true,
+                )
+            }
+        };
+        if !reusable {
+            self.sender = None;
         }
-        .map_err(|e| ErrorKind::of_hyper(&e))?;
-        read_response(response).await
+        Ok(answer)
     }
+}
+
+/// A request through hyper's client: its response, read whole.
+async fn hyper_exchange(
+    sent: impl Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
+) -> Result<Exchange, ErrorKind> {
+    let response = sent.await.map_err(|e| ErrorKind::of_hyper(&e))?;
+    read_response(response).await
 }
 
 /// The status and sizes of a response, its whole body read.

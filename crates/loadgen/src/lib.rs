@@ -21,6 +21,7 @@
 
 pub mod collector;
 pub mod executor;
+pub mod h1;
 pub mod rest;
 pub mod result;
 pub mod run;

@@ -363,6 +363,7 @@ pub fn options(params: &HashMap<String, Vec<String>>) -> Result<LoadOptions, Str
             insecure: flag("https-insecure") || flag("k"),
         },
         coarse_pacing: false,
+        std_client: flag("stdclient"),
         connect_to: Vec::new(),
     })
 }

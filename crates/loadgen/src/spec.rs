@@ -44,6 +44,9 @@ pub struct LoadOptions {
     /// Pace with sleeps alone: no spinning before due times (saves about 4% of a core at
     /// 1,000 req/s; requests then leave about 100 µs late at the median).
     pub coarse_pacing: bool,
+    /// Send HTTP/1.1 with hyper's general client rather than the fast exchange of
+    /// [`crate::h1`] (Fortio's `-stdclient`). HTTP/2 always goes through hyper.
+    pub std_client: bool,
     /// Connect to these addresses instead of resolving the URL's host (connection `i`
     /// uses address `i mod n`), keeping the URL's authority as `Host`: how the local
     /// backend spreads load over a service's replicas.
@@ -70,6 +73,7 @@ impl Default for LoadOptions {
             h2: false,
             tls: crate::tls::TlsOptions::default(),
             coarse_pacing: false,
+            std_client: false,
             connect_to: Vec::new(),
         }
     }

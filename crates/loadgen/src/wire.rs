@@ -192,6 +192,23 @@ impl Stamped {
     }
 }
 
+impl Stamped {
+    /// Whether the server closed (or reset) the connection while it was idle, so that the
+    /// next request would be written into a dead socket and counted as an error: a server
+    /// drops idle keep-alive connections after its own timeout (5 s in Node.js). Costs a
+    /// system call only when the socket has had an event since it was last drained, which
+    /// a drained idle socket has not.
+    pub fn peer_closed(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        let mut buf = ReadBuf::uninit(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(
+            self.inner.poll_peek(&mut cx, &mut buf),
+            Poll::Ready(Ok(0) | Err(_))
+        )
+    }
+}
+
 /// A kernel timestamp as a wall-clock time (`None` if it is before 1970).
 fn wall_time(t: TimeSpec) -> Option<SystemTime> {
     let secs = u64::try_from(t.tv_sec()).ok()?;

@@ -60,6 +60,7 @@ fn spec(args: LoadArgs) -> anyhow::Result<LoadSpec> {
             insecure: args.insecure,
         },
         coarse_pacing: args.coarse_pacing,
+        std_client: args.std_client,
         connect_to: Vec::new(),
     };
     LoadSpec::try_new(options).map_err(|errors| Exit::usage(errors.to_string()).into())
