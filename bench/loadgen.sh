@@ -31,6 +31,8 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 gen() { taskset -c 0 "$@"; }
 
 rate_meshload() { gen "$bin" -q load --qps 0 -c "$conns" -t "${secs}s" --json - "$url" 2>/dev/null | jq '.ActualQPS'; }
+# The same with hyper's HTTP/1.1 client instead of meshload's fast exchange.
+rate_meshload-std() { gen "$bin" -q load --std-client --qps 0 -c "$conns" -t "${secs}s" --json - "$url" 2>/dev/null | jq '.ActualQPS'; }
 rate_wrk() { gen wrk -t1 -c"$conns" -d"${secs}s" "$url" | awk '/Requests\/sec/ {print $2}'; }
 rate_hey() { gen hey -z "${secs}s" -c "$conns" "$url" | awk '/Requests\/sec/ {print $2}'; }
 rate_oha() { gen "$oha" -z "${secs}s" -c "$conns" --no-tui "$url" | awk '/Requests\/sec/ {print $2}'; }
@@ -38,7 +40,7 @@ rate_oha() { gen "$oha" -z "${secs}s" -c "$conns" --no-tui "$url" | awk '/Reques
 command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
 
 declare -A rate runs
-tools=(meshload wrk hey)
+tools=(meshload meshload-std wrk hey)
 [ -n "$oha" ] && tools+=(oha)
 # Rounds interleave the tools, so that drift in the machine's load hits them alike.
 for _ in $(seq "$rounds"); do
@@ -48,8 +50,8 @@ for tool in "${tools[@]}"; do
   rate[$tool]=$(printf '%s\n' ${runs[$tool]} | median)
 done
 
-echo "Maximum rate, c=$conns, ${secs}s, median of $rounds (generator on core 0, target on core 1):"
-for tool in "${tools[@]}"; do printf '  %-9s %10.0f req/s\n' "$tool" "${rate[$tool]}"; done
+echo "Maximum rate (meshload-std: --std-client), c=$conns, ${secs}s, median of $rounds (generator on core 0, target on core 1):"
+for tool in "${tools[@]}"; do printf '  %-12s %10.0f req/s\n' "$tool" "${rate[$tool]}"; done
 for tool in "${tools[@]}"; do
   [ "$tool" = meshload ] && continue
   awk -v a="${rate[meshload]}" -v b="${rate[$tool]}" -v t="$tool" 'BEGIN { printf "  meshload/%s: %.2f\n", t, a / b }'
@@ -73,3 +75,22 @@ awk -v a="$mb" -v b="$wl" 'BEGIN { printf "  meshload/wrk median: %.2f\n", a / b
 acc=$(for _ in $(seq "$rounds"); do gen "$bin" -q load --qps 10000 -c 16 -t "${secs}s" --json - "$url" 2>/dev/null \
   | jq '.ActualQPS / 10000 * 100'; done | median)
 echo "Pacing: meshload at 10000 req/s c=16 achieved ${acc}% of the requested rate"
+
+# CPU per request at maximum rate (/usr/bin/time over a fixed count; wrk over a fixed time,
+# divided by the requests it made), user and system µs, median of ROUNDS.
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+n=300000
+cpu_meshload() { gen /usr/bin/time -f '%U %S' "$bin" -q load "$@" --qps 0 -c "$conns" -n $n --json /dev/null "$url" 2>&1 >/dev/null \
+  | tail -1 | awk -v n=$n '{printf "%.2f %.2f\n", $1 / n * 1e6, $2 / n * 1e6}'; }
+cpu_wrk() { gen /usr/bin/time -f '%U %S' wrk -t1 -c"$conns" -d3s "$url" 2>&1 \
+  | awk '/requests in/ {r=$1} END {printf "%.2f %.2f\n", u / r * 1e6, s / r * 1e6} NF == 2 && $1 ~ /^[0-9.]+$/ {u=$1; s=$2}'; }
+declare -A cu cs
+for _ in $(seq "$rounds"); do
+  read -r u s < <(cpu_meshload); cu[meshload]+="$u "; cs[meshload]+="$s "
+  read -r u s < <(cpu_meshload --std-client); cu[meshload-std]+="$u "; cs[meshload-std]+="$s "
+  read -r u s < <(cpu_wrk); cu[wrk]+="$u "; cs[wrk]+="$s "
+done
+echo "CPU per request at maximum rate, c=$conns (user / system µs, median of $rounds):"
+for tool in meshload meshload-std wrk; do
+  printf '  %-12s %6.2f / %6.2f\n' "$tool" "$(printf '%s\n' ${cu[$tool]} | median)" "$(printf '%s\n' ${cs[$tool]} | median)"
+done

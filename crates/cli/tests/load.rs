@@ -433,13 +433,14 @@ struct Nginx {
 
 impl Nginx {
     fn start() -> Nginx {
-        let dir = common::temp_dir("nginx");
+        let port = common::free_port();
+        // A folder of its own: tests run side by side in one process.
+        let dir = common::temp_dir(&format!("nginx-{port}"));
         std::fs::create_dir_all(dir.join("www")).unwrap();
         let page: String = (0..2000u32)
             .map(|i| char::from(b'a' + (i % 26) as u8))
             .collect();
         std::fs::write(dir.join("www/page.txt"), page).unwrap();
-        let port = common::free_port();
         let d = dir.display();
         let conf = format!(
             "daemon off; master_process off; worker_processes 1;
@@ -545,4 +546,47 @@ fn connections_closed_while_idle_are_reopened_without_errors() {
         assert_eq!(code(&r, "200"), 4, "{client:?}: {}", r["RetCodes"]);
         assert_eq!(r["SocketCount"], 4, "{client:?}");
     }
+}
+
+/// Bytes a server sends while its connection is idle answer no request: the connection is
+/// replaced rather than the bytes taken for the next request's answer.
+#[test]
+fn bytes_sent_while_idle_are_not_taken_for_the_next_answer() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (i, socket) in listener.incoming().enumerate() {
+            let Ok(mut socket) = socket else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(socket.try_clone().unwrap());
+                let mut line = String::new();
+                loop {
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if socket.write_all(ok).is_err() {
+                        return;
+                    }
+                    if i == 0 {
+                        // The first connection's server then speaks out of turn.
+                        std::thread::sleep(Duration::from_millis(50));
+                        let _ =
+                            socket.write_all(b"HTTP/1.1 500 Stale\r\ncontent-length: 0\r\n\r\n");
+                    }
+                }
+            });
+        }
+    });
+    // 5 req/s: 200 ms between requests, the stray answer comes 50 ms after the first.
+    let r = load_json(&["--qps", "5", "-c", "1", "-n", "3", &url]);
+    assert_eq!(code(&r, "200"), 3, "{}", r["RetCodes"]);
+    assert_eq!(r["SocketCount"], 2);
 }

@@ -246,20 +246,22 @@ impl FastConnection {
 
 /// The byte stream of a fast connection, plain or encrypted.
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {
-    /// The server closed the connection while it was idle (see
-    /// [`crate::wire::Stamped::peer_closed`]).
-    fn peer_closed(&self) -> bool;
+    /// The connection cannot carry the next request: the server closed it while it was
+    /// idle (see [`crate::wire::Stamped::idle_input`]), or sent what no request asked for.
+    fn unusable(&self) -> bool;
 }
 
 impl Stream for crate::wire::Stamped {
-    fn peer_closed(&self) -> bool {
-        crate::wire::Stamped::peer_closed(self)
+    fn unusable(&self) -> bool {
+        self.idle_input().is_some()
     }
 }
 
 impl Stream for tokio_rustls::client::TlsStream<crate::wire::Stamped> {
-    fn peer_closed(&self) -> bool {
-        self.get_ref().0.peer_closed()
+    /// Only a close: a TLS 1.3 server sends its session tickets after the handshake, and
+    /// they wait in the socket until the first answer is read.
+    fn unusable(&self) -> bool {
+        self.get_ref().0.idle_input() == Some(0)
     }
 }
 
@@ -391,7 +393,7 @@ impl Connection {
 
     async fn exchange(&mut self, due: Option<Instant>) -> Result<Exchange, ErrorKind> {
         let ready = match &mut self.sender {
-            Some(Sender::Fast(f)) => !f.io.peer_closed(),
+            Some(Sender::Fast(f)) => !f.io.unusable(),
             Some(Sender::H1(s)) => s.ready().await.is_ok(),
             Some(Sender::H2(s)) => s.ready().await.is_ok(),
             None => false,

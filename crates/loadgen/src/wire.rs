@@ -193,19 +193,21 @@ impl Stamped {
 }
 
 impl Stamped {
-    /// Whether the server closed (or reset) the connection while it was idle, so that the
-    /// next request would be written into a dead socket and counted as an error: a server
-    /// drops idle keep-alive connections after its own timeout (5 s in Node.js). Costs a
-    /// system call only when the socket has had an event since it was last drained, which
-    /// a drained idle socket has not.
-    pub fn peer_closed(&self) -> bool {
+    /// What came in while the connection was idle: `None` when nothing did, `Some(0)`
+    /// when the server closed (or reset) it, `Some(n)` when bytes are waiting. A server
+    /// drops idle keep-alive connections after its own timeout (5 s in Node.js), and a
+    /// request written into such a socket would be counted as an error. Costs a system
+    /// call only when the socket has had an event since it was last drained, which a
+    /// drained idle socket has not.
+    pub fn idle_input(&self) -> Option<usize> {
         let mut byte = [std::mem::MaybeUninit::uninit(); 1];
         let mut buf = ReadBuf::uninit(&mut byte);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        matches!(
-            self.inner.poll_peek(&mut cx, &mut buf),
-            Poll::Ready(Ok(0) | Err(_))
-        )
+        match self.inner.poll_peek(&mut cx, &mut buf) {
+            Poll::Pending => None,
+            Poll::Ready(Ok(n)) => Some(n),
+            Poll::Ready(Err(_)) => Some(0),
+        }
     }
 }
 
