@@ -1,7 +1,8 @@
 //! The one request executor: a connection that sends a request and reads the whole answer.
 //!
-//! Each load-generator connection holds its own TCP connection (HTTP/1.1 or h2c handshake
-//! done here, not by a pooled client; TLS with ALPN for `https://`), so the number of
+//! Each load-generator connection holds its own TCP connection (not a pooled client's; TLS
+//! with ALPN for `https://`): HTTP/1.1 goes through the fast exchange of [`crate::h1`],
+//! HTTP/2 (and HTTP/1.1 with `--std-client`) through hyper's client, so the number of
 //! connections and the cost of (re)connecting are the generator's to control and to
 //! count: every socket's connect time and TLS handshake time are recorded apart from the
 //! requests' latency.

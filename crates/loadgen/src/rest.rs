@@ -394,7 +394,10 @@ mod tests {
             (o.qps, o.connections, o.duration),
             (50000.0, 400, Some(Duration::from_secs(10)))
         );
-        assert!(o.jitter && !o.uniform);
+        assert!(o.jitter && !o.uniform && !o.std_client);
+        // Fortio's name for hyper's client here.
+        let p = params("url=http%3A%2F%2Fh%3A1%2F&stdclient=on", b"").expect("valid");
+        assert!(options(&p).expect("valid").std_client);
         let p = params(
             "url=http%3A%2F%2Fh%3A1%2F&qps=-1&n=100&H=X-A%3A%201&H=X-B%3A%202",
             b"",
