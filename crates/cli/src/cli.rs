@@ -418,7 +418,7 @@ fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
 pub fn fortio_style_args(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
-    const LONG: [&str; 13] = [
+    const LONG: [&str; 14] = [
         "qps",
         "uniform",
         "jitter",
@@ -432,6 +432,7 @@ pub fn fortio_style_args(
         "cacert",
         "insecure",
         "https-insecure",
+        "stdclient",
     ];
     let mut in_load = false;
     args.into_iter()
@@ -787,7 +788,8 @@ pub struct ReportArgs {
     about = "Serve the load generator over Fortio's REST API (/fortio/rest/run)",
     long_about = "Serve meshload's load generator behind Fortio's REST call: GET or POST \
 /fortio/rest/run with the parameters as query string or as a JSON body of strings (url, qps, \
-t, c, n, p, jitter, uniform, nocatchup, headers or H, payload, timeout, labels; with \
+t, c, n, p, jitter, uniform, nocatchup, headers or H, payload, timeout, labels, h2, cacert, \
+https-insecure, stdclient; with \
 ?jsonPath=.metadata for parameters nested in the body, as the seed's driver sent them). The \
 answer, when the run ends, is the Fortio-compatible JSON result. GET or POST /fortio/rest/stop \
 stops every run in progress: each pending call then answers with what was measured, marked \

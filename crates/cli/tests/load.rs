@@ -186,6 +186,7 @@ fn fortio_single_dash_options_work() {
         "200",
         "-uniform",
         "-jitter",
+        "-stdclient",
         "-n",
         "20",
         "-c",

@@ -59,6 +59,8 @@ pub struct LoadTest {
     pub jitter: bool,
     /// Fortio's `nocatchup`.
     pub nocatchup: bool,
+    /// Fortio's `stdclient`: HTTP/1.1 through hyper's client rather than the fast one.
+    pub std_client: bool,
     /// Per-request timeout.
     pub timeout: Option<Duration>,
     /// Extra headers, `Name: value`.

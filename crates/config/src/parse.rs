@@ -44,7 +44,7 @@ const NODE_KEYS: [&str; 7] = [
 ];
 
 /// Fortio load options meshload understands in a test.
-const TEST_KEYS: [&str; 16] = [
+const TEST_KEYS: [&str; 17] = [
     "test_name",
     "search",
     "url",
@@ -56,6 +56,7 @@ const TEST_KEYS: [&str; 16] = [
     "uniform",
     "jitter",
     "nocatchup",
+    "stdclient",
     "timeout",
     "headers",
     "payload",
@@ -64,7 +65,7 @@ const TEST_KEYS: [&str; 16] = [
 ];
 
 /// Fortio options meshload knows but does not support: named in a warning.
-const FORTIO_UNSUPPORTED: [&str; 14] = [
+const FORTIO_UNSUPPORTED: [&str; 13] = [
     "async",
     "compression",
     "connection-reuse",
@@ -76,7 +77,6 @@ const FORTIO_UNSUPPORTED: [&str; 14] = [
     "resolve",
     "save",
     "sequential-warmup",
-    "stdclient",
     "profile",
     "runid",
 ];
@@ -456,6 +456,7 @@ fn test(
     };
     let (uniform, jitter, nocatchup) =
         (flag(r, "uniform"), flag(r, "jitter"), flag(r, "nocatchup"));
+    let std_client = flag(r, "stdclient");
     let timeout = o
         .get("timeout")
         .and_then(|v| r.duration(&key("timeout"), v));
@@ -493,6 +494,7 @@ fn test(
         uniform,
         jitter,
         nocatchup,
+        std_client,
         timeout,
         headers,
         payload,

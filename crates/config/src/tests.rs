@@ -91,7 +91,7 @@ defaults: {latency: 1ms}
 nodes:
   "1": {replicas: 3, error_rate: 0.01, latency: "uniform:1ms..2ms"}
 load_tests:
-  - {test_name: t1, target: "0", qps: max, t: 2s, c: 2, jitter: true, compression: true}
+  - {test_name: t1, target: "0", qps: max, t: 2s, c: 2, jitter: true, stdclient: true, compression: true}
 sleep_between_tests: 0
 scrape_interval: 500ms
 slo: {p99_ms: 50}
@@ -113,12 +113,13 @@ frobnicate: 1
         "nodes override defaults"
     );
     assert_eq!(c.tests[0].qps, None, "qps max");
-    assert!(c.tests[0].jitter);
+    assert!(c.tests[0].jitter && c.tests[0].std_client);
     assert_eq!(c.tests[0].slo.p99_ms(), Some(50.0));
     assert_eq!(c.sleep_between_tests, Duration::ZERO);
     assert_eq!(c.prometheus, PrometheusSetting::Spawn);
     let w = loaded.warnings.join("\n");
     assert!(w.contains("frobnicate") && w.contains("compression"), "{w}");
+    assert!(!w.contains("stdclient"), "stdclient is supported: {w}");
 }
 
 #[test]

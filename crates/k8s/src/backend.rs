@@ -332,6 +332,7 @@ pub fn rest_body(o: &LoadOptions) -> Value {
         ("jitter", o.jitter),
         ("nocatchup", o.nocatchup),
         ("h2", o.h2),
+        ("stdclient", o.std_client),
     ] {
         if on {
             body[key] = "on".into();

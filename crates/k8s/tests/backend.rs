@@ -386,6 +386,7 @@ fn loads_become_the_seed_drivers_string_parameters() {
         duration: Some(Duration::from_secs(10)),
         headers: vec!["x-a: 1".into()],
         jitter: true,
+        std_client: true,
         ..Default::default()
     };
     let body = meshload_k8s::backend::rest_body(&options);
@@ -394,6 +395,7 @@ fn loads_become_the_seed_drivers_string_parameters() {
     assert_eq!(body["c"], "4");
     assert_eq!(body["t"], "10000ms");
     assert_eq!(body["jitter"], "on");
+    assert_eq!(body["stdclient"], "on");
     assert_eq!(body["headers"], json!(["x-a: 1"]));
     assert!(body.get("n").is_none() && body.get("uniform").is_none());
     // The load generator's own parser reads them back to the same load.
@@ -402,7 +404,7 @@ fn loads_become_the_seed_drivers_string_parameters() {
     assert_eq!(back.qps, 50.0);
     assert_eq!(back.connections, 4);
     assert_eq!(back.duration, Some(Duration::from_secs(10)));
-    assert!(back.jitter && !back.uniform);
+    assert!(back.jitter && !back.uniform && back.std_client);
     assert_eq!(back.headers, vec!["x-a: 1".to_string()]);
 }
 

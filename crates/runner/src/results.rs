@@ -287,6 +287,7 @@ fn metadata(run_id: &str, f: &RunFiles<'_>) -> Value {
             "uniform": t.uniform,
             "jitter": t.jitter,
             "nocatchup": t.nocatchup,
+            "stdclient": t.std_client,
         },
         "topology": {
             "nodes": f.config.nodes.len(),

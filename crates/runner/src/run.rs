@@ -408,6 +408,7 @@ fn load_options(test: &LoadTest, deployment: &Deployment) -> LoadOptions {
         uniform: test.uniform,
         jitter: test.jitter,
         nocatchup: test.nocatchup,
+        std_client: test.std_client,
         headers: test.headers.clone(),
         payload: test.payload.clone().map(bytes::Bytes::from),
         timeout: test
