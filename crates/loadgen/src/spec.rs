@@ -278,6 +278,16 @@ impl LoadSpec {
                 "c={c} is more connections than the {n} requests: only {n} send"
             ));
         }
+        if self.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && !self.h2
+            && !self.options.std_client
+        {
+            out.push(
+                "a Transfer-Encoding header: HTTP/1.1 goes through hyper's client (as with \
+                 --std-client), which encodes the body, rather than the fast one"
+                    .into(),
+            );
+        }
         out
     }
 }
@@ -326,6 +336,19 @@ mod tests {
             url: url.into(),
             ..LoadOptions::default()
         }
+    }
+
+    #[test]
+    fn a_transfer_coding_is_said_to_use_hypers_client() {
+        let mut o = opts("http://h:1/");
+        o.headers = vec!["Transfer-Encoding: chunked".into()];
+        let said = LoadSpec::try_new(o.clone()).expect("valid").warnings();
+        assert!(
+            said.iter().any(|w| w.contains("hyper's client")),
+            "{said:?}"
+        );
+        o.std_client = true;
+        assert!(LoadSpec::try_new(o).expect("valid").warnings().is_empty());
     }
 
     #[test]
