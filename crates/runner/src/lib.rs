@@ -20,6 +20,7 @@ pub mod local;
 pub mod mesh;
 pub mod node_program;
 pub mod plan;
+pub mod ports;
 pub mod prometheus;
 pub mod results;
 pub mod run;

@@ -106,7 +106,7 @@ impl LocalBackend {
         };
         let ports = match mesh {
             Some(_) => {
-                let port = || sidecar::free_port().map_err(|e| fail(e.to_string()));
+                let port = || crate::ports::free_port().map_err(|e| fail(e.to_string()));
                 Some((port()?, port()?, port()?))
             }
             None => None,
@@ -395,7 +395,7 @@ impl LocalBackend {
             pod: pod.clone(),
             reason,
         };
-        let port = || sidecar::free_port().map_err(|e| fail(e.to_string()));
+        let port = || crate::ports::free_port().map_err(|e| fail(e.to_string()));
         let (egress, admin) = (port()?, port()?);
         let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
         let config = Sidecar {

@@ -53,7 +53,9 @@ impl SpawnedPrometheus {
         std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
         let config = scrape_config(deployment, interval, exporter_addr);
         std::fs::write(dir.join("prometheus.yml"), config).map_err(|e| fail(e.to_string()))?;
-        let port = free_port().map_err(|e| fail(e.to_string()))?;
+        let port = crate::ports::free_port()
+            .map_err(|e| fail(e.to_string()))?
+            .port();
         let mut cmd = Command::new(exe);
         cmd.args(["supervise", "--", "prometheus"])
             .arg(format!(
@@ -146,10 +148,6 @@ impl SpawnedPrometheus {
         self.exporter.abort();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(crate::mesh::sidecar::free_port()?.port())
 }
 
 /// The generated `prometheus.yml`: one job per distinct `job` label of the targets, one
