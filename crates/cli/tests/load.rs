@@ -217,20 +217,22 @@ fn h2c_headers_and_payload_reach_the_node() {
     assert_eq!(r["H2"], true);
 }
 
-/// A keep-alive HTTP/1.1 server on loopback that answers 200 to a request whose body is
-/// exactly `want` and 400 otherwise (a thread per connection).
-fn body_checking_server(want: Vec<u8>) -> String {
-    use std::io::{BufRead, BufReader, Read, Write};
+/// A keep-alive HTTP/1.1 server on loopback, a thread per connection: for each request
+/// (its body read by `Content-Length`), `answer(connection, body, socket)` writes what it
+/// likes and says whether to go on. Returns the server's URL.
+fn http1_server(
+    answer: impl Fn(usize, &[u8], &mut std::net::TcpStream) -> bool + Send + Sync + 'static,
+) -> String {
+    use std::io::{BufRead, BufReader, Read};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
-    let want = std::sync::Arc::new(want);
+    let answer = std::sync::Arc::new(answer);
     std::thread::spawn(move || {
-        for socket in listener.incoming() {
-            let Ok(socket) = socket else { return };
-            let want = want.clone();
+        for (i, socket) in listener.incoming().enumerate() {
+            let Ok(mut socket) = socket else { return };
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(socket.try_clone().unwrap());
-                let mut writer = socket;
                 loop {
                     let mut length = 0usize;
                     loop {
@@ -246,14 +248,7 @@ fn body_checking_server(want: Vec<u8>) -> String {
                         }
                     }
                     let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
-                    let status = if body == *want {
-                        "200 OK"
-                    } else {
-                        "400 Bad Request"
-                    };
-                    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
-                    if writer.write_all(answer.as_bytes()).is_err() {
+                    if reader.read_exact(&mut body).is_err() || !answer(i, &body, &mut socket) {
                         return;
                     }
                 }
@@ -268,9 +263,23 @@ fn http1_payload_reaches_the_server_whole_on_every_request() {
     // 3 KiB, so head and body do not fit one small write by chance.
     let body: Vec<u8> = (0..3072u32).map(|i| b'a' + (i % 26) as u8).collect();
     let payload = String::from_utf8(body.clone()).unwrap();
-    let url = body_checking_server(body);
-    let r = load_json(&["--payload", &payload, "-n", "40", "-c", "2", &url]);
-    assert_eq!(code(&r, "200"), 40, "{}", r["RetCodes"]);
+    let url = http1_server(move |_, got, socket| {
+        use std::io::Write;
+        let status = if got == body {
+            "200 OK"
+        } else {
+            "400 Bad Request"
+        };
+        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+        socket.write_all(answer.as_bytes()).is_ok()
+    });
+    for client in [None, Some("--std-client")] {
+        let mut args = vec!["--payload", &payload, "-n", "40", "-c", "2"];
+        args.extend(client);
+        args.push(&url);
+        let r = load_json(&args);
+        assert_eq!(code(&r, "200"), 40, "{client:?}: {}", r["RetCodes"]);
+    }
 }
 
 #[test]
@@ -553,38 +562,18 @@ fn connections_closed_while_idle_are_reopened_without_errors() {
 /// replaced rather than the bytes taken for the next request's answer.
 #[test]
 fn bytes_sent_while_idle_are_not_taken_for_the_next_answer() {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for (i, socket) in listener.incoming().enumerate() {
-            let Ok(mut socket) = socket else { return };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(socket.try_clone().unwrap());
-                let mut line = String::new();
-                loop {
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-                    if socket.write_all(ok).is_err() {
-                        return;
-                    }
-                    if i == 0 {
-                        // The first connection's server then speaks out of turn.
-                        std::thread::sleep(Duration::from_millis(50));
-                        let _ =
-                            socket.write_all(b"HTTP/1.1 500 Stale\r\ncontent-length: 0\r\n\r\n");
-                    }
-                }
-            });
+    let url = http1_server(|connection, _, socket| {
+        use std::io::Write;
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        if socket.write_all(ok).is_err() {
+            return false;
         }
+        if connection == 0 {
+            // The first connection's server then speaks out of turn.
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = socket.write_all(b"HTTP/1.1 500 Stale\r\ncontent-length: 0\r\n\r\n");
+        }
+        true
     });
     // 5 req/s: 200 ms between requests, the stray answer comes 50 ms after the first.
     let r = load_json(&["--qps", "5", "-c", "1", "-n", "3", &url]);

@@ -123,7 +123,7 @@ pub struct Target {
     /// The request as HTTP/2 sends it (an absolute URI: `:authority` comes from it).
     h2_request: Request<Full<Bytes>>,
     /// The request as the fast HTTP/1.1 exchange writes it (`None`: hyper's client sends
-    /// HTTP/1.1 too, asked for with `--std-client` or needed for a transfer coding).
+    /// every request: `--h2`, `--std-client`, or a transfer coding to encode).
     fast_request: Option<crate::h1::Request>,
     /// h2c with prior knowledge on `http://`.
     h2: bool,
@@ -149,13 +149,10 @@ impl Target {
                 h1_request.headers_mut().insert(HOST, value);
             }
         }
-        let fast_request = if spec.options.std_client {
+        // `--h2` speaks HTTP/2 on every socket; without it, only those ALPN gives h2 do.
+        let fast_request = if spec.options.std_client || spec.h2 {
             None
         } else {
-            let path = h1_request
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str());
             crate::h1::Request::new(&spec.method, path, h1_request.headers(), &spec.payload)
         };
         Target {
@@ -329,7 +326,7 @@ impl Connection {
         let stream = crate::wire::Stamped::new(stream, self.stamps.clone());
         let fast = self.target.fast_request.is_some();
         let Some(tls) = &self.target.tls else {
-            if fast && !self.target.h2 {
+            if fast {
                 return Ok(FastConnection::sender(Box::new(stream)));
             }
             return handshake(TokioIo::new(stream), self.target.h2).await;

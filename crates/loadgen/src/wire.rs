@@ -190,9 +190,7 @@ impl Stamped {
             (read, None) => read,
         }
     }
-}
 
-impl Stamped {
     /// What came in while the connection was idle: `None` when nothing did, `Some(0)`
     /// when the server closed (or reset) it, `Some(n)` when bytes are waiting. A server
     /// drops idle keep-alive connections after its own timeout (5 s in Node.js), and a
