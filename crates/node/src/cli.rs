@@ -248,7 +248,8 @@ pub enum RunError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
-    /// The node could not start (its address could not be bound).
+    /// The node could not start: its address could not be bound. (Once bound, a node
+    /// serves until it is stopped: a failed accept or connection is logged, not fatal.)
     #[error("cannot start the node")]
     Start(#[source] crate::NodeError),
     /// The first line (the bound address) could not be written.
@@ -279,7 +280,8 @@ pub fn serve(args: NodeArgs) -> Result<(), RunError> {
                 () = orphaned() => {}
             }
         };
-        server.run(stop).await.map_err(RunError::Start)
+        server.run(stop).await;
+        Ok(())
     })
 }
 

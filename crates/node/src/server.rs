@@ -64,7 +64,7 @@ impl Server {
     /// request head within the header-read timeout, or stays idle between requests for
     /// the idle timeout, is closed, and at the connection limit the longest-idle
     /// connection makes way for a new one (see [`crate::connections`]).
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limits = self.node.limits().clone();
         let builder = connection_builder(&limits);
         let registry = Registry::new();
@@ -144,7 +144,6 @@ impl Server {
                 tracing::warn!(timeout = ?limits.drain_timeout, "drain timed out; closing");
             }
         }
-        Ok(())
     }
 }
 
