@@ -123,7 +123,7 @@ pub struct Target {
     /// The request as HTTP/2 sends it (an absolute URI: `:authority` comes from it).
     h2_request: Request<Full<Bytes>>,
     /// The request as the fast HTTP/1.1 exchange writes it (`None`: hyper's client sends
-    /// every request: `--h2`, `--std-client`, or a transfer coding to encode).
+    /// every request; see [`LoadSpec::fast_http1`]).
     fast_request: Option<crate::h1::Request>,
     /// h2c with prior knowledge on `http://`.
     h2: bool,
@@ -150,11 +150,9 @@ impl Target {
             }
         }
         // `--h2` speaks HTTP/2 on every socket; without it, only those ALPN gives h2 do.
-        let fast_request = if spec.options.std_client || spec.h2 {
-            None
-        } else {
+        let fast_request = spec.fast_http1().then(|| {
             crate::h1::Request::new(&spec.method, path, h1_request.headers(), &spec.payload)
-        };
+        });
         Target {
             addr,
             fast_request,

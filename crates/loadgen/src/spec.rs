@@ -278,10 +278,7 @@ impl LoadSpec {
                 "c={c} is more connections than the {n} requests: only {n} send"
             ));
         }
-        if self.headers.contains_key(http::header::TRANSFER_ENCODING)
-            && !self.h2
-            && !self.options.std_client
-        {
+        if self.transfer_coded() && !self.hyper_asked_for() {
             out.push(
                 "a Transfer-Encoding header: HTTP/1.1 goes through hyper's client (as with \
                  --std-client), which encodes the body, rather than the fast one"
@@ -289,6 +286,23 @@ impl LoadSpec {
             );
         }
         out
+    }
+
+    /// HTTP/1.1 goes through the fast exchange of [`crate::h1`] rather than hyper's
+    /// client: not with `--h2` or `--std-client`, nor for a request with a
+    /// `Transfer-Encoding` header (hyper's client encodes its body; the fast one writes
+    /// bodies as they are).
+    pub fn fast_http1(&self) -> bool {
+        !self.hyper_asked_for() && !self.transfer_coded()
+    }
+
+    /// `--h2` or `--std-client`: hyper's client for every request.
+    fn hyper_asked_for(&self) -> bool {
+        self.h2 || self.options.std_client
+    }
+
+    fn transfer_coded(&self) -> bool {
+        self.headers.contains_key(http::header::TRANSFER_ENCODING)
     }
 }
 
@@ -347,8 +361,11 @@ mod tests {
             said.iter().any(|w| w.contains("hyper's client")),
             "{said:?}"
         );
+        assert!(!LoadSpec::try_new(o.clone()).expect("valid").fast_http1());
         o.std_client = true;
         assert!(LoadSpec::try_new(o).expect("valid").warnings().is_empty());
+        let plain = LoadSpec::try_new(opts("http://h:1/")).expect("valid");
+        assert!(plain.fast_http1());
     }
 
     #[test]
