@@ -303,12 +303,8 @@ mod tests {
     /// An answer that waited in the socket while the event loop was busy is stamped when
     /// it arrived, not when it was read: the loop's lateness is not the target's.
     ///
-    /// The host stamps arriving segments only once the first socket that asked for stamps
-    /// has had the kernel switch them on, which it does later, from a work queue
-    /// (`net_enable_timestamp` in Linux's `net/core/dev.c`): an answer that comes in
-    /// before then carries no stamp and is stamped when read (late, never early). On a
-    /// busy host that can be the first exchange, so the test makes a few and asks that
-    /// one of them used the kernel's time.
+    /// The first answer can come in before the host switched stamping on (see the module
+    /// doc), so the test makes a few exchanges and asks that one used the kernel's time.
     #[tokio::test(flavor = "current_thread")]
     async fn a_late_read_is_stamped_when_the_answer_arrived() {
         const ATTEMPTS: usize = 10;
