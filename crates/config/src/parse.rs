@@ -10,7 +10,7 @@ use crate::reader::{Reader, index, join, short};
 use crate::slo::Slo;
 use crate::topology;
 
-const TOP_LEVEL: [&str; 17] = [
+const TOP_LEVEL: [&str; 18] = [
     "IsTLSEnabled",
     "IsmTLSEnabled",
     "ReplicasPerVirtualNode",
@@ -28,6 +28,7 @@ const TOP_LEVEL: [&str; 17] = [
     "prometheus",
     "namespace",
     "mesh",
+    "repeat",
 ];
 
 /// The meshes a config may name: the local backend's (`none`, `envoy`) and a cluster's.
@@ -44,7 +45,7 @@ const NODE_KEYS: [&str; 7] = [
 ];
 
 /// Fortio load options meshload understands in a test.
-const TEST_KEYS: [&str; 17] = [
+const TEST_KEYS: [&str; 18] = [
     "test_name",
     "search",
     "url",
@@ -62,6 +63,7 @@ const TEST_KEYS: [&str; 17] = [
     "payload",
     "labels",
     "slo",
+    "repeat",
 ];
 
 /// Fortio options meshload knows but does not support: named in a warning.
@@ -102,8 +104,14 @@ pub fn config(raw: &Value, r: &mut Reader) -> Option<Config> {
     };
     let nodes = nodes(top, replicas, r);
     let slo = field("slo").map(|v| slo("slo", v, r)).unwrap_or_default();
+    let repeat = field("repeat").and_then(|v| repeat("repeat", v, r));
+    let defaults = TestDefaults {
+        slo: &slo,
+        repeat: repeat.unwrap_or(1),
+        namespace: &namespace,
+    };
     let tests = match field("load_tests") {
-        Some(v) => tests(v, &nodes, &slo, &namespace, r),
+        Some(v) => tests(v, &nodes, &defaults, r),
         None => Vec::new(),
     };
     let metrics = field("metrics").map(|v| metrics(v, r)).unwrap_or_default();
@@ -347,11 +355,25 @@ pub(crate) fn slo(path: &str, v: &Value, r: &mut Reader) -> Slo {
     slo
 }
 
+/// The most repeats of a test per arm: each is a whole test run.
+pub const MAX_REPEAT: u64 = 100;
+
+/// A `repeat` count, 1 to [`MAX_REPEAT`].
+fn repeat(path: &str, v: &Value, r: &mut Reader) -> Option<u32> {
+    r.integer(path, v, 1, MAX_REPEAT).map(|n| n as u32)
+}
+
+/// What every test takes from the top level unless it says otherwise.
+struct TestDefaults<'a> {
+    slo: &'a Slo,
+    repeat: u32,
+    namespace: &'a str,
+}
+
 fn tests(
     v: &Value,
     nodes: &BTreeMap<String, NodeSpec>,
-    global_slo: &Slo,
-    namespace: &str,
+    defaults: &TestDefaults<'_>,
     r: &mut Reader,
 ) -> Vec<LoadTest> {
     let Some(list) = r.array("load_tests", v) else {
@@ -364,7 +386,7 @@ fn tests(
         let Some(o) = r.object(&path, item) else {
             continue;
         };
-        if let Some(test) = test(&path, o, nodes, global_slo, namespace, r) {
+        if let Some(test) = test(&path, o, nodes, defaults, r) {
             if !names.insert(test.name.clone()) {
                 r.error(
                     &join(&path, "test_name"),
@@ -383,10 +405,10 @@ fn test(
     path: &str,
     o: &Map<String, Value>,
     nodes: &BTreeMap<String, NodeSpec>,
-    global_slo: &Slo,
-    namespace: &str,
+    defaults: &TestDefaults<'_>,
     r: &mut Reader,
 ) -> Option<LoadTest> {
+    let (global_slo, namespace) = (defaults.slo, defaults.namespace);
     let key = |k: &str| join(path, k);
     let unsupported: Vec<&str> = o
         .keys()
@@ -481,6 +503,10 @@ fn test(
     let search = o
         .get("search")
         .and_then(|v| crate::search::parse(&key("search"), v, &slo, r));
+    let repeat = match o.get("repeat") {
+        Some(v) => repeat(&key("repeat"), v, r),
+        None => Some(defaults.repeat),
+    };
     let (target, url, path_and_query) = target?;
     Some(LoadTest {
         name: name?,
@@ -501,6 +527,7 @@ fn test(
         labels,
         slo,
         search,
+        repeat: repeat?,
     })
 }
 
@@ -623,11 +650,10 @@ fn meshes(v: &Value, r: &mut Reader) -> Vec<String> {
         },
     };
     let mut out = Vec::new();
+    // A mesh named twice is two arms of the same mesh (an A/A comparison).
     for (path, name) in names {
         if MESHES.contains(&name.as_str()) {
-            if !out.contains(&name) {
-                out.push(name);
-            }
+            out.push(name);
         } else {
             r.error(
                 &path,

@@ -193,17 +193,46 @@ fn meshes_are_read_as_a_word_a_list_or_an_array() {
         read(r#""none, envoy""#).expect("valid").config.meshes,
         ["none", "envoy"]
     );
+    // A mesh named again is another arm of it (an A/A comparison).
     assert_eq!(
         read(r#"["none", "envoy", "none"]"#)
             .expect("valid")
             .config
             .meshes,
-        ["none", "envoy"]
+        ["none", "envoy", "none"]
     );
     let err = read(r#"["none", "cilium"]"#)
         .expect_err("cilium is not a mesh")
         .to_string();
     assert!(err.contains("mesh[1]") && err.contains("cilium"), "{err}");
+}
+
+#[test]
+fn repeats_come_from_the_test_else_the_config_else_one() {
+    let read = |top: &str, test: &str| {
+        crate::from_str(
+            &format!(
+                r#"{{"backends_map": {{"0": []}}{top}, "load_tests": [{{"test_name": "a", "target": "0"{test}}}, {{"test_name": "b", "target": "0"}}]}}"#
+            ),
+            false,
+            "t",
+        )
+    };
+    let repeats = |top: &str, test: &str| -> Vec<u32> {
+        let config = read(top, test).expect("valid").config;
+        config.tests.iter().map(|t| t.repeat).collect()
+    };
+    assert_eq!(repeats("", ""), [1, 1]);
+    assert_eq!(repeats(r#", "repeat": 5"#, ""), [5, 5]);
+    assert_eq!(repeats(r#", "repeat": "5""#, r#", "repeat": 7"#), [7, 5]);
+    for (top, test, path) in [
+        (r#", "repeat": 0"#, "", "repeat"),
+        ("", r#", "repeat": 101"#, "load_tests[0].repeat"),
+        ("", r#", "repeat": "often""#, "load_tests[0].repeat"),
+    ] {
+        let err = read(top, test).expect_err("out of range").to_string();
+        assert!(err.contains(path), "{err}");
+    }
 }
 
 #[test]

@@ -422,6 +422,10 @@ impl Backend for K8sBackend {
         }
     }
 
+    fn drives_here(&self) -> bool {
+        false
+    }
+
     fn live_figures(&self) -> bool {
         false
     }

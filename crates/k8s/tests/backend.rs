@@ -159,7 +159,15 @@ struct Quiet;
 
 impl Observer for Quiet {
     fn phase(&self, _: &str) {}
-    fn test_started(&self, _: usize, _: usize, _: &LoadTest, _: Option<Live>) {}
+    fn test_started(
+        &self,
+        _: usize,
+        _: usize,
+        _: &LoadTest,
+        _: &meshload_runner::run::SeriesPosition,
+        _: Option<Live>,
+    ) {
+    }
     fn test_finished(&self, _: &TestSummary) {}
 }
 
@@ -168,6 +176,9 @@ fn run_settings(dir: &std::path::Path) -> RunSettings {
         exe: "meshload".into(),
         store: meshload_store::ResultStore::open(dir.to_str().unwrap()).unwrap(),
         sleep_between_tests: Duration::ZERO,
+        repeat: None,
+        loadgen_cpus: Vec::new(),
+        saturation: Default::default(),
     }
 }
 

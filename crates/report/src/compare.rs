@@ -1,44 +1,52 @@
-//! Two runs side by side, with thresholds that make the comparison a CI gate.
+//! Two series of runs side by side: one run each, or every repeat of a test under two
+//! arms. Each figure gets B - A with a distribution-free interval and a verdict (see
+//! `meshload_stats`), unless the two did not hold the same load or the host was
+//! saturated: then every figure is `not comparable`, with the reason. Thresholds make
+//! the comparison a CI gate.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
+use meshload_stats::{Estimate, Verdict};
 use serde::Serialize;
 
-use crate::runs::{NodeResources, Run};
+use crate::runs::Run;
 
-/// One compared figure.
+/// The key prefix of a sidecar's figures (a node's Envoys).
+const SIDECAR: &str = "envoy_";
+
+/// One compared figure: the contract of `run --json` (`mesh_cost[].figures[]`) and
+/// `compare --json` (`figures[]`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Figure {
     /// Its key (`p99`, `rate`, `memory:frontend`, ...), as thresholds name it.
-    pub key: String,
-    /// What it is, for people.
+    pub name: String,
+    /// What it is, for people, with its unit.
     pub label: String,
-    /// In run A (the baseline).
+    /// A's median over its repeats.
     pub a: Option<f64>,
-    /// In run B.
+    /// B's median over its repeats.
     pub b: Option<f64>,
-    /// `b - a`: what B adds (the mesh's cost when A ran without one).
-    pub difference: Option<f64>,
+    /// The estimate of B - A (the median of the paired differences, or the
+    /// Hodges-Lehmann shift for series run apart).
+    pub estimate: Option<f64>,
+    /// The interval around it, `[low, high]`; `null` with too few repeats.
+    pub ci95: Option<[f64; 2]>,
+    /// The interval's exact confidence (0.9375 with 5 paired repeats, 0.95 or more from 6).
+    pub confidence: Option<f64>,
+    /// Runs per arm that went into it.
+    pub repeats: usize,
+    /// `higher`, `lower`, `no difference detected`, `no interval` or `not comparable`.
+    pub verdict: Verdict,
+    /// Whether both arms held the same load on an unsaturated host.
+    pub comparable: bool,
+    /// Why there is no verdict, in words (`null` when there is one).
+    pub reason: Option<String>,
 }
 
 impl Figure {
-    /// A figure of A and B.
-    pub fn new(key: &str, label: &str, a: Option<f64>, b: Option<f64>) -> Figure {
-        let difference = match (a, b) {
-            (Some(a), Some(b)) => Some(b - a),
-            _ => None,
-        };
-        Figure {
-            key: key.into(),
-            label: label.into(),
-            a,
-            b,
-            difference,
-        }
-    }
-
-    /// `(b - a) / a` in percent, when both exist and `a` is not zero.
+    /// `(b - a) / a` of the medians in percent, when both exist and `a` is not zero.
     pub fn change_percent(&self) -> Option<f64> {
         match (self.a, self.b) {
             (Some(a), Some(b)) if a != 0.0 => Some(100.0 * (b - a) / a.abs()),
@@ -47,78 +55,380 @@ impl Figure {
     }
 }
 
-/// Every figure of two runs.
-pub fn figures(a: &Run, b: &Run) -> Vec<Figure> {
-    let mut out = Vec::new();
-    let mut push = |key: &str, label: &str, f: &dyn Fn(&Run) -> Option<f64>| {
-        out.push(Figure::new(key, label, f(a), f(b)));
-    };
-    push("requested", "requested req/s", &|r| r.requested_qps());
-    push("rate", "achieved req/s", &|r| Some(r.fortio.actual_qps));
-    push("error_ratio", "error ratio", &|r| Some(r.error_ratio()));
-    for p in [50.0, 90.0, 99.0, 99.9] {
-        let key = format!("p{p}");
-        push(&key, &format!("response time p{p} ms"), &|r| {
-            r.response_ms(p)
-        });
-    }
-    for p in [50.0, 99.0] {
-        let key = format!("service_p{p}");
-        push(&key, &format!("service time p{p} ms"), &|r| r.service_ms(p));
-    }
-    resource_figures(&mut out, "", "node {} ", (a, b), Run::node_resources);
-    resource_figures(
-        &mut out,
-        "envoy_",
-        "node {}'s Envoy ",
-        (a, b),
-        Run::sidecar_resources,
-    );
-    out
+/// Two series compared.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// How B - A was estimated.
+    pub method: &'static str,
+    /// Runs in A and in B.
+    pub runs: [usize; 2],
+    /// Whether both held the same load on an unsaturated host.
+    pub comparable: bool,
+    /// Why not, in words.
+    pub reason: Option<String>,
+    /// What can be measured instead, when they are not comparable.
+    pub suggestion: Option<String>,
+    /// Every figure.
+    pub figures: Vec<Figure>,
 }
 
-/// One figure of a node's resources.
-type ResourceOf = fn(&NodeResources) -> f64;
+/// How paired series are estimated.
+pub const PAIRED: &str = "median of the paired differences (repeat i of B against repeat i of A), sign-test interval on that median";
+/// How series run apart are estimated.
+pub const UNPAIRED: &str =
+    "Hodges-Lehmann shift (median of all differences B - A), Mann-Whitney interval";
+/// What to do when the arms did not hold the load.
+pub const SUGGESTION: &str = "lower the rate until every arm holds it on this host, or find each arm's capacity with `meshload search` (a test's \"search\" block under --mesh a,b)";
 
-/// Memory and CPU per node of one kind of container, absolute and per 1,000 achieved
-/// req/s (what Istio's performance docs quote for a sidecar).
-fn resource_figures(
-    out: &mut Vec<Figure>,
-    prefix: &str,
-    label: &str,
-    (a, b): (&Run, &Run),
-    of: fn(&Run) -> std::collections::BTreeMap<String, NodeResources>,
-) {
-    let (ra, rb) = (of(a), of(b));
-    let nodes: std::collections::BTreeSet<&String> = ra.keys().chain(rb.keys()).collect();
-    let per_krps = |run: &Run, v: f64| {
-        let krps = run.fortio.actual_qps / 1000.0;
-        (krps > 0.0).then(|| v / krps)
+/// The figures of one run: key, label, value.
+fn run_values(run: &Run) -> Vec<(String, String, f64)> {
+    let mut out = Vec::new();
+    let mut push = |key: String, label: String, v: Option<f64>| {
+        if let Some(v) = v {
+            out.push((key, label, v));
+        }
     };
-    let kinds: [(&str, &str, ResourceOf); 2] = [
-        ("memory", "max memory MiB", |r| r.max_memory_mib),
-        ("cpu", "CPU cores", |r| r.cpu_cores),
-    ];
-    for (key, what, value) in kinds {
-        for node in &nodes {
-            let name = label.replace("{}", node);
-            let (va, vb) = (ra.get(*node).map(value), rb.get(*node).map(value));
-            out.push(Figure::new(
-                &format!("{prefix}{key}:{node}"),
-                &format!("{name}{what}"),
-                va,
-                vb,
-            ));
-            if !prefix.is_empty() {
-                out.push(Figure::new(
-                    &format!("{prefix}{key}_per_krps:{node}"),
-                    &format!("{name}{what} per 1,000 req/s"),
-                    va.and_then(|v| per_krps(a, v)),
-                    vb.and_then(|v| per_krps(b, v)),
-                ));
+    push(
+        "rate".into(),
+        "achieved req/s".into(),
+        Some(run.fortio.actual_qps),
+    );
+    push(
+        "error_ratio".into(),
+        "error ratio".into(),
+        Some(run.error_ratio()),
+    );
+    for p in [50.0, 90.0, 99.0, 99.9] {
+        push(
+            format!("p{p}"),
+            format!("response p{p} ms"),
+            run.response_ms(p),
+        );
+    }
+    for p in [50.0, 90.0, 99.0] {
+        push(
+            format!("service_p{p}"),
+            format!("service p{p} ms"),
+            run.service_ms(p),
+        );
+    }
+    let krps = run.fortio.actual_qps / 1000.0;
+    for (prefix, of, resources) in [
+        ("", "node {}", run.node_resources()),
+        (SIDECAR, "node {}'s sidecars", run.sidecar_resources()),
+    ] {
+        for (node, r) in resources {
+            let what = of.replace("{}", &node);
+            push(
+                format!("{prefix}memory:{node}"),
+                format!("{what} max memory MiB"),
+                Some(r.max_memory_mib),
+            );
+            push(
+                format!("{prefix}cpu:{node}"),
+                format!("{what} CPU cores"),
+                Some(r.cpu_cores),
+            );
+            // CPU scales with the rate, memory does not: only CPU is given per rate.
+            if !prefix.is_empty() && krps > 0.0 {
+                push(
+                    format!("{prefix}cpu_per_krps:{node}"),
+                    format!("{what} CPU cores per 1,000 req/s"),
+                    Some(r.cpu_cores / krps),
+                );
             }
         }
     }
+    out
+}
+
+/// Why `a` and `b` cannot be compared: a run fell behind its requested rate or ran on a
+/// saturated host, was interrupted, or the two asked for different rates (or none).
+pub fn load_problems(a: &[Run], b: &[Run]) -> Vec<String> {
+    let mut out = Vec::new();
+    let rates: BTreeSet<String> = a
+        .iter()
+        .chain(b)
+        .map(|r| r.fortio.requested_qps.clone())
+        .collect();
+    if rates.len() > 1 {
+        let list: Vec<String> = rates.into_iter().collect();
+        out.push(format!(
+            "the runs asked for different rates ({} req/s)",
+            list.join(", ")
+        ));
+    }
+    for run in a.iter().chain(b) {
+        let at = format!("{} (repeat {}, {})", run.arm(), run.repeat(), run.name());
+        if run.status() != "complete" {
+            out.push(format!("{at} is {}", run.status()));
+        }
+        match run.requested_qps().filter(|q| *q > 0.0) {
+            None => out.push(format!(
+                "{at} ran at max rate: there is no requested rate to hold both arms to"
+            )),
+            Some(requested) if run.fortio.actual_qps < run.min_rate_ratio() * requested => {
+                out.push(format!(
+                    "{at} achieved {:.1} of {} req/s (less than {})",
+                    run.fortio.actual_qps,
+                    fmt_value(requested),
+                    run.min_rate_ratio()
+                ));
+            }
+            Some(_) => {}
+        }
+        for reason in run.saturation() {
+            out.push(format!("{at}: {reason}"));
+        }
+    }
+    out
+}
+
+/// Every figure of series `a` against series `b`. `paired`: repeat `i` of each ran side
+/// by side (the runs are then matched by repeat), else the two ran apart.
+pub fn compare(a: &[Run], b: &[Run], paired: bool) -> Comparison {
+    let problems = load_problems(a, b);
+    let reason = (!problems.is_empty()).then(|| problems.join("; "));
+    let (va, vb) = (values_by_key(a), values_by_key(b));
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for run in a.iter().chain(b) {
+        for (key, label, _) in run_values(run) {
+            if !keys.iter().any(|(k, _)| *k == key) {
+                keys.push((key, label));
+            }
+        }
+    }
+    let figures = keys
+        .into_iter()
+        .map(|(key, label)| {
+            // A sidecar that only one arm has costs nothing in the other.
+            let absent = |v: &BTreeMap<String, Vec<f64>>, runs: &[Run]| match v.get(&key) {
+                Some(v) => v.clone(),
+                None if key.starts_with(SIDECAR) => vec![0.0; runs.len()],
+                None => vec![f64::NAN; runs.len()],
+            };
+            let (xa, xb) = (absent(&va, a), absent(&vb, b));
+            figure(key, label, &xa, &xb, paired, reason.as_deref())
+        })
+        .collect();
+    Comparison {
+        method: if paired { PAIRED } else { UNPAIRED },
+        runs: [a.len(), b.len()],
+        comparable: reason.is_none(),
+        suggestion: reason.as_ref().map(|_| SUGGESTION.to_string()),
+        reason,
+        figures,
+    }
+}
+
+/// Each figure's values over the runs, in run order (NaN where a run lacks it).
+fn values_by_key(runs: &[Run]) -> BTreeMap<String, Vec<f64>> {
+    let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (i, run) in runs.iter().enumerate() {
+        for (key, _, v) in run_values(run) {
+            out.entry(key).or_insert_with(|| vec![f64::NAN; runs.len()])[i] = v;
+        }
+    }
+    out
+}
+
+fn figure(
+    name: String,
+    label: String,
+    a: &[f64],
+    b: &[f64],
+    paired: bool,
+    not_comparable: Option<&str>,
+) -> Figure {
+    let estimate: Option<Estimate> = if paired {
+        meshload_stats::paired(a, b)
+    } else {
+        meshload_stats::shift(a, b)
+    };
+    let repeats = estimate.as_ref().map_or(0, |e| e.repeats);
+    let (verdict, reason) = match (&estimate, not_comparable) {
+        (_, Some(why)) => (Verdict::NotComparable, Some(why.to_string())),
+        (None, None) => (
+            Verdict::NoInterval,
+            Some("not measured in both".to_string()),
+        ),
+        (Some(e), None) => {
+            let verdict = e.verdict();
+            let why = (verdict == Verdict::NoInterval).then(|| match e.repeats {
+                1 => "one run per arm: no interval (repeat to get one)".to_string(),
+                n => format!(
+                    "{n} runs per arm give no interval at {:.0}% or more: 5 paired repeats or more are needed",
+                    meshload_stats::MIN_CONFIDENCE * 100.0
+                ),
+            });
+            (verdict, why)
+        }
+    };
+    Figure {
+        name,
+        label,
+        a: meshload_stats::median(a),
+        b: meshload_stats::median(b),
+        estimate: estimate.as_ref().map(|e| e.estimate),
+        ci95: estimate
+            .as_ref()
+            .and_then(|e| e.interval)
+            .map(|i| [i.low, i.high]),
+        confidence: estimate
+            .as_ref()
+            .and_then(|e| e.interval)
+            .map(|i| i.confidence),
+        repeats,
+        verdict,
+        comparable: not_comparable.is_none(),
+        reason,
+    }
+}
+
+/// Whether two series ran side by side: one `meshload run` (the same series id), and the
+/// same repeats in each.
+pub fn are_paired(a: &[Run], b: &[Run]) -> bool {
+    let series = |runs: &[Run]| runs.first().and_then(|r| r.series_id().map(str::to_string));
+    let repeats = |runs: &[Run]| runs.iter().map(Run::repeat).collect::<Vec<_>>();
+    series(a).is_some() && series(a) == series(b) && repeats(a) == repeats(b)
+}
+
+/// One arm of a series: its runs in repeat order.
+#[derive(Debug, Clone)]
+pub struct ArmRuns {
+    /// The arm.
+    pub arm: String,
+    /// Its runs, by repeat.
+    pub runs: Vec<Run>,
+}
+
+/// The latest series of every test among `runs`, by test name: its arms in the series'
+/// order (the baseline first), each with its runs by repeat. A run stored without a
+/// series is a series of its own.
+pub fn latest_series(runs: &[Run]) -> BTreeMap<String, Vec<ArmRuns>> {
+    let mut latest: BTreeMap<String, (String, Vec<&Run>)> = BTreeMap::new();
+    for run in runs {
+        let id = match run.series_id() {
+            Some(id) => id.to_string(),
+            None => run.run.id.clone(),
+        };
+        let entry = latest
+            .entry(run.run.test_name.clone())
+            .or_insert_with(|| (id.clone(), Vec::new()));
+        if id > entry.0 {
+            *entry = (id.clone(), Vec::new());
+        }
+        if id == entry.0 {
+            entry.1.push(run);
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(test, (_, runs))| (test, arms_of(&runs)))
+        .collect()
+}
+
+/// The runs of one series split by arm, in the series' order of arms, each by repeat.
+pub fn arms_of(runs: &[&Run]) -> Vec<ArmRuns> {
+    let order = runs.first().map(|r| r.series_arms()).unwrap_or_default();
+    let mut arms: Vec<ArmRuns> = Vec::new();
+    for run in runs {
+        let arm = run.arm();
+        match arms.iter_mut().find(|a| a.arm == arm) {
+            Some(a) => a.runs.push((*run).clone()),
+            None => arms.push(ArmRuns {
+                arm,
+                runs: vec![(*run).clone()],
+            }),
+        }
+    }
+    let rank = |arm: &str| order.iter().position(|a| a == arm).unwrap_or(usize::MAX);
+    arms.sort_by_key(|a| rank(&a.arm));
+    for a in &mut arms {
+        a.runs.sort_by_key(Run::repeat);
+    }
+    arms
+}
+
+/// What each arm of a series costs against its first arm, paired by repeat.
+pub fn against_baseline(arms: &[ArmRuns]) -> Vec<(String, Comparison)> {
+    let Some((base, others)) = arms.split_first() else {
+        return Vec::new();
+    };
+    others
+        .iter()
+        .map(|other| {
+            let paired = are_paired(&base.runs, &other.runs);
+            (other.arm.clone(), compare(&base.runs, &other.runs, paired))
+        })
+        .collect()
+}
+
+/// How one arm's memory or CPU grows with the rate, over runs at several rates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scaling {
+    /// The arm.
+    pub arm: String,
+    /// The figure (`memory:<node>`, `envoy_cpu:<node>`, ...).
+    pub name: String,
+    /// What it is, for people.
+    pub label: String,
+    /// The requested rates of the runs fitted, req/s.
+    pub rates: Vec<f64>,
+    /// Runs fitted (those that held their load on an unsaturated host).
+    pub runs: usize,
+    /// The line's value at no load: idle memory in MiB, or idle CPU in cores.
+    pub intercept: f64,
+    /// How much it grows per further 1,000 achieved req/s (MiB or cores).
+    pub slope_per_krps: f64,
+}
+
+/// For every arm with runs at two rates or more that held their load on an unsaturated
+/// host: a least-squares line through each node's and sidecar's memory and CPU against
+/// the achieved rate.
+pub fn scaling(runs: &[Run]) -> Vec<Scaling> {
+    let mut by_arm: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
+    for run in runs {
+        if load_problems(std::slice::from_ref(run), &[]).is_empty() {
+            by_arm.entry(run.arm()).or_default().push(run);
+        }
+    }
+    let mut out = Vec::new();
+    for (arm, runs) in by_arm {
+        let mut rates: Vec<f64> = runs.iter().filter_map(|r| r.requested_qps()).collect();
+        rates.sort_by(f64::total_cmp);
+        rates.dedup();
+        if rates.len() < 2 {
+            continue;
+        }
+        let mut points: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+        for run in &runs {
+            let krps = run.fortio.actual_qps / 1000.0;
+            for (key, label, v) in run_values(run) {
+                let resource = ["memory:", "cpu:"].iter().any(|k| {
+                    key.starts_with(k)
+                        || key.strip_prefix(SIDECAR).is_some_and(|s| s.starts_with(k))
+                });
+                if resource {
+                    points.entry((key, label)).or_default().push((krps, v));
+                }
+            }
+        }
+        for ((name, label), p) in points {
+            if let Some(line) = meshload_stats::Line::fit(&p) {
+                out.push(Scaling {
+                    arm: arm.clone(),
+                    name,
+                    label,
+                    rates: rates.clone(),
+                    runs: p.len(),
+                    intercept: line.intercept,
+                    slope_per_krps: line.slope,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// A limit on how much worse run B may be than run A.
@@ -187,13 +497,13 @@ impl fmt::Display for Threshold {
     }
 }
 
-/// The thresholds run B passes over run A, as messages naming the figures.
+/// The thresholds B passes over A (their medians), as messages naming the figures.
 pub fn regressions(figures: &[Figure], thresholds: &[Threshold]) -> Vec<String> {
     let mut out = Vec::new();
     for t in thresholds {
         let matching = figures
             .iter()
-            .filter(|f| f.key == t.key || f.key.starts_with(&format!("{}:", t.key)));
+            .filter(|f| f.name == t.key || f.name.starts_with(&format!("{}:", t.key)));
         for f in matching {
             let (Some(a), Some(b)) = (f.a, f.b) else {
                 continue;
@@ -234,7 +544,7 @@ mod tests {
     use super::*;
 
     fn fig(key: &str, a: f64, b: f64) -> Figure {
-        Figure::new(key, key, Some(a), Some(b))
+        figure(key.into(), key.into(), &[a], &[b], true, None)
     }
 
     #[test]

@@ -189,83 +189,68 @@ struct RunRow {
     service_p99: String,
     errors: u64,
     error_ratio: String,
+    /// The arm and repeat of its series (`envoy 2/5`), `-` without one.
+    series: String,
+    /// `SATURATED: <why>` when the host was saturated, else empty.
+    host: String,
 }
 
-/// What a mesh costs in one test: its latest run against the test's latest run without
-/// a mesh, one row per node's sidecars.
+/// What a mesh costs in one test: the test's latest series, each arm against the first.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct MeshRow {
     /// The test.
     pub test_name: String,
-    /// The mesh.
+    /// The baseline arm.
+    pub baseline: String,
+    /// The arm.
     pub mesh: String,
-    /// The two runs compared (`<id> against <id>`).
+    /// Runs per arm and how B - A was estimated.
     pub runs: String,
-    /// Added response p50 / p99, ms.
-    pub added_response: String,
-    /// Added service p50 / p99, ms.
-    pub added_service: String,
-    /// The node whose sidecars the next cells are.
-    pub node: String,
-    /// Max sidecar memory, MiB (per 1,000 req/s).
-    pub memory: String,
-    /// Sidecar CPU, cores (per 1,000 req/s).
-    pub cpu: String,
+    /// Whether the arms held the same load on an unsaturated host.
+    pub comparable: bool,
+    /// Why not, with what to do instead.
+    pub reason: String,
+    /// Each figure: what it is, A, B, B - A, its interval and verdict.
+    pub figures: Vec<[String; 6]>,
 }
 
-/// Every test's cost under each mesh: its latest run per mesh against its latest run
-/// with mesh `none`; tests without a `none` run, or with no other mesh, give no row.
+/// Every test's cost under each arm of its latest series against the first arm; tests
+/// whose latest series has one arm give no row.
 pub fn mesh_rows(runs: &[Run]) -> Vec<MeshRow> {
-    let mut latest: BTreeMap<(String, String), &Run> = BTreeMap::new();
-    for r in runs {
-        let key = (r.run.test_name.clone(), r.mesh());
-        let newer = latest.get(&key).is_none_or(|l| l.run.id < r.run.id);
-        if newer {
-            latest.insert(key, r);
-        }
-    }
     let mut out = Vec::new();
-    for ((test, mesh), b) in &latest {
-        let Some(a) = latest.get(&(test.clone(), "none".to_string())) else {
-            continue;
-        };
-        if mesh == "none" {
-            continue;
-        }
-        let figures = crate::compare::figures(a, b);
-        let get = |key: &str, pick: fn(&crate::compare::Figure) -> Option<f64>| {
-            figures
+    for (test, arms) in crate::compare::latest_series(runs) {
+        let baseline = arms.first().map(|a| a.arm.clone()).unwrap_or_default();
+        for (mesh, c) in crate::compare::against_baseline(&arms) {
+            let show = |v: Option<f64>| v.map_or("-".to_string(), fmt_value);
+            let figures = c
+                .figures
                 .iter()
-                .find(|f| f.key == key)
-                .and_then(pick)
-                .map_or("-".to_string(), fmt_value)
-        };
-        let pair = |x: &str, y: &str| {
-            format!(
-                "{} / {}",
-                get(x, |f| f.difference),
-                get(y, |f| f.difference)
-            )
-        };
-        let nodes: Vec<&str> = figures
-            .iter()
-            .filter_map(|f| f.key.strip_prefix("envoy_memory:"))
-            .collect();
-        for node in nodes {
-            let b_of = |k: &str| get(&format!("{k}:{node}"), |f| f.b);
+                .map(|f| {
+                    let interval = f.ci95.map_or("-".to_string(), |[l, h]| {
+                        format!("[{}, {}]", fmt_value(l), fmt_value(h))
+                    });
+                    [
+                        f.label.clone(),
+                        show(f.a),
+                        show(f.b),
+                        show(f.estimate),
+                        interval,
+                        f.verdict.to_string(),
+                    ]
+                })
+                .collect();
             out.push(MeshRow {
                 test_name: test.clone(),
-                mesh: mesh.clone(),
-                runs: format!("{} against {}", b.run.id, a.run.id),
-                added_response: pair("p50", "p99"),
-                added_service: pair("service_p50", "service_p99"),
-                node: node.to_string(),
-                memory: format!(
-                    "{} ({})",
-                    b_of("envoy_memory"),
-                    b_of("envoy_memory_per_krps")
-                ),
-                cpu: format!("{} ({})", b_of("envoy_cpu"), b_of("envoy_cpu_per_krps")),
+                baseline: baseline.clone(),
+                mesh,
+                runs: format!("{} against {} runs; {}", c.runs[1], c.runs[0], c.method),
+                comparable: c.comparable,
+                reason: match (&c.reason, &c.suggestion) {
+                    (Some(r), Some(s)) => format!("{r}. To measure instead: {s}"),
+                    (Some(r), None) => r.clone(),
+                    _ => String::new(),
+                },
+                figures,
             });
         }
     }
@@ -301,6 +286,19 @@ fn row(r: &Run) -> RunRow {
         service_p99: ms(r.service_ms(99.0)),
         errors: r.fortio.error_count(),
         error_ratio: format!("{:.4}", r.error_ratio()),
+        series: match r.series_id() {
+            Some(_) => format!(
+                "{} {}/{}",
+                r.arm(),
+                r.repeat(),
+                r.metadata["series"]["repeats"].as_u64().unwrap_or(1)
+            ),
+            None => "-".to_string(),
+        },
+        host: match r.saturation() {
+            s if s.is_empty() => String::new(),
+            s => format!("SATURATED: {}", s.join("; ")),
+        },
     }
 }
 

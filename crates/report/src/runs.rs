@@ -160,6 +160,64 @@ impl Run {
             .map(|v| v * 1e3)
     }
 
+    /// The series the run belongs to: every arm and repeat of its test in one
+    /// `meshload run` (`None` for runs stored before series, or by other tools).
+    pub fn series_id(&self) -> Option<&str> {
+        self.metadata["series"]["id"].as_str()
+    }
+
+    /// The arm the run belongs to: its series' arm, else its mesh.
+    pub fn arm(&self) -> String {
+        match self.metadata["series"]["arm"].as_str() {
+            Some(arm) => arm.to_string(),
+            None => self.mesh(),
+        }
+    }
+
+    /// The arms of its series, the baseline first (its own arm alone without a series).
+    pub fn series_arms(&self) -> Vec<String> {
+        match self.metadata["series"]["arms"].as_array() {
+            Some(arms) => arms
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect(),
+            None => vec![self.arm()],
+        }
+    }
+
+    /// Its repeat in the series, from 1 (1 for runs without a series).
+    pub fn repeat(&self) -> u64 {
+        self.metadata["series"]["repeat"].as_u64().unwrap_or(1)
+    }
+
+    /// Why the host was saturated during the run (empty when it was not, or nothing
+    /// was recorded).
+    pub fn saturation(&self) -> Vec<String> {
+        let host = &self.metadata["summary"]["host"];
+        if host["saturated"].as_bool() != Some(true) {
+            return Vec::new();
+        }
+        host["reasons"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["the host was saturated".to_string()])
+    }
+
+    /// The least share of the requested rate at which the run held its load: its SLO's
+    /// `min_rate_ratio`, else 0.99.
+    pub fn min_rate_ratio(&self) -> f64 {
+        let summary = &self.metadata["summary"]["min_rate_ratio"];
+        let slo = &self.metadata["slo"]["min_rate_ratio"];
+        summary
+            .as_f64()
+            .or_else(|| slo.as_f64())
+            .unwrap_or(meshload_config::search::DEFAULT_MIN_RATE_RATIO)
+    }
+
     /// The mesh the run ran in (`none` when its backend named none).
     pub fn mesh(&self) -> String {
         self.metadata["backend_facts"]["mesh"]

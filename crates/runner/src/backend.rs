@@ -172,6 +172,12 @@ pub trait Backend {
         true
     }
 
+    /// Whether `drive` runs the load generator in this process, on this host (its CPU
+    /// and the host's are then recorded with each run).
+    fn drives_here(&self) -> bool {
+        true
+    }
+
     /// The Prometheus (a URL) that answers metric queries the config leaves to the
     /// embedded engine: a cluster's, reached through a port-forward. `None` locally.
     fn prometheus(&self) -> Option<String> {

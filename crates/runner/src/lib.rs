@@ -10,11 +10,13 @@
 //! - [`scrape`]: scrapes and `/proc` samples into the embedded store during a run.
 //! - [`prometheus`]: `prometheus: "spawn"`, a real Prometheus on the run's replicas.
 //! - [`results`]: summaries, SLO checks, the files of a run folder.
+//! - [`host`]: how busy the host was in each test, and whether it was saturated.
 //! - [`run`]: the orchestration.
 //! - [`stop`]: the stop request every part of a run awaits.
 //! - [`http`]: the small client for health checks and scrapes.
 
 pub mod backend;
+pub mod host;
 pub mod http;
 pub mod local;
 pub mod mesh;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::backend::ReplicaExit;
+use crate::host::HostLoad;
 
 /// One metric query's outcome over a test window.
 #[derive(Debug, Clone)]
@@ -32,6 +33,22 @@ impl MetricResult {
             Err(e) => format!("error: {e}"),
         }
     }
+}
+
+/// Where one run sits in its series: every run of a test in one `meshload run`, over every
+/// arm and repeat, shares the series' id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeriesPosition {
+    /// The series' id (the `meshload run`'s start, as run ids are).
+    pub id: String,
+    /// The arm.
+    pub arm: String,
+    /// The repeat, from 1.
+    pub repeat: u32,
+    /// Repeats per arm.
+    pub repeats: u32,
+    /// Every arm of the series, the baseline first.
+    pub arms: Vec<String>,
 }
 
 /// The figures of one test, as printed and stored.
@@ -71,6 +88,15 @@ pub struct TestSummary {
     pub node_exits: Vec<String>,
     /// Set when the run could not reach its store and stayed in the local spool.
     pub storage_note: Option<String>,
+    /// Whether the test has an SLO (without one, nothing was checked).
+    pub slo_set: bool,
+    /// The least share of the requested rate at which the run counts as having held its
+    /// load (the SLO's `min_rate_ratio`, else 0.99): below it the run is not compared.
+    pub min_rate_ratio: f64,
+    /// Where the run sits in its series (test, arm, repeat).
+    pub series: Option<SeriesPosition>,
+    /// What the host did during the test.
+    pub host: HostLoad,
 }
 
 impl TestSummary {
@@ -108,6 +134,13 @@ impl TestSummary {
             metrics: Vec::new(),
             node_exits: Vec::new(),
             storage_note: None,
+            slo_set: !test.slo.is_empty(),
+            min_rate_ratio: test
+                .slo
+                .min_rate_ratio
+                .unwrap_or(meshload_config::search::DEFAULT_MIN_RATE_RATIO),
+            series: None,
+            host: HostLoad::default(),
         }
     }
 }
@@ -303,6 +336,8 @@ fn metadata(run_id: &str, f: &RunFiles<'_>) -> Value {
             "failures": f.summary.slo_failures,
         },
         "metrics": metrics,
+        "series": f.summary.series,
+        "host": f.summary.host,
         "search": f.search,
         "node_exits": f.exits.iter().map(|e| json!({"pod": e.pod, "status": e.status})).collect::<Vec<_>>(),
     })

@@ -13,8 +13,10 @@ use meshload_promql::client::PrometheusClient;
 use meshload_store::{ResultStore, RunRef, RunStatus};
 
 use crate::backend::{Backend, Deployment, ReplicaExit};
+use crate::host::HostMark;
 use crate::plan::Plan;
 use crate::prometheus::SpawnedPrometheus;
+pub use crate::results::SeriesPosition;
 use crate::results::{MetricResult, RunFiles, TestSummary, slo_failures, write_run};
 use crate::scrape::{Scraper, SharedStore};
 use crate::search::{Outcome, SearchReport, Trial, TrialPlan, TrialRunner};
@@ -29,9 +31,16 @@ const SAMPLES_LOOKBACK: Duration = Duration::from_secs(300);
 pub trait Observer {
     /// A phase of the run began (`starting 7 replicas`, `connectivity check`, ...).
     fn phase(&self, text: &str);
-    /// Test `index` of `total` started; `live` has its running figures, when the
-    /// backend's load generator gives any before the end.
-    fn test_started(&self, index: usize, total: usize, test: &LoadTest, live: Option<Live>);
+    /// Test `index` of `total` started, as run `position` of its series; `live` has its
+    /// running figures, when the backend's load generator gives any before the end.
+    fn test_started(
+        &self,
+        index: usize,
+        total: usize,
+        test: &LoadTest,
+        position: &SeriesPosition,
+        live: Option<Live>,
+    );
     /// A test ended and was stored.
     fn test_finished(&self, summary: &TestSummary);
 }
@@ -45,6 +54,57 @@ pub struct RunSettings {
     pub store: ResultStore,
     /// Pause between tests.
     pub sleep_between_tests: Duration,
+    /// Runs of every test per arm, over what the config says (`--repeat`).
+    pub repeat: Option<u32>,
+    /// CPUs that this process (the load generator) is pinned to once every arm is up
+    /// (`--loadgen-cpus`); empty: not pinned.
+    pub loadgen_cpus: Vec<usize>,
+    /// Where the host counts as saturated.
+    pub saturation: crate::host::Limits,
+}
+
+/// One arm of a comparison: a backend, and the name its runs carry (the mesh: `none`,
+/// `envoy`; `none#2` for the second arm of a mesh named twice).
+#[derive(Debug)]
+pub struct Arm<'a, B> {
+    /// The arm's name.
+    pub label: String,
+    /// Where its topology runs.
+    pub backend: &'a mut B,
+}
+
+impl<B: Backend> Arm<'_, B> {
+    /// Arms for backends in order, named by their mesh (`#2`, `#3` for a mesh again).
+    pub fn named(backends: &mut [B]) -> Vec<Arm<'_, B>> {
+        let mut seen: Vec<String> = Vec::new();
+        backends
+            .iter_mut()
+            .map(|backend| {
+                let mesh = mesh_of(backend);
+                seen.push(mesh.clone());
+                let n = seen.iter().filter(|m| **m == mesh).count();
+                let label = if n == 1 { mesh } else { format!("{mesh}#{n}") };
+                Arm { label, backend }
+            })
+            .collect()
+    }
+}
+
+/// The mesh a backend runs (`none` when it names none).
+fn mesh_of<B: Backend>(backend: &B) -> String {
+    backend
+        .facts()
+        .get("mesh")
+        .and_then(|m| m.as_str())
+        .unwrap_or("none")
+        .to_string()
+}
+
+/// The order of the arms in repeat `r` (from 0): rotated by one each repeat (A B, B A,
+/// A B, ... for two arms), so that a drift of the host falls on every arm alike and no
+/// arm always runs first.
+pub fn arm_order(r: u32, arms: usize) -> Vec<usize> {
+    (0..arms).map(|j| (r as usize + j) % arms).collect()
 }
 
 /// A capacity search that a run performed for one of its tests.
@@ -69,9 +129,10 @@ pub struct SearchRun {
 /// The outcome of a whole run.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
-    /// One summary per test that ran (a search's trials are in `searches`).
+    /// One summary per test run (every arm and repeat; a search's trials are in
+    /// `searches`).
     pub tests: Vec<TestSummary>,
-    /// One per test that is a capacity search.
+    /// One per test that is a capacity search, per arm.
     pub searches: Vec<SearchRun>,
     /// The run was stopped before its end.
     pub interrupted: bool,
@@ -85,51 +146,148 @@ pub async fn run<B: Backend>(
     observer: &dyn Observer,
     stop: StopSignal,
 ) -> Result<RunReport, RunError> {
+    let label = mesh_of(backend);
+    let arm = Arm { label, backend };
+    run_arms(config, &mut [arm], settings, observer, stop).await
+}
+
+/// Runs every test of `config` on every arm: all arms are brought up first, then each
+/// test runs `repeat` times per arm in the order [`arm_order`] gives, then all go down
+/// (whatever happens: success, error or a stop request).
+pub async fn run_arms<B: Backend>(
+    config: &Config,
+    arms: &mut [Arm<'_, B>],
+    settings: &RunSettings,
+    observer: &dyn Observer,
+    stop: StopSignal,
+) -> Result<RunReport, RunError> {
     let run_tag = meshload_store::run_id(SystemTime::now());
-    let plan = Plan::new(config, &run_tag);
-    let replicas: u32 = config.nodes.values().map(|n| n.replicas).sum();
-    observer.phase(&format!(
-        "starting {} nodes ({replicas} replicas) on the {} backend",
-        config.nodes.len(),
-        backend.name()
-    ));
-    let deployment = tokio::select! {
-        up = backend.up(&plan) => up,
-        () = stop.stopped() => Err(RunError::Interrupted),
-    };
-    let outcome = match deployment {
-        Ok(deployment) => {
-            run_tests(
-                config,
-                backend,
-                &plan,
-                &deployment,
-                settings,
-                observer,
-                &stop,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let outcome = up_and_run(config, arms, &run_tag, settings, observer, &stop).await;
     observer.phase("stopping the nodes");
-    backend.down().await;
+    for arm in arms.iter_mut() {
+        arm.backend.down().await;
+    }
     outcome
 }
 
-async fn run_tests<B: Backend>(
+/// What one arm brought up, and what observes it.
+struct ArmState {
+    plan: Plan,
+    deployment: Deployment,
+    scraper: Option<Scraper>,
+    samples: SharedStore,
+    answerer: Answerer,
+}
+
+impl ArmState {
+    async fn stop(self) {
+        self.answerer.stop().await;
+        if let Some(scraper) = self.scraper {
+            scraper.stop().await;
+        }
+    }
+}
+
+/// Brings every arm up with what observes it, pins the load generator, runs the tests,
+/// and stops the observers (the caller takes the arms down).
+async fn up_and_run<B: Backend>(
     config: &Config,
-    backend: &mut B,
-    plan: &Plan,
-    deployment: &Deployment,
+    arms: &mut [Arm<'_, B>],
+    run_tag: &str,
     settings: &RunSettings,
     observer: &dyn Observer,
     stop: &StopSignal,
 ) -> Result<RunReport, RunError> {
+    let mut states = Vec::with_capacity(arms.len());
+    let mut outcome = Ok(RunReport::default());
+    let named = arms_note(arms.len());
+    for (k, arm) in arms.iter_mut().enumerate() {
+        // Arms after the first get a tag of their own: their pods and files are apart.
+        let tag = match k {
+            0 => run_tag.to_string(),
+            _ => format!("{run_tag}-{k}"),
+        };
+        match bring_up(
+            config,
+            &mut *arm.backend,
+            &tag,
+            &arm.label,
+            named,
+            settings,
+            observer,
+            stop,
+        )
+        .await
+        {
+            Ok(state) => states.push(state),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    if outcome.is_ok() && !settings.loadgen_cpus.is_empty() {
+        // After every child started: children inherit the affinity of their parent.
+        match crate::host::pin_this_process(&settings.loadgen_cpus) {
+            Ok(()) => observer.phase(&format!(
+                "load generator pinned to CPUs {:?}",
+                settings.loadgen_cpus
+            )),
+            Err(e) => {
+                outcome = Err(RunError::Backend {
+                    backend: "local",
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    if outcome.is_ok() {
+        outcome = run_each_test(config, arms, &states, run_tag, settings, observer, stop).await;
+    }
+    for state in states {
+        state.stop().await;
+    }
+    outcome
+}
+
+/// How the arms are named in progress lines: not at all for one.
+fn arms_note(arms: usize) -> bool {
+    arms > 1
+}
+
+/// Brings one arm up: its topology, its scraper and query answerer, its connectivity
+/// check.
+#[allow(clippy::too_many_arguments)]
+async fn bring_up<B: Backend>(
+    config: &Config,
+    backend: &mut B,
+    tag: &str,
+    label: &str,
+    named: bool,
+    settings: &RunSettings,
+    observer: &dyn Observer,
+    stop: &StopSignal,
+) -> Result<ArmState, RunError> {
+    let plan = Plan::new(config, tag);
+    let replicas: u32 = config.nodes.values().map(|n| n.replicas).sum();
+    let arm = if named {
+        format!(" for arm {label}")
+    } else {
+        String::new()
+    };
+    observer.phase(&format!(
+        "starting {} nodes ({replicas} replicas) on the {} backend{arm}",
+        config.nodes.len(),
+        backend.name()
+    ));
+    let deployment = tokio::select! {
+        up = backend.up(&plan) => up?,
+        () = stop.stopped() => return Err(RunError::Interrupted),
+    };
     // Nothing to scrape or sample (a cluster's pods): no scraper, and an empty store.
     let scraper = deployment
         .observable()
-        .then(|| Scraper::start(deployment, config.scrape_interval));
+        .then(|| Scraper::start(&deployment, config.scrape_interval));
     if config.prometheus == PrometheusSetting::Spawn {
         observer.phase("starting prometheus (prometheus: spawn)");
     }
@@ -138,7 +296,7 @@ async fn run_tests<B: Backend>(
         config,
         samples.clone(),
         settings,
-        deployment,
+        &deployment,
         backend.prometheus(),
     )
     .await;
@@ -151,38 +309,47 @@ async fn run_tests<B: Backend>(
             return Err(e);
         }
     };
-    let ctx = TestContext {
-        config,
+    let state = ArmState {
+        plan,
         deployment,
-        settings,
-        answerer: &answerer,
-        scraper: scraper.as_ref(),
+        scraper,
         samples,
+        answerer,
     };
-    let outcome = run_each_test(&ctx, backend, plan, observer, stop).await;
-    answerer.stop().await;
-    if let Some(scraper) = scraper {
-        scraper.stop().await;
+    observer.phase(&format!(
+        "connectivity check{arm}: {} requests to each service",
+        config.connectivity_checks
+    ));
+    match connectivity_check(config, backend, &state.plan, &state.deployment, stop).await {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            state.stop().await;
+            Err(e)
+        }
     }
-    outcome
 }
 
-/// The connectivity check, then every test in order, with the pauses between them.
+/// Every test in order, with the pauses between them: each one `repeat` times per arm,
+/// the arms interleaved; a search once per arm.
 async fn run_each_test<B: Backend>(
-    ctx: &TestContext<'_>,
-    backend: &mut B,
-    plan: &Plan,
+    config: &Config,
+    arms: &mut [Arm<'_, B>],
+    states: &[ArmState],
+    run_tag: &str,
+    settings: &RunSettings,
     observer: &dyn Observer,
     stop: &StopSignal,
 ) -> Result<RunReport, RunError> {
-    let (config, settings) = (ctx.config, ctx.settings);
-    observer.phase(&format!(
-        "connectivity check: {} requests to each service",
-        config.connectivity_checks
-    ));
-    connectivity_check(config, backend, plan, ctx.deployment, stop).await?;
+    let ctx = |k: usize| TestContext {
+        config,
+        deployment: &states[k].deployment,
+        settings,
+        answerer: &states[k].answerer,
+        scraper: states[k].scraper.as_ref(),
+        samples: states[k].samples.clone(),
+    };
     let mut report = RunReport::default();
-    for (i, test) in config.tests.iter().enumerate() {
+    'tests: for (i, test) in config.tests.iter().enumerate() {
         if i > 0 && !settings.sleep_between_tests.is_zero() {
             observer.phase(&format!(
                 "sleeping {} between tests",
@@ -198,27 +365,44 @@ async fn run_each_test<B: Backend>(
             break;
         }
         if let Some(spec) = &test.search {
-            let searched = run_search(ctx, backend, i, test, spec, observer, stop).await?;
-            let interrupted = searched.report.outcome == Outcome::Interrupted;
-            report.searches.push(searched);
-            if interrupted {
-                report.interrupted = true;
-                break;
+            for (k, arm) in arms.iter_mut().enumerate() {
+                let searched =
+                    run_search(&ctx(k), &mut *arm.backend, i, test, spec, observer, stop).await?;
+                let interrupted = searched.report.outcome == Outcome::Interrupted;
+                report.searches.push(searched);
+                if interrupted {
+                    report.interrupted = true;
+                    break 'tests;
+                }
             }
             continue;
         }
-        let Some(TestOutcome { summary, .. }) =
-            run_test(ctx, backend, i, test, observer, stop, None).await?
-        else {
-            report.interrupted = true;
-            break;
-        };
-        observer.test_finished(&summary);
-        let interrupted = summary.status == RunStatus::Interrupted;
-        report.tests.push(summary);
-        if interrupted {
-            report.interrupted = true;
-            break;
+        let repeats = settings.repeat.unwrap_or(test.repeat).max(1);
+        let labels: Vec<String> = arms.iter().map(|a| a.label.clone()).collect();
+        for r in 0..repeats {
+            for k in arm_order(r, arms.len()) {
+                let position = SeriesPosition {
+                    id: run_tag.to_string(),
+                    arm: arms[k].label.clone(),
+                    repeat: r + 1,
+                    repeats,
+                    arms: labels.clone(),
+                };
+                let backend = &mut *arms[k].backend;
+                let outcome =
+                    run_test(&ctx(k), backend, i, test, observer, stop, &position, None).await?;
+                let Some(TestOutcome { summary, .. }) = outcome else {
+                    report.interrupted = true;
+                    break 'tests;
+                };
+                observer.test_finished(&summary);
+                let interrupted = summary.status == RunStatus::Interrupted;
+                report.tests.push(summary);
+                if interrupted {
+                    report.interrupted = true;
+                    break 'tests;
+                }
+            }
         }
     }
     Ok(report)
@@ -478,6 +662,7 @@ struct TrialOf<'a> {
 
 /// Runs one test, evaluates its metrics and stores the run; `None` when a stop request
 /// ended the test before the backend's load generator gave any result.
+#[allow(clippy::too_many_arguments)]
 async fn run_test<B: Backend>(
     ctx: &TestContext<'_>,
     backend: &mut B,
@@ -485,14 +670,22 @@ async fn run_test<B: Backend>(
     test: &LoadTest,
     observer: &dyn Observer,
     stop: &StopSignal,
+    position: &SeriesPosition,
     trial: Option<TrialOf<'_>>,
 ) -> Result<Option<TestOutcome>, RunError> {
     let live = Live::default();
     let shown = backend.live_figures().then(|| live.clone());
-    observer.test_started(index, ctx.config.tests.len(), test, shown);
+    observer.test_started(index, ctx.config.tests.len(), test, position, shown);
     let started = SystemTime::now();
     let options = load_options(test, ctx.deployment);
-    let fortio = match backend.drive(options, stop, live).await {
+    let host = HostMark::now();
+    let driven = backend.drive(options, stop, live).await;
+    let lag_p99_ms = driven.as_ref().ok().and_then(Option::as_ref).and_then(|f| {
+        let lag = f.schedule_lag_histogram.as_ref()?;
+        lag.percentile(99.0).map(|s| s * 1e3)
+    });
+    let host = host.finish(backend.drives_here(), lag_p99_ms, ctx.settings.saturation);
+    let fortio = match driven {
         Ok(Some(fortio)) => fortio,
         Ok(None) => return Ok(None),
         Err(_) if stop.is_stopped() => return Ok(None),
@@ -527,9 +720,9 @@ async fn run_test<B: Backend>(
     }
     let exits = backend.exited().await;
     let mut summary = TestSummary::new(test, &fortio, fortio.interrupted);
-    if let Some(mesh) = backend.facts().get("mesh").and_then(|m| m.as_str()) {
-        summary.mesh = mesh.to_string();
-    }
+    summary.mesh = mesh_of(backend);
+    summary.series = Some(position.clone());
+    summary.host = host;
     summary.slo_failures = slo_failures(&test.slo, &summary, &fortio, test.qps);
     summary.metrics = metrics.iter().map(|m| (m.name.clone(), m.note())).collect();
     summary.node_exits = exits
@@ -611,6 +804,14 @@ impl<B: Backend> TrialRunner for RunTrials<'_, '_, B> {
             }),
             thresholds: &self.spec.thresholds,
         };
+        let arm = mesh_of(self.backend);
+        let position = SeriesPosition {
+            id: self.search_id.clone(),
+            arm: arm.clone(),
+            repeat: 1,
+            repeats: 1,
+            arms: vec![arm],
+        };
         let outcome = run_test(
             self.ctx,
             self.backend,
@@ -618,6 +819,7 @@ impl<B: Backend> TrialRunner for RunTrials<'_, '_, B> {
             &test,
             self.observer,
             self.stop,
+            &position,
             Some(of),
         )
         .await?;
@@ -643,12 +845,7 @@ async fn run_search<B: Backend>(
     stop: &StopSignal,
 ) -> Result<SearchRun, RunError> {
     let search_id = meshload_store::run_id(SystemTime::now());
-    let mesh = backend
-        .facts()
-        .get("mesh")
-        .and_then(|m| m.as_str())
-        .unwrap_or("none")
-        .to_string();
+    let mesh = mesh_of(backend);
     observer.phase(&format!(
         "capacity search for {} (SLO {}; {} trials of {} per step)",
         test.name,

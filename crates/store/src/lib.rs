@@ -31,7 +31,7 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// A run with the same test name and second exists already.
+    /// Every run id of that test and second is taken already.
     #[error("run {0} exists already; runs are never overwritten")]
     Exists(String),
     /// No run matches a name.
@@ -104,6 +104,20 @@ impl std::fmt::Display for RunStatus {
 pub fn run_id(started: SystemTime) -> String {
     let rfc = humantime::format_rfc3339_seconds(started).to_string();
     rfc.chars().filter(char::is_ascii_digit).take(14).collect()
+}
+
+/// The most runs of one test that can start in one second: the first is `<id>`, the
+/// next `<id>-02` up to `<id>-99` (repeats of a short test under several arms).
+const RUNS_PER_SECOND: u32 = 99;
+
+/// Whether `id` names a run folder: `YYYYMMDDHHMMSS`, or that with `-NN` for a later run
+/// of the same test in the same second (these sort after it and before the next second).
+pub fn is_run_id(id: &str) -> bool {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    match id.split_once('-') {
+        None => digits(id, 14),
+        Some((second, n)) => digits(second, 14) && digits(n, 2),
+    }
 }
 
 /// A store in a local folder.
@@ -201,13 +215,20 @@ impl FsStore {
 
     /// Starts writing the run of `test_name` that started at `started`.
     pub fn begin_run(&self, test_name: &str, started: SystemTime) -> Result<RunWriter, StoreError> {
-        let id = run_id(started);
+        let second = run_id(started);
         let test_dir = self.root.join(test_name);
         std::fs::create_dir_all(&test_dir).map_err(io(&test_dir))?;
+        let taken = |id: &str| {
+            test_dir.join(id).exists()
+                || test_dir
+                    .join(format!(".{id}.tmp-{}", std::process::id()))
+                    .exists()
+        };
+        let id = std::iter::once(second.clone())
+            .chain((2..=RUNS_PER_SECOND).map(|n| format!("{second}-{n:02}")))
+            .find(|id| !taken(id))
+            .ok_or_else(|| StoreError::Exists(test_dir.join(&second).display().to_string()))?;
         let final_dir = test_dir.join(&id);
-        if final_dir.exists() {
-            return Err(StoreError::Exists(final_dir.display().to_string()));
-        }
         let tmp_dir = test_dir.join(format!(".{id}.tmp-{}", std::process::id()));
         std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
         Ok(RunWriter {
@@ -245,7 +266,7 @@ impl FsStore {
                 .flatten()
             {
                 let id = run.file_name().to_string_lossy().into_owned();
-                if id.len() == 14 && id.chars().all(|c| c.is_ascii_digit()) && run.path().is_dir() {
+                if is_run_id(&id) && run.path().is_dir() {
                     runs.push(RunRef {
                         test_name: test_name.clone(),
                         id,
@@ -326,6 +347,21 @@ mod tests {
     }
 
     #[test]
+    fn run_ids_are_a_second_and_a_count_within_it() {
+        assert!(is_run_id("20261127155000") && is_run_id("20261127155000-02"));
+        for bad in [
+            "2026112715500",
+            "20261127155000-2",
+            "20261127155000-002",
+            "x0261127155000",
+            "20261127155000-ab",
+            "",
+        ] {
+            assert!(!is_run_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn runs_appear_whole_and_are_never_overwritten() {
         let root = temp("write");
         let store = FsStore::open(&format!("file://{}", root.display())).expect("a path");
@@ -338,10 +374,15 @@ mod tests {
             std::fs::read(dir.join("fortio.json")).expect("there"),
             b"{}"
         );
-        assert!(matches!(
-            store.begin_run("exp1", t),
-            Err(StoreError::Exists(_))
-        ));
+        let again = store
+            .begin_run("exp1", t)
+            .expect("a second run in that second");
+        assert_eq!(
+            again.id(),
+            "20261127155000-02",
+            "never the first one's folder"
+        );
+        again.commit().expect("commits");
         assert!(FsStore::open("s3://bucket/prefix").is_err());
         let later = store
             .begin_run("exp1", t + Duration::from_secs(60))
@@ -350,7 +391,7 @@ mod tests {
         let runs = store.list_runs().expect("lists");
         assert_eq!(
             runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["20261127155000", "20261127155100"]
+            ["20261127155000", "20261127155000-02", "20261127155100"]
         );
         assert_eq!(store.find_run("exp1").expect("latest").id, "20261127155100");
         assert_eq!(

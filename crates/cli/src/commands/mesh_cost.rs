@@ -1,37 +1,33 @@
 //! What the mesh costs, after `meshload run --mesh none,envoy`: for every test, each
-//! mesh's run against the first mesh's, read back from the store with the report crate
-//! (the same figures `meshload compare` prints): the latency it adds and what each
-//! node's sidecars take, also per 1,000 achieved req/s.
+//! arm's runs against the first arm's, read back from the store with the report crate
+//! (the figures `meshload compare` gives): B - A per figure with an interval and a
+//! verdict, or `not comparable` with the reason; and, over tests at several rates, how
+//! memory and CPU grow with the rate.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use meshload_report::compare::{Figure, figures};
-use meshload_report::runs;
+use meshload_report::compare::{self, Comparison, Scaling, fmt_value};
+use meshload_report::runs::{self, Run};
 use meshload_runner::TestSummary;
 use meshload_store::RunRef;
 use serde::Serialize;
 
-/// One test under one mesh, against the same test under the baseline mesh.
+use crate::table::Table;
+
+/// One test under one arm, against the same test under the baseline arm.
 #[derive(Debug, Serialize)]
 pub struct MeshCost {
     /// The test.
     pub test_name: String,
-    /// The baseline's mesh (the first one run).
+    /// The baseline's arm (the first one run).
     pub baseline: String,
-    /// This run's mesh.
+    /// This arm.
     pub mesh: String,
-    /// Added latency (this run minus the baseline) and every sidecar figure.
-    pub figures: Vec<Figure>,
+    /// The comparison: method, comparable, reason, suggestion and every figure.
+    #[serde(flatten)]
+    pub comparison: Comparison,
 }
-
-/// The keys of the added latencies shown, with their headings.
-const LATENCY: [(&str, &str); 4] = [
-    ("p50", "response p50"),
-    ("p99", "response p99"),
-    ("service_p50", "service p50"),
-    ("service_p99", "service p99"),
-];
 
 fn run_ref(summary: &TestSummary) -> Option<RunRef> {
     let dir = PathBuf::from(&summary.run_dir);
@@ -43,104 +39,145 @@ fn run_ref(summary: &TestSummary) -> Option<RunRef> {
     })
 }
 
-/// Every test's cost under each mesh but the first; empty with one mesh. A run that
-/// cannot be read back here (an S3 store) is left out, with a warning on stderr.
-pub fn costs(tests: &[TestSummary]) -> Vec<MeshCost> {
-    let Some(first_mesh) = tests.first().map(|t| t.mesh.clone()) else {
-        return Vec::new();
-    };
+/// The runs of `tests` read back; a run that cannot be read here (an S3 store) is left
+/// out, with a warning on stderr.
+pub fn load(tests: &[TestSummary]) -> Vec<Run> {
     let mut out = Vec::new();
-    for base in tests.iter().filter(|t| t.mesh == first_mesh) {
-        for other in tests
-            .iter()
-            .filter(|t| t.test_name == base.test_name && t.mesh != first_mesh)
-        {
-            let loaded = run_ref(base)
-                .zip(run_ref(other))
-                .and_then(|(a, b)| Some((runs::load(&a).ok()?, runs::load(&b).ok()?)));
-            let Some((a, b)) = loaded else {
-                eprintln!(
-                    "meshload: cannot read {} back for its mesh cost; `meshload compare` it from its store",
-                    other.run_dir
-                );
-                continue;
-            };
-            let figures = figures(&a, &b)
-                .into_iter()
-                .filter(|f| LATENCY.iter().any(|(k, _)| f.key == *k) || f.key.starts_with("envoy_"))
-                .collect();
+    for t in tests {
+        match run_ref(t).and_then(|r| runs::load(&r).ok()) {
+            Some(run) => out.push(run),
+            None => eprintln!(
+                "meshload: cannot read {} back for its mesh cost; `meshload compare` it from its store",
+                t.run_dir
+            ),
+        }
+    }
+    out
+}
+
+/// Every test's cost under each arm but the first; empty with one arm.
+pub fn costs(runs: &[Run]) -> Vec<MeshCost> {
+    let mut out = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    for r in runs {
+        if !names.contains(&r.run.test_name.as_str()) {
+            names.push(&r.run.test_name);
+        }
+    }
+    for name in names {
+        let of_test: Vec<&Run> = runs.iter().filter(|r| r.run.test_name == name).collect();
+        let arms = compare::arms_of(&of_test);
+        let baseline = arms.first().map(|a| a.arm.clone()).unwrap_or_default();
+        for (mesh, comparison) in compare::against_baseline(&arms) {
             out.push(MeshCost {
-                test_name: base.test_name.clone(),
-                baseline: first_mesh.clone(),
-                mesh: other.mesh.clone(),
-                figures,
+                test_name: name.to_string(),
+                baseline: baseline.clone(),
+                mesh,
+                comparison,
             });
         }
     }
     out
 }
 
-fn value(figures: &[Figure], key: &str, pick: fn(&Figure) -> Option<f64>) -> String {
-    figures
-        .iter()
-        .find(|f| f.key == key)
-        .and_then(pick)
-        .map_or("-".to_string(), |v| format!("{v:.3}"))
+/// A value for a table: `-` when there is none.
+fn cell(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), fmt_value)
 }
 
-/// The cost as two tables: added latency per test, then each node's sidecars.
+/// A signed difference for a table.
+fn signed(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v > 0.0 => format!("+{}", fmt_value(v)),
+        other => cell(other),
+    }
+}
+
+/// The cost of each test and arm: a line on how it was estimated, then every figure
+/// (A, B, B - A, its interval and verdict); or why the arms are not comparable.
 pub fn print(out: &mut impl Write, costs: &[MeshCost]) -> std::io::Result<()> {
-    writeln!(out)?;
-    writeln!(
-        out,
-        "{:<32} {:<8} {:>14} {:>14} {:>14} {:>14}   added ms (mesh minus {})",
-        "mesh cost",
-        "mesh",
-        LATENCY[0].1,
-        LATENCY[1].1,
-        LATENCY[2].1,
-        LATENCY[3].1,
-        costs.first().map_or("none", |c| c.baseline.as_str())
-    )?;
     for c in costs {
-        let added: Vec<String> = LATENCY
-            .iter()
-            .map(|(k, _)| value(&c.figures, k, |f| f.difference))
-            .collect();
+        let cmp = &c.comparison;
+        writeln!(out)?;
         writeln!(
             out,
-            "{:<32} {:<8} {:>14} {:>14} {:>14} {:>14}",
-            c.test_name, c.mesh, added[0], added[1], added[2], added[3]
+            "What the mesh costs: {} {} against {} ({} and {} runs; {})",
+            c.test_name, c.mesh, c.baseline, cmp.runs[1], cmp.runs[0], cmp.method
         )?;
-    }
-    writeln!(out)?;
-    writeln!(
-        out,
-        "{:<32} {:<8} {:<10} {:>10} {:>14} {:>10} {:>14}",
-        "sidecars", "mesh", "node", "max MiB", "MiB/1k req/s", "cores", "cores/1k req/s"
-    )?;
-    for c in costs {
-        let nodes: Vec<&str> = c
-            .figures
-            .iter()
-            .filter_map(|f| f.key.strip_prefix("envoy_memory:"))
-            .collect();
-        for node in nodes {
-            let b = |k: &str| value(&c.figures, &format!("{k}:{node}"), |f| f.b);
-            writeln!(
-                out,
-                "{:<32} {:<8} {:<10} {:>10} {:>14} {:>10} {:>14}",
-                c.test_name,
-                c.mesh,
-                node,
-                b("envoy_memory"),
-                b("envoy_memory_per_krps"),
-                b("envoy_cpu"),
-                b("envoy_cpu_per_krps")
-            )?;
+        if let Some(reason) = &cmp.reason {
+            writeln!(out, "NOT COMPARABLE: {reason}")?;
+            if let Some(s) = &cmp.suggestion {
+                writeln!(out, "To measure instead: {s}")?;
+            }
+            continue;
+        }
+        let mut table = Table::new(&[
+            "figure",
+            &c.baseline,
+            &c.mesh,
+            "B - A",
+            "interval",
+            "conf.",
+            "verdict",
+        ])
+        .left(&[6]);
+        for f in &cmp.figures {
+            let interval = f.ci95.map_or("-".to_string(), |[l, h]| {
+                format!("[{}, {}]", signed(Some(l)), signed(Some(h)))
+            });
+            let confidence = f
+                .confidence
+                .map_or("-".to_string(), |c| format!("{:.1}%", c * 100.0));
+            table.row(vec![
+                f.label.clone(),
+                cell(f.a),
+                cell(f.b),
+                signed(f.estimate),
+                interval,
+                confidence,
+                f.verdict.to_string(),
+            ]);
+        }
+        table.write(out)?;
+        if let Some(why) = cmp.figures.iter().find_map(|f| f.reason.as_ref()) {
+            writeln!(out, "({why})")?;
         }
     }
     Ok(())
+}
+
+/// How memory and CPU grow with the rate, per arm, where runs at several rates held their
+/// load.
+pub fn print_scaling(out: &mut impl Write, scaling: &[Scaling]) -> std::io::Result<()> {
+    if scaling.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "How cost grows with rate (least squares over the runs that held their load; memory is not divided by rate)"
+    )?;
+    let mut table = Table::new(&[
+        "arm",
+        "figure",
+        "rates req/s",
+        "runs",
+        "at no load",
+        "per further 1,000 req/s",
+    ])
+    .left(&[1, 2]);
+    for s in scaling {
+        let rates: Vec<String> = s.rates.iter().map(|r| fmt_value(*r)).collect();
+        table.row(vec![
+            s.arm.clone(),
+            s.label.clone(),
+            rates.join(", "),
+            s.runs.to_string(),
+            fmt_value(s.intercept),
+            signed(Some(s.slope_per_krps)),
+        ]);
+    }
+    table.write(out)
 }
 
 /// What a mesh costs of one test's capacity: its search against the first mesh's.

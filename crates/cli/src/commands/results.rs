@@ -192,6 +192,29 @@ pub fn show(args: &ResultsShowArgs) -> anyhow::Result<ExitCode> {
     if !backend.is_empty() {
         writeln!(out, "Backend    {backend}")?;
     }
+    if let Some(series) = run.series_id() {
+        writeln!(
+            out,
+            "Series     {series}: arm {}, repeat {} of {} (arms {})",
+            run.arm(),
+            run.repeat(),
+            run.metadata["series"]["repeats"].as_u64().unwrap_or(1),
+            run.series_arms().join(", ")
+        )?;
+    }
+    let host = &run.metadata["summary"]["host"];
+    if let Some(busy) = host["busy"].as_f64() {
+        let lag = host["schedule_lag_p99_ms"]
+            .as_f64()
+            .map_or(String::new(), |l| format!(", schedule lag p99 {l:.3} ms"));
+        let own = host["loadgen_cpu_cores"]
+            .as_f64()
+            .map_or(String::new(), |c| format!(", meshload {c:.2} cores"));
+        writeln!(out, "Host       {:.0}% busy{own}{lag}", busy * 100.0)?;
+    }
+    for reason in run.saturation() {
+        writeln!(out, "SATURATED  {reason}")?;
+    }
     meshload_loadgen::summary::write_summary(&mut out, &run.fortio)?;
     if let Some(metrics) = run.metadata["metrics"].as_object() {
         writeln!(out, "Metrics")?;
@@ -213,46 +236,102 @@ pub fn show(args: &ResultsShowArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Compares two runs; exit 1 when a threshold is passed.
+/// What `compare` takes for A or B: `<test>/<id>` (that run), `<test>` (the latest
+/// series of the test: all its repeats, of its one arm) or `<test>@<arm>` (one arm of
+/// that series). Gives a name for people and the runs, by repeat.
+fn find_series(store: &FsStore, name: &str) -> anyhow::Result<(String, Vec<Run>)> {
+    if name.trim_end_matches('/').contains('/') {
+        let run = find(store, name)?;
+        return Ok((run.name(), vec![run]));
+    }
+    let name = name.trim_end_matches('/');
+    let (test, arm) = match name.split_once('@') {
+        Some((t, a)) => (t, Some(a)),
+        None => (name, None),
+    };
+    let mut loaded = Vec::new();
+    for r in store.list_runs()?.iter().filter(|r| r.test_name == test) {
+        match runs::load(r) {
+            Ok(run) => loaded.push(run),
+            Err(e) => eprintln!("warning: skipping {}/{}: {e}", r.test_name, r.id),
+        }
+    }
+    let latest = compare::latest_series(&loaded);
+    let Some(arms) = latest.get(test) else {
+        return Err(Exit::usage(format!(
+            "no readable run of {test} in {}",
+            store.root().display()
+        ))
+        .into());
+    };
+    let names: Vec<&str> = arms.iter().map(|a| a.arm.as_str()).collect();
+    let chosen = match arm {
+        Some(arm) => arms.iter().find(|a| a.arm == arm),
+        None if arms.len() == 1 => arms.first(),
+        None => {
+            return Err(Exit::usage(format!(
+                "the latest series of {test} ran under {}: name one, as {test}@{}",
+                names.join(" and "),
+                names[0]
+            ))
+            .into());
+        }
+    };
+    let Some(chosen) = chosen else {
+        return Err(Exit::usage(format!(
+            "the latest series of {test} has no arm {:?}: it has {}",
+            arm.unwrap_or_default(),
+            names.join(", ")
+        ))
+        .into());
+    };
+    let label = match (arm, chosen.runs.len()) {
+        (Some(a), n) => format!("{test}@{a} ({n} runs)"),
+        (None, 1) => chosen.runs[0].name(),
+        (None, n) => format!("{test} ({n} runs)"),
+    };
+    Ok((label, chosen.runs.clone()))
+}
+
+/// Compares two series (or runs); exit 1 when a threshold is passed, or when thresholds
+/// were given and the two are not comparable.
 pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     let store = open(&args.store)?;
-    let (a, b) = (find(&store, &args.run_a)?, find(&store, &args.run_b)?);
-    let figures = compare::figures(&a, &b);
-    let regressions = compare::regressions(&figures, &args.max_regression);
+    let (name_a, a) = find_series(&store, &args.run_a)?;
+    let (name_b, b) = find_series(&store, &args.run_b)?;
+    let paired = compare::are_paired(&a, &b);
+    let c = compare::compare(&a, &b, paired);
+    let mut regressions = compare::regressions(&c.figures, &args.max_regression);
+    if let (Some(reason), false) = (&c.reason, args.max_regression.is_empty()) {
+        regressions.insert(0, format!("could not compare: {reason}"));
+    }
     let mut out = std::io::stdout().lock();
+    let (first_a, first_b) = (&a[0], &b[0]);
     if args.json {
-        let doc = json!({"a": a.name(), "b": b.name(), "backend_a": a.backend(),
-            "backend_b": b.backend(), "mesh_a": a.mesh(), "mesh_b": b.mesh(), "figures": figures, "regressions": regressions});
+        let names = |runs: &[Run]| runs.iter().map(Run::name).collect::<Vec<_>>();
+        let doc = json!({"a": name_a, "b": name_b, "runs_a": names(&a), "runs_b": names(&b),
+            "backend_a": first_a.backend(), "backend_b": first_b.backend(),
+            "mesh_a": first_a.mesh(), "mesh_b": first_b.mesh(), "method": c.method,
+            "comparable": c.comparable, "reason": c.reason, "suggestion": c.suggestion,
+            "figures": c.figures, "regressions": regressions});
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
-        writeln!(
-            out,
-            "{:<44} {:>16} {:>16} {:>12} {:>9}",
-            "", "A", "B", "B - A", "change"
-        )?;
-        writeln!(out, "{:<44} {:>16} {:>16}", "run", a.run.id, b.run.id)?;
-        writeln!(out, "{:<44} {:>16} {:>16}", "mesh", a.mesh(), b.mesh())?;
-        for f in &figures {
-            let show = |v: Option<f64>| v.map_or("-".to_string(), fmt_value);
-            let change = f
-                .change_percent()
-                .map_or(String::new(), |c| format!("{c:+.1}%"));
-            writeln!(
-                out,
-                "{:<44} {:>16} {:>16} {:>12} {:>9}",
-                f.label,
-                show(f.a),
-                show(f.b),
-                show(f.difference),
-                change
-            )?;
+        writeln!(out, "A  {name_a}, mesh {}", first_a.mesh())?;
+        writeln!(out, "B  {name_b}, mesh {}", first_b.mesh())?;
+        writeln!(out, "B - A: {}", c.method)?;
+        if let Some(reason) = &c.reason {
+            writeln!(out, "NOT COMPARABLE: {reason}")?;
         }
+        write_figures(&mut out, &c.figures)?;
         // Where each ran: the mesh is often the point of the comparison.
-        for (label, run) in [("A", &a), ("B", &b)] {
+        for (label, run) in [("A", first_a), ("B", first_b)] {
             let backend = run.backend();
             if !backend.is_empty() {
                 writeln!(out, "{label} ran on {backend}")?;
             }
+        }
+        if let Some(s) = &c.suggestion {
+            writeln!(out, "To measure instead: {s}")?;
         }
         for r in &regressions {
             writeln!(out, "REGRESSION {r}")?;
@@ -263,6 +342,35 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(THRESHOLD)
     })
+}
+
+/// The figures of a comparison as an aligned table.
+fn write_figures(
+    out: &mut impl std::io::Write,
+    figures: &[compare::Figure],
+) -> std::io::Result<()> {
+    let show = |v: Option<f64>| v.map_or("-".to_string(), fmt_value);
+    let mut table = crate::table::Table::new(&[
+        "figure", "A", "B", "B - A", "change", "interval", "conf.", "verdict",
+    ])
+    .left(&[7]);
+    for f in figures {
+        table.row(vec![
+            f.label.clone(),
+            show(f.a),
+            show(f.b),
+            show(f.estimate),
+            f.change_percent()
+                .map_or(String::new(), |c| format!("{c:+.1}%")),
+            f.ci95.map_or("-".to_string(), |[l, h]| {
+                format!("[{}, {}]", fmt_value(l), fmt_value(h))
+            }),
+            f.confidence
+                .map_or("-".to_string(), |c| format!("{:.1}%", c * 100.0)),
+            f.verdict.to_string(),
+        ]);
+    }
+    table.write(out)
 }
 
 /// Writes the HTML report and the charts.

@@ -10,6 +10,7 @@ use meshload_k8s::checks::{RunChoice, check_run};
 use meshload_k8s::cluster::Cluster;
 use meshload_k8s::{K8sBackend, K8sSettings};
 use meshload_loadgen::Live;
+use meshload_runner::run::{Arm, SeriesPosition};
 use meshload_runner::{
     LocalBackend, Observer, RunError, RunReport, RunSettings, StopSignal, TestSummary,
 };
@@ -20,6 +21,7 @@ use meshload_runner::mesh::{EnvoyMesh, TlsMode};
 use crate::cli::{BackendKind, MeshName, RunArgs};
 use crate::exit::{Exit, INTERRUPTED, THRESHOLD};
 use crate::progress::{Progress, Total};
+use crate::table::Table;
 
 /// A run's settings, resolved and checked before anything starts: the config (moved to
 /// `--namespace` on a cluster), where results go, and the backend's settings. Made by
@@ -74,6 +76,12 @@ impl RunRequest {
         if on_cluster && meshes.len() > 1 {
             problems.push("--backend k8s runs one mesh at a time: give one --mesh".to_string());
         }
+        if on_cluster && args.loadgen_cpus.is_some() {
+            problems.push(
+                "--loadgen-cpus pins the local load generator; on a cluster it runs in a pod"
+                    .to_string(),
+            );
+        }
         let mesh = if on_cluster {
             super::k8s::cluster_mesh(meshes[0])?
         } else {
@@ -107,6 +115,12 @@ impl RunRequest {
             sleep_between_tests: args
                 .sleep_between_tests
                 .unwrap_or(config.sleep_between_tests),
+            repeat: args.repeat,
+            loadgen_cpus: args.loadgen_cpus.clone().unwrap_or_default(),
+            saturation: meshload_runner::host::Limits {
+                busy: args.max_host_busy,
+                lag_p99_ms: args.max_schedule_lag.as_secs_f64() * 1e3,
+            },
         };
         let envoy = match meshes.contains(&MeshName::Envoy) && !on_cluster {
             true => Some(
@@ -210,47 +224,38 @@ fn two_stage_stop(quit_note: Option<String>) -> StopSignal {
     })
 }
 
-/// Runs every test locally under each mesh in turn (one run, when there is one mesh).
+/// Runs every test locally on one arm per mesh named, all up at once.
 async fn run_locally(request: &RunRequest, observer: &Printer) -> Result<RunReport, RunError> {
     let RunRequest {
         config, settings, ..
     } = request;
     let stop = two_stage_stop(None);
-    let mut all = RunReport::default();
+    let mut backends = Vec::new();
     for mesh in &request.local_meshes {
-        let mut backend = LocalBackend::new(settings.exe.clone());
-        match mesh {
-            Some(envoy) => {
-                observer.phase(&format!(
-                    "mesh envoy {} ({}, {} workers per sidecar, {} between sidecars)",
-                    envoy.version,
-                    envoy.envoy.display(),
-                    envoy.concurrency,
-                    envoy.tls.as_str()
-                ));
-                backend = backend.with_mesh(envoy.clone());
-            }
-            None if request.local_meshes.len() > 1 => observer.phase("mesh none"),
-            None => {}
-        }
-        let outcome = meshload_runner::run(config, &mut backend, settings, observer, stop.clone());
-        let report = match outcome.await {
-            Ok(report) => report,
-            // A stop before the first test of a later mesh keeps what the earlier ran.
-            Err(RunError::Interrupted) if !all.tests.is_empty() => {
-                all.interrupted = true;
-                break;
-            }
-            Err(e) => return Err(e),
-        };
-        all.tests.extend(report.tests);
-        all.searches.extend(report.searches);
-        if report.interrupted {
-            all.interrupted = true;
-            break;
-        }
+        let backend = LocalBackend::new(settings.exe.clone());
+        backends.push(match mesh {
+            Some(envoy) => backend.with_mesh(envoy.clone()),
+            None => backend,
+        });
     }
-    Ok(all)
+    if let Some(envoy) = request.local_meshes.iter().flatten().next() {
+        observer.phase(&format!(
+            "mesh envoy {} ({}, {} workers per sidecar, {} between sidecars)",
+            envoy.version,
+            envoy.envoy.display(),
+            envoy.concurrency,
+            envoy.tls.as_str()
+        ));
+    }
+    let mut arms = Arm::named(&mut backends);
+    if arms.len() > 1 {
+        let names: Vec<&str> = arms.iter().map(|a| a.label.as_str()).collect();
+        observer.phase(&format!(
+            "arms {}, all up at once; each test runs on them in turn",
+            names.join(", ")
+        ));
+    }
+    meshload_runner::run::run_arms(config, &mut arms, settings, observer, stop).await
 }
 
 /// Runs the request on its backend; the second value says why deleting what a cluster
@@ -315,12 +320,23 @@ impl Observer for Printer {
         eprintln!("meshload: {text}");
     }
 
-    fn test_started(&self, index: usize, total: usize, test: &LoadTest, live: Option<Live>) {
+    fn test_started(
+        &self,
+        index: usize,
+        total: usize,
+        test: &LoadTest,
+        position: &SeriesPosition,
+        live: Option<Live>,
+    ) {
         let rate = test
             .qps
             .map_or("max rate".to_string(), |q| format!("{q} req/s"));
+        let of_series = match position.repeats {
+            1 => format!(" [{}]", position.arm),
+            n => format!(" [{}, repeat {}/{n}]", position.arm, position.repeat),
+        };
         eprintln!(
-            "meshload: test {}/{total} {} -> {} at {rate}, c={}, {}",
+            "meshload: test {}/{total} {}{of_series} -> {} at {rate}, c={}, {}",
             index + 1,
             test.name,
             test.target,
@@ -359,6 +375,9 @@ impl Observer for Printer {
         for f in &s.slo_failures {
             eprintln!("meshload:   SLO missed: {f}");
         }
+        for reason in &s.host.reasons {
+            eprintln!("meshload:   host saturated: {reason}");
+        }
         for e in &s.node_exits {
             eprintln!("meshload:   replica not running in the test: {e}");
         }
@@ -368,24 +387,30 @@ impl Observer for Printer {
     }
 }
 
-/// The summary table (or JSON); after several meshes, what the mesh costs. JSON is the
-/// list of test summaries, or with several meshes or a capacity search an object:
-/// `{"tests": [...], "mesh_cost": [...], "searches": [...], "capacity_cost": [...]}`.
+/// The summary table (or JSON); after several arms, what the mesh costs. JSON is the
+/// list of test summaries, or with several arms or a capacity search an object:
+/// `{"tests": [...], "mesh_cost": [...], "scaling": [...], "searches": [...],
+/// "capacity_cost": [...]}`.
 fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
     let tests = &report.tests;
-    let several = tests.iter().any(|t| t.mesh != tests[0].mesh);
+    let several = tests
+        .iter()
+        .any(|t| t.series.as_ref().is_some_and(|s| s.arms.len() > 1));
+    let runs = super::mesh_cost::load(tests);
     let costs = if several {
-        super::mesh_cost::costs(tests)
+        super::mesh_cost::costs(&runs)
     } else {
         Vec::new()
     };
+    let scaling = meshload_report::compare::scaling(&runs);
     let capacity = super::mesh_cost::capacity_costs(&report.searches);
     let mut out = std::io::stdout().lock();
     if json {
         let doc = if several || !report.searches.is_empty() {
             let searches: Vec<&serde_json::Value> =
                 report.searches.iter().map(|s| &s.document).collect();
-            serde_json::json!({"tests": tests, "mesh_cost": costs, "searches": searches, "capacity_cost": capacity})
+            serde_json::json!({"tests": tests, "mesh_cost": costs, "scaling": scaling,
+                "searches": searches, "capacity_cost": capacity})
         } else {
             serde_json::to_value(tests)?
         };
@@ -404,34 +429,62 @@ fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
     if tests.is_empty() {
         return Ok(());
     }
-    writeln!(
-        out,
-        "{:<32} {:<8} {:<11} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7}  run",
-        "test", "mesh", "status", "requested", "achieved", "p50 ms", "p99 ms", "errors", "SLO"
-    )?;
-    for t in tests {
-        let slo = if t.slo_failures.is_empty() {
-            "ok"
-        } else {
-            "MISSED"
-        };
-        writeln!(
-            out,
-            "{:<32} {:<8} {:<11} {:>10} {:>10.1} {:>9.3} {:>9.3} {:>9} {:>7}  {}",
-            t.test_name,
-            t.mesh,
-            t.status,
-            t.requested_qps,
-            t.actual_qps,
-            t.response_p50_ms,
-            t.response_p99_ms,
-            t.errors,
-            slo,
-            t.run_dir
-        )?;
-    }
+    summary_table(tests).write(&mut out)?;
     if several {
         super::mesh_cost::print(&mut out, &costs)?;
     }
+    super::mesh_cost::print_scaling(&mut out, &scaling)?;
     Ok(())
+}
+
+/// One row per run: its arm and repeat, rates, latency, errors, SLO (`-` without one)
+/// and whether the host was saturated (`-` when not recorded).
+fn summary_table(tests: &[TestSummary]) -> Table {
+    let mut table = Table::new(&[
+        "test",
+        "arm",
+        "repeat",
+        "status",
+        "requested",
+        "achieved",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "SLO",
+        "host",
+        "run",
+    ])
+    .left(&[1, 3, 9, 10, 11]);
+    for t in tests {
+        let slo = match (t.slo_set, t.slo_failures.is_empty()) {
+            (false, _) => "-",
+            (true, true) => "ok",
+            (true, false) => "MISSED",
+        };
+        let host = match (&t.host.busy, &t.host.schedule_lag_p99_ms) {
+            _ if t.host.saturated => "SATURATED".to_string(),
+            (Some(busy), _) => format!("{:.0}% busy", busy * 100.0),
+            (None, Some(_)) => "ok".to_string(),
+            (None, None) => "-".to_string(),
+        };
+        let (arm, repeat) = match &t.series {
+            Some(s) => (s.arm.clone(), format!("{}/{}", s.repeat, s.repeats)),
+            None => (t.mesh.clone(), "-".to_string()),
+        };
+        table.row(vec![
+            t.test_name.clone(),
+            arm,
+            repeat,
+            t.status.to_string(),
+            t.requested_qps.clone(),
+            format!("{:.1}", t.actual_qps),
+            format!("{:.3}", t.response_p50_ms),
+            format!("{:.3}", t.response_p99_ms),
+            t.errors.to_string(),
+            slo.to_string(),
+            host,
+            t.run_dir.clone(),
+        ]);
+    }
+    table
 }
