@@ -550,9 +550,9 @@ pub struct RunArgs {
     /// with several arms they are interleaved, and 5 or more give intervals.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=meshload_config::parse::MAX_REPEAT as i64))]
     pub repeat: Option<u32>,
-    /// Pin the load generator (meshload's threads) to these CPUs once the nodes are up, so
-    /// that it does not compete with what it measures (nodes and sidecars keep the rest):
-    /// 0, 0-1, 0,2.
+    /// Pin the load generator (meshload's threads) to these CPUs once the nodes are up, and
+    /// the nodes and sidecars to the others, so that it does not compete with what it
+    /// measures: 0, 0-1, 0,2.
     #[arg(long, value_name = "LIST", value_parser = meshload_runner::host::parse_cpu_list)]
     pub loadgen_cpus: Option<CpuList>,
     /// A run on a host busier than this share of all its cores is flagged `host

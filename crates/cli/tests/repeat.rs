@@ -241,6 +241,27 @@ fn an_arm_that_cannot_hold_the_rate_is_not_comparable() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("REGRESSION could not compare: "), "{text}");
+    // The report draws such a test apart, with the reason, not as a cost.
+    let report = dir.join("report");
+    let out = run(
+        &["report", "--store", s, "--out", report.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(report.join("index.html")).unwrap();
+    let costs = page.split("What the mesh costs").nth(1).unwrap();
+    assert!(
+        costs.contains("Not comparable: behind, none#2 against none") && costs.contains("achieved"),
+        "{costs}"
+    );
+    assert!(
+        !costs.contains("<th>B - A</th>"),
+        "no figures for it: {costs}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -356,8 +377,19 @@ fn cpus_allowed(status: &std::path::Path) -> String {
         .to_string()
 }
 
+/// `0-2,5` as CPU numbers.
+fn cpu_list(s: &str) -> Vec<usize> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .flat_map(|p| match p.split_once('-') {
+            Some((a, b)) => a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap(),
+            None => p.parse::<usize>().unwrap()..=p.parse::<usize>().unwrap(),
+        })
+        .collect()
+}
+
 #[test]
-fn the_load_generator_is_pinned_and_the_nodes_are_not() {
+fn the_load_generator_and_the_nodes_are_pinned_apart() {
     use std::io::BufRead;
     let dir = temp_dir("repeat-pinned");
     let config = one_node(
@@ -395,10 +427,19 @@ fn the_load_generator_is_pinned_and_the_nodes_are_not() {
         .next()
         .map(str::to_string)
         .expect("a node process");
+    // The node has the others (all of them on a machine of one CPU).
+    let others: Vec<usize> = cpu_list(&ours).into_iter().filter(|c| *c != 0).collect();
+    let expected = if others.is_empty() {
+        cpu_list(&ours)
+    } else {
+        others
+    };
     assert_eq!(
-        cpus_allowed(&std::path::Path::new("/proc").join(node).join("status")),
-        ours,
-        "a node keeps every CPU"
+        cpu_list(&cpus_allowed(
+            &std::path::Path::new("/proc").join(node).join("status")
+        )),
+        expected,
+        "the node keeps the other CPUs"
     );
     for _ in lines.by_ref() {}
     assert!(child.wait().unwrap().success());
@@ -409,5 +450,13 @@ fn the_load_generator_is_pinned_and_the_nodes_are_not() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid CPU list \"0-x\""), "{err}");
+    // A CPU this machine does not give: refused before anything starts.
+    let out = run(
+        &["run", "--loadgen-cpus", "1023", config.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CPU 1023 is not one"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

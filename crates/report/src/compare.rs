@@ -46,10 +46,11 @@ pub struct Figure {
 }
 
 impl Figure {
-    /// `(b - a) / a` of the medians in percent, when both exist and `a` is not zero.
+    /// The estimate of B - A over A's median, in percent, when both exist and A's is not
+    /// zero (so that it has the estimate's sign).
     pub fn change_percent(&self) -> Option<f64> {
-        match (self.a, self.b) {
-            (Some(a), Some(b)) if a != 0.0 => Some(100.0 * (b - a) / a.abs()),
+        match (self.a, self.estimate) {
+            (Some(a), Some(d)) if a != 0.0 => Some(100.0 * d / a.abs()),
             _ => None,
         }
     }
@@ -77,8 +78,19 @@ pub const PAIRED: &str = "median of the paired differences (repeat i of B agains
 /// How series run apart are estimated.
 pub const UNPAIRED: &str =
     "Hodges-Lehmann shift (median of all differences B - A), Mann-Whitney interval";
-/// What to do when the arms did not hold the load.
+/// What to do when an arm did not hold its load.
 pub const SUGGESTION: &str = "lower the rate until every arm holds it on this host, or find each arm's capacity with `meshload search` (a test's \"search\" block under --mesh a,b)";
+/// What to do when the host alone was saturated.
+pub const HOST_SUGGESTION: &str = "give the load generator CPUs of its own (--loadgen-cpus), run fewer processes beside the test, or lower the rate; --max-host-busy and --max-schedule-lag set where a host counts as saturated";
+
+/// Why two series cannot be compared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problems {
+    /// Each reason, in words, once.
+    pub reasons: Vec<String>,
+    /// Whether every reason is the host's (busy, or the generator lagging), none a rate.
+    pub host_only: bool,
+}
 
 /// The figures of one run: key, label, value.
 fn run_values(run: &Run) -> Vec<(String, String, f64)> {
@@ -144,8 +156,9 @@ fn run_values(run: &Run) -> Vec<(String, String, f64)> {
 
 /// Why `a` and `b` cannot be compared: a run fell behind its requested rate or ran on a
 /// saturated host, was interrupted, or the two asked for different rates (or none).
-pub fn load_problems(a: &[Run], b: &[Run]) -> Vec<String> {
+pub fn load_problems(a: &[Run], b: &[Run]) -> Problems {
     let mut out = Vec::new();
+    let mut host = Vec::new();
     let rates: BTreeSet<String> = a
         .iter()
         .chain(b)
@@ -178,17 +191,28 @@ pub fn load_problems(a: &[Run], b: &[Run]) -> Vec<String> {
             Some(_) => {}
         }
         for reason in run.saturation() {
-            out.push(format!("{at}: {reason}"));
+            host.push(format!("{at}: {reason}"));
         }
     }
-    out
+    let host_only = out.is_empty() && !host.is_empty();
+    let mut reasons: Vec<String> = Vec::new();
+    for r in out.into_iter().chain(host) {
+        if !reasons.contains(&r) {
+            reasons.push(r);
+        }
+    }
+    Problems { reasons, host_only }
 }
 
 /// Every figure of series `a` against series `b`. `paired`: repeat `i` of each ran side
 /// by side (the runs are then matched by repeat), else the two ran apart.
 pub fn compare(a: &[Run], b: &[Run], paired: bool) -> Comparison {
     let problems = load_problems(a, b);
-    let reason = (!problems.is_empty()).then(|| problems.join("; "));
+    let reason = (!problems.reasons.is_empty()).then(|| problems.reasons.join("; "));
+    let suggestion = match problems.host_only {
+        true => HOST_SUGGESTION,
+        false => SUGGESTION,
+    };
     let (va, vb) = (values_by_key(a), values_by_key(b));
     let mut keys: Vec<(String, String)> = Vec::new();
     for run in a.iter().chain(b) {
@@ -215,7 +239,7 @@ pub fn compare(a: &[Run], b: &[Run], paired: bool) -> Comparison {
         method: if paired { PAIRED } else { UNPAIRED },
         runs: [a.len(), b.len()],
         comparable: reason.is_none(),
-        suggestion: reason.as_ref().map(|_| SUGGESTION.to_string()),
+        suggestion: reason.as_ref().map(|_| suggestion.to_string()),
         reason,
         figures,
     }
@@ -254,10 +278,14 @@ fn figure(
         ),
         (Some(e), None) => {
             let verdict = e.verdict();
+            let needed = match paired {
+                true => "5 paired repeats",
+                false => "4 runs against 4",
+            };
             let why = (verdict == Verdict::NoInterval).then(|| match e.repeats {
                 1 => "one run per arm: no interval (repeat to get one)".to_string(),
                 n => format!(
-                    "{n} runs per arm give no interval at {:.0}% or more: 5 paired repeats or more are needed",
+                    "{n} runs per arm give no interval at {:.0}% or more: {needed} or more are needed",
                     meshload_stats::MIN_CONFIDENCE * 100.0
                 ),
             });
@@ -285,12 +313,19 @@ fn figure(
     }
 }
 
-/// Whether two series ran side by side: one `meshload run` (the same series id), and the
-/// same repeats in each.
+/// Whether two series ran side by side: every run of one test in one `meshload run` (the
+/// same series id), and the same repeats in each.
 pub fn are_paired(a: &[Run], b: &[Run]) -> bool {
-    let series = |runs: &[Run]| runs.first().and_then(|r| r.series_id().map(str::to_string));
+    let Some(first) = a.first() else {
+        return false;
+    };
+    let one_series = a.iter().chain(b).all(|r| {
+        r.series_id().is_some()
+            && r.series_id() == first.series_id()
+            && r.run.test_name == first.run.test_name
+    });
     let repeats = |runs: &[Run]| runs.iter().map(Run::repeat).collect::<Vec<_>>();
-    series(a).is_some() && series(a) == series(b) && repeats(a) == repeats(b)
+    one_series && repeats(a) == repeats(b)
 }
 
 /// One arm of a series: its runs in repeat order.
@@ -350,6 +385,32 @@ pub fn arms_of(runs: &[&Run]) -> Vec<ArmRuns> {
     arms
 }
 
+/// For a test whose runs under each mesh were made apart (by separate `meshload run`s, or
+/// before series were stored): its latest run under each mesh as an arm of one run,
+/// `none` first; empty without a `none` run and another mesh.
+pub fn latest_by_mesh(runs: &[Run], test: &str) -> Vec<ArmRuns> {
+    let mut latest: BTreeMap<String, &Run> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.run.test_name == test) {
+        let newer = latest.get(&r.mesh()).is_none_or(|l| l.run.id < r.run.id);
+        if newer {
+            latest.insert(r.mesh(), r);
+        }
+    }
+    let Some(none) = latest.remove("none") else {
+        return Vec::new();
+    };
+    if latest.is_empty() {
+        return Vec::new();
+    }
+    std::iter::once(("none".to_string(), none))
+        .chain(latest)
+        .map(|(arm, run)| ArmRuns {
+            arm,
+            runs: vec![run.clone()],
+        })
+        .collect()
+}
+
 /// What each arm of a series costs against its first arm, paired by repeat.
 pub fn against_baseline(arms: &[ArmRuns]) -> Vec<(String, Comparison)> {
     let Some((base, others)) = arms.split_first() else {
@@ -364,11 +425,14 @@ pub fn against_baseline(arms: &[ArmRuns]) -> Vec<(String, Comparison)> {
         .collect()
 }
 
-/// How one arm's memory or CPU grows with the rate, over runs at several rates.
+/// How one arm's memory or CPU grows with the rate, over runs at several rates of one
+/// load (the same URL and connections).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Scaling {
     /// The arm.
     pub arm: String,
+    /// The tests whose runs were fitted.
+    pub tests: Vec<String>,
     /// The figure (`memory:<node>`, `envoy_cpu:<node>`, ...).
     pub name: String,
     /// What it is, for people.
@@ -383,45 +447,41 @@ pub struct Scaling {
     pub slope_per_krps: f64,
 }
 
-/// For every arm with runs at two rates or more that held their load on an unsaturated
-/// host: a least-squares line through each node's and sidecar's memory and CPU against
-/// the achieved rate.
+/// For every arm and load (URL and connections) with runs at two rates or more that held
+/// their load on an unsaturated host: a least-squares line through each node's and
+/// sidecar's memory and CPU against the achieved rate.
 pub fn scaling(runs: &[Run]) -> Vec<Scaling> {
-    let mut by_arm: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
+    type Load = (String, String, u64);
+    let mut groups: BTreeMap<Load, Vec<&Run>> = BTreeMap::new();
     for run in runs {
-        if load_problems(std::slice::from_ref(run), &[]).is_empty() {
-            by_arm.entry(run.arm()).or_default().push(run);
+        if load_problems(std::slice::from_ref(run), &[])
+            .reasons
+            .is_empty()
+        {
+            let key = (run.arm(), run.fortio.url.clone(), run.fortio.num_threads);
+            groups.entry(key).or_default().push(run);
         }
     }
     let mut out = Vec::new();
-    for (arm, runs) in by_arm {
+    for ((arm, _, _), runs) in groups {
         let mut rates: Vec<f64> = runs.iter().filter_map(|r| r.requested_qps()).collect();
         rates.sort_by(f64::total_cmp);
         rates.dedup();
         if rates.len() < 2 {
             continue;
         }
-        let mut points: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
-        for run in &runs {
-            let krps = run.fortio.actual_qps / 1000.0;
-            for (key, label, v) in run_values(run) {
-                let resource = ["memory:", "cpu:"].iter().any(|k| {
-                    key.starts_with(k)
-                        || key.strip_prefix(SIDECAR).is_some_and(|s| s.starts_with(k))
-                });
-                if resource {
-                    points.entry((key, label)).or_default().push((krps, v));
-                }
-            }
-        }
-        for ((name, label), p) in points {
-            if let Some(line) = meshload_stats::Line::fit(&p) {
+        let mut tests: Vec<String> = runs.iter().map(|r| r.run.test_name.clone()).collect();
+        tests.sort();
+        tests.dedup();
+        for ((name, label), points) in resource_points(&runs) {
+            if let Some(line) = meshload_stats::Line::fit(&points) {
                 out.push(Scaling {
                     arm: arm.clone(),
+                    tests: tests.clone(),
                     name,
                     label,
                     rates: rates.clone(),
-                    runs: p.len(),
+                    runs: points.len(),
                     intercept: line.intercept,
                     slope_per_krps: line.slope,
                 });
@@ -429,6 +489,21 @@ pub fn scaling(runs: &[Run]) -> Vec<Scaling> {
         }
     }
     out
+}
+
+/// Each memory and CPU figure of `runs` as (achieved thousands of req/s, value) points.
+fn resource_points(runs: &[&Run]) -> BTreeMap<(String, String), Vec<(f64, f64)>> {
+    let mut points: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    for run in runs {
+        let krps = run.fortio.actual_qps / 1000.0;
+        for (key, label, v) in run_values(run) {
+            let resource = key.strip_prefix(SIDECAR).unwrap_or(&key);
+            if resource.starts_with("memory:") || resource.starts_with("cpu:") {
+                points.entry((key, label)).or_default().push((krps, v));
+            }
+        }
+    }
+    points
 }
 
 /// A limit on how much worse run B may be than run A.
@@ -497,7 +572,9 @@ impl fmt::Display for Threshold {
     }
 }
 
-/// The thresholds B passes over A (their medians), as messages naming the figures.
+/// The thresholds B passes over A, as messages naming the figures: the estimate of B - A
+/// is worse than the limit allows and, where there is an interval, the interval lies on
+/// the worse side of 0 (a difference that may be noise fails no gate).
 pub fn regressions(figures: &[Figure], thresholds: &[Threshold]) -> Vec<String> {
     let mut out = Vec::new();
     for t in thresholds {
@@ -505,11 +582,18 @@ pub fn regressions(figures: &[Figure], thresholds: &[Threshold]) -> Vec<String> 
             .iter()
             .filter(|f| f.name == t.key || f.name.starts_with(&format!("{}:", t.key)));
         for f in matching {
-            let (Some(a), Some(b)) = (f.a, f.b) else {
+            let (Some(a), Some(b), Some(estimate)) = (f.a, f.b, f.estimate) else {
                 continue;
             };
             // Higher is worse for everything but the achieved rate.
-            let worse_by = if t.key == "rate" { a - b } else { b - a };
+            let (worse_by, worse) = match t.key == "rate" {
+                true => (-estimate, Verdict::Lower),
+                false => (estimate, Verdict::Higher),
+            };
+            let maybe_noise = f.ci95.is_some() && f.verdict != worse;
+            if maybe_noise {
+                continue;
+            }
             let allowed = match t.limit {
                 Limit::Percent(p) if t.key == "error_ratio" => p / 100.0,
                 Limit::Percent(p) => a.abs() * p / 100.0,
@@ -517,10 +601,11 @@ pub fn regressions(figures: &[Figure], thresholds: &[Threshold]) -> Vec<String> 
             };
             if worse_by > allowed {
                 out.push(format!(
-                    "{}: {} -> {} (limit {t})",
+                    "{}: {} -> {}, B - A {} (limit {t})",
                     f.label,
                     fmt_value(a),
-                    fmt_value(b)
+                    fmt_value(b),
+                    fmt_value(estimate)
                 ));
             }
         }
@@ -589,5 +674,20 @@ mod tests {
             1,
             "node 0 only"
         );
+    }
+
+    #[test]
+    fn a_gate_fails_only_on_a_difference_the_interval_finds() {
+        let t = |s: &str| s.parse::<Threshold>().expect("valid");
+        let series = |a: &[f64], b: &[f64]| figure("p99".into(), "p99".into(), a, b, true, None);
+        // Six pairs, every one 2 ms worse: found, and over a 1 ms limit.
+        let worse = series(&[10.0; 6], &[12.0, 12.1, 11.9, 12.2, 12.0, 11.8]);
+        assert_eq!(worse.verdict, Verdict::Higher);
+        assert_eq!(regressions(&[worse], &[t("p99=1")]).len(), 1);
+        // The same median estimate, with pairs on both sides of 0: noise, no regression.
+        let noisy = series(&[10.0; 6], &[12.0, 7.0, 13.0, 8.0, 12.5, 14.0]);
+        assert_eq!(noisy.verdict, Verdict::NoDifference);
+        assert!(noisy.estimate.expect("an estimate") > 1.0);
+        assert!(regressions(&[noisy], &[t("p99=1")]).is_empty());
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`runs`]: a run's files read back, and per-node resources from its samples.
-//! - [`compare`]: two runs side by side, and thresholds for CI.
+//! - [`compare`]: two series of runs side by side (B - A with intervals and verdicts, or
+//!   why they are not comparable), how cost grows with rate, and thresholds for CI.
 //! - [`plot`]: line charts to SVG and PNG.
 //! - [`report`]: the charts of a set of runs and the HTML page.
 

@@ -214,11 +214,16 @@ pub struct MeshRow {
     pub figures: Vec<[String; 6]>,
 }
 
-/// Every test's cost under each arm of its latest series against the first arm; tests
-/// whose latest series has one arm give no row.
+/// Every test's cost under each arm of its latest series against the first arm; for a
+/// test whose latest series has one arm, its latest run under each mesh against its
+/// latest run without one (one run each: no interval).
 pub fn mesh_rows(runs: &[Run]) -> Vec<MeshRow> {
     let mut out = Vec::new();
     for (test, arms) in crate::compare::latest_series(runs) {
+        let arms = match arms.len() {
+            1 => crate::compare::latest_by_mesh(runs, &test),
+            _ => arms,
+        };
         let baseline = arms.first().map(|a| a.arm.clone()).unwrap_or_default();
         for (mesh, c) in crate::compare::against_baseline(&arms) {
             let show = |v: Option<f64>| v.map_or("-".to_string(), fmt_value);

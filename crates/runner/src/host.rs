@@ -29,6 +29,11 @@ impl Default for Limits {
     }
 }
 
+/// The fewest requests whose schedule lag is judged at p99: with fewer, p99 is the largest
+/// one or two, and a single late wake-up of this machine's threads (1-2 ms here now and
+/// then) would flag the host.
+pub const LAG_SAMPLES_FOR_P99: u64 = 200;
+
 /// What the host did during one test.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HostLoad {
@@ -41,7 +46,8 @@ pub struct HostLoad {
     /// CPU used by meshload's process over the test (the load generator and the scraper),
     /// in cores; `None` when the load generator ran elsewhere.
     pub loadgen_cpu_cores: Option<f64>,
-    /// p99 of the load generator's schedule lag, ms (`None` at max rate).
+    /// p99 of the load generator's schedule lag, ms (`None` at max rate, or with fewer
+    /// than [`LAG_SAMPLES_FOR_P99`] requests).
     pub schedule_lag_p99_ms: Option<f64>,
     /// The limits it was judged by.
     pub limits: Option<Limits>,
@@ -155,16 +161,61 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
-/// Pins every thread of this process to `cpus` (threads it starts later inherit it). Call
-/// it after the nodes and sidecars started: a child inherits the affinity of the thread
-/// that started it, and they must not share the load generator's CPUs.
-pub fn pin_this_process(cpus: &[usize]) -> Result<(), String> {
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Result<Vec<usize>, String> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map_err(|e| format!("cannot read this process's CPUs: {e}"))?;
+    Ok((0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect())
+}
+
+/// Checks that `cpus` are CPUs this process may run on, and leave at least one to the
+/// rest when there is more than one.
+pub fn check_cpus(cpus: &[usize]) -> Result<(), String> {
+    let allowed = allowed_cpus()?;
+    let list = |l: &[usize]| {
+        l.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if let Some(bad) = cpus.iter().find(|c| !allowed.contains(c)) {
+        return Err(format!(
+            "--loadgen-cpus: CPU {bad} is not one this process may use ({})",
+            list(&allowed)
+        ));
+    }
+    Ok(())
+}
+
+/// Pins every thread of this process (the load generator) to `loadgen`, and every thread
+/// of each of `children` (nodes and sidecars) to the CPUs this process may use less those,
+/// when any are left. Call it once they all started: threads started later inherit the
+/// affinity of the thread that starts them.
+pub fn isolate(loadgen: &[usize], children: &[u32]) -> Result<(), String> {
+    let rest: Vec<usize> = allowed_cpus()?
+        .into_iter()
+        .filter(|c| !loadgen.contains(c))
+        .collect();
+    pin_threads("self", loadgen)?;
+    if !rest.is_empty() {
+        for pid in children {
+            pin_threads(&pid.to_string(), &rest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Pins every thread of process `pid` (`self` for this one) to `cpus`. A thread that ended
+/// meanwhile is passed over.
+fn pin_threads(pid: &str, cpus: &[usize]) -> Result<(), String> {
     let mut set = nix::sched::CpuSet::new();
     for &cpu in cpus {
         set.set(cpu).map_err(|e| format!("CPU {cpu}: {e}"))?;
     }
-    let tasks = std::fs::read_dir("/proc/self/task")
-        .map_err(|e| format!("cannot list this process's threads: {e}"))?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("cannot list the threads of process {pid}: {e}"))?;
     for task in tasks.flatten() {
         let Some(tid) = task
             .file_name()
@@ -173,8 +224,10 @@ pub fn pin_this_process(cpus: &[usize]) -> Result<(), String> {
         else {
             continue;
         };
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set)
-            .map_err(|e| format!("cannot pin thread {tid} to CPUs {cpus:?}: {e}"))?;
+        match nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(format!("cannot pin thread {tid} to CPUs {cpus:?}: {e}")),
+        }
     }
     Ok(())
 }
@@ -218,6 +271,15 @@ mod tests {
         assert!(load.loadgen_cpu_cores.expect("own CPU") >= 0.0);
         let elsewhere = mark.finish(false, None, Limits::default());
         assert_eq!((elsewhere.loadgen_cpu_cores, elsewhere.busy), (None, None));
+    }
+
+    #[test]
+    fn only_cpus_this_process_may_use_are_taken() {
+        let allowed = allowed_cpus().expect("readable");
+        assert!(!allowed.is_empty());
+        assert_eq!(check_cpus(&allowed[..1]), Ok(()));
+        let err = check_cpus(&[1023]).expect_err("no such CPU here");
+        assert!(err.contains("CPU 1023 is not one"), "{err}");
     }
 
     #[test]

@@ -161,13 +161,29 @@ pub async fn run_arms<B: Backend>(
     observer: &dyn Observer,
     stop: StopSignal,
 ) -> Result<RunReport, RunError> {
-    let run_tag = meshload_store::run_id(SystemTime::now());
-    let outcome = up_and_run(config, arms, &run_tag, settings, observer, &stop).await;
+    let now = SystemTime::now();
+    let run_tag = meshload_store::run_id(now);
+    let series = series_id(now);
+    let outcome = up_and_run(config, arms, &run_tag, &series, settings, observer, &stop).await;
     observer.phase("stopping the nodes");
     for arm in arms.iter_mut() {
         arm.backend.down().await;
     }
     outcome
+}
+
+/// A series id for a `meshload run` that started at `now`: its second, milliseconds and
+/// process id (`YYYYMMDDHHMMSS.mmm-PID`), so that two runs never share one, and ids sort
+/// by start time.
+fn series_id(now: SystemTime) -> String {
+    let millis = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    format!(
+        "{}.{millis:03}-{}",
+        meshload_store::run_id(now),
+        std::process::id()
+    )
 }
 
 /// What one arm brought up, and what observes it.
@@ -194,6 +210,7 @@ async fn up_and_run<B: Backend>(
     config: &Config,
     arms: &mut [Arm<'_, B>],
     run_tag: &str,
+    series: &str,
     settings: &RunSettings,
     observer: &dyn Observer,
     stop: &StopSignal,
@@ -228,9 +245,13 @@ async fn up_and_run<B: Backend>(
     }
     if outcome.is_ok() && !settings.loadgen_cpus.is_empty() {
         // After every child started: children inherit the affinity of their parent.
-        match crate::host::pin_this_process(&settings.loadgen_cpus) {
+        let children: Vec<u32> = states
+            .iter()
+            .flat_map(|s| s.deployment.containers.iter().map(|c| c.pid))
+            .collect();
+        match crate::host::isolate(&settings.loadgen_cpus, &children) {
             Ok(()) => observer.phase(&format!(
-                "load generator pinned to CPUs {:?}",
+                "load generator pinned to CPUs {:?}; nodes and sidecars to the others",
                 settings.loadgen_cpus
             )),
             Err(e) => {
@@ -242,7 +263,7 @@ async fn up_and_run<B: Backend>(
         }
     }
     if outcome.is_ok() {
-        outcome = run_each_test(config, arms, &states, run_tag, settings, observer, stop).await;
+        outcome = run_each_test(config, arms, &states, series, settings, observer, stop).await;
     }
     for state in states {
         state.stop().await;
@@ -335,12 +356,14 @@ async fn run_each_test<B: Backend>(
     config: &Config,
     arms: &mut [Arm<'_, B>],
     states: &[ArmState],
-    run_tag: &str,
+    series: &str,
     settings: &RunSettings,
     observer: &dyn Observer,
     stop: &StopSignal,
 ) -> Result<RunReport, RunError> {
+    let labels: Vec<String> = arms.iter().map(|a| a.label.clone()).collect();
     let ctx = |k: usize| TestContext {
+        arm: &labels[k],
         config,
         deployment: &states[k].deployment,
         settings,
@@ -378,11 +401,10 @@ async fn run_each_test<B: Backend>(
             continue;
         }
         let repeats = settings.repeat.unwrap_or(test.repeat).max(1);
-        let labels: Vec<String> = arms.iter().map(|a| a.label.clone()).collect();
         for r in 0..repeats {
             for k in arm_order(r, arms.len()) {
                 let position = SeriesPosition {
-                    id: run_tag.to_string(),
+                    id: series.to_string(),
                     arm: arms[k].label.clone(),
                     repeat: r + 1,
                     repeats,
@@ -570,8 +592,10 @@ async fn embedded_range(
         .map_err(|e| e.to_string())
 }
 
-/// What every test of a run shares.
+/// What every test of a run on one arm shares.
 struct TestContext<'a> {
+    /// The arm's name.
+    arm: &'a str,
     config: &'a Config,
     deployment: &'a Deployment,
     settings: &'a RunSettings,
@@ -682,7 +706,10 @@ async fn run_test<B: Backend>(
     let driven = backend.drive(options, stop, live).await;
     let lag_p99_ms = driven.as_ref().ok().and_then(Option::as_ref).and_then(|f| {
         let lag = f.schedule_lag_histogram.as_ref()?;
-        lag.percentile(99.0).map(|s| s * 1e3)
+        // Below this many requests p99 is the largest one or two: one late wake-up.
+        (lag.count >= crate::host::LAG_SAMPLES_FOR_P99)
+            .then(|| lag.percentile(99.0).map(|s| s * 1e3))
+            .flatten()
     });
     let host = host.finish(backend.drives_here(), lag_p99_ms, ctx.settings.saturation);
     let fortio = match driven {
@@ -804,7 +831,7 @@ impl<B: Backend> TrialRunner for RunTrials<'_, '_, B> {
             }),
             thresholds: &self.spec.thresholds,
         };
-        let arm = mesh_of(self.backend);
+        let arm = self.ctx.arm.to_string();
         let position = SeriesPosition {
             id: self.search_id.clone(),
             arm: arm.clone(),
@@ -845,7 +872,7 @@ async fn run_search<B: Backend>(
     stop: &StopSignal,
 ) -> Result<SearchRun, RunError> {
     let search_id = meshload_store::run_id(SystemTime::now());
-    let mesh = mesh_of(backend);
+    let mesh = ctx.arm.to_string();
     observer.phase(&format!(
         "capacity search for {} (SLO {}; {} trials of {} per step)",
         test.name,

@@ -110,6 +110,10 @@ pub fn run_id(started: SystemTime) -> String {
 /// next `<id>-02` up to `<id>-99` (repeats of a short test under several arms).
 const RUNS_PER_SECOND: u32 = 99;
 
+/// Every run folder this process began, by path.
+static ISSUED: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 /// Whether `id` names a run folder: `YYYYMMDDHHMMSS`, or that with `-NN` for a later run
 /// of the same test in the same second (these sort after it and before the next second).
 pub fn is_run_id(id: &str) -> bool {
@@ -218,8 +222,14 @@ impl FsStore {
         let second = run_id(started);
         let test_dir = self.root.join(test_name);
         std::fs::create_dir_all(&test_dir).map_err(io(&test_dir))?;
+        // Ids this process gave out count as taken even once their folder has left the
+        // spool (uploaded to S3).
+        let mut issued = ISSUED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let taken = |id: &str| {
             test_dir.join(id).exists()
+                || issued.contains(&test_dir.join(id))
                 || test_dir
                     .join(format!(".{id}.tmp-{}", std::process::id()))
                     .exists()
@@ -228,6 +238,8 @@ impl FsStore {
             .chain((2..=RUNS_PER_SECOND).map(|n| format!("{second}-{n:02}")))
             .find(|id| !taken(id))
             .ok_or_else(|| StoreError::Exists(test_dir.join(&second).display().to_string()))?;
+        issued.insert(test_dir.join(&id));
+        drop(issued);
         let final_dir = test_dir.join(&id);
         let tmp_dir = test_dir.join(format!(".{id}.tmp-{}", std::process::id()));
         std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;

@@ -159,17 +159,19 @@ pub fn print_scaling(out: &mut impl Write, scaling: &[Scaling]) -> std::io::Resu
     )?;
     let mut table = Table::new(&[
         "arm",
+        "tests",
         "figure",
         "rates req/s",
         "runs",
         "at no load",
         "per further 1,000 req/s",
     ])
-    .left(&[1, 2]);
+    .left(&[1, 2, 3]);
     for s in scaling {
         let rates: Vec<String> = s.rates.iter().map(|r| fmt_value(*r)).collect();
         table.row(vec![
             s.arm.clone(),
+            s.tests.join(", "),
             s.label.clone(),
             rates.join(", "),
             s.runs.to_string(),

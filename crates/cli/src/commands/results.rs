@@ -135,24 +135,29 @@ pub fn list(args: &ResultsListArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "no runs in {}", store.root().display())?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(
-        out,
-        "{:<32} {:<14} {:>10} {:>10} {:>10} {:>8}  status",
-        "test", "run", "requested", "achieved", "p99 ms", "errors"
-    )?;
+    let mut table = crate::table::Table::new(&[
+        "test",
+        "run",
+        "requested",
+        "achieved",
+        "p99 ms",
+        "errors",
+        "status",
+    ])
+    .left(&[1, 6]);
     for r in &loaded {
-        writeln!(
-            out,
-            "{:<32} {:<14} {:>10} {:>10.1} {:>10.3} {:>8}  {}",
-            r.run.test_name,
-            r.run.id,
-            r.fortio.requested_qps,
-            r.fortio.actual_qps,
-            r.response_ms(99.0).unwrap_or(f64::NAN),
-            r.fortio.error_count(),
-            r.status()
-        )?;
+        table.row(vec![
+            r.run.test_name.clone(),
+            r.run.id.clone(),
+            r.fortio.requested_qps.clone(),
+            format!("{:.1}", r.fortio.actual_qps),
+            r.response_ms(99.0)
+                .map_or("-".to_string(), |v| format!("{v:.3}")),
+            r.fortio.error_count().to_string(),
+            r.status(),
+        ]);
     }
+    table.write(&mut out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -245,12 +250,14 @@ fn find_series(store: &FsStore, name: &str) -> anyhow::Result<(String, Vec<Run>)
         return Ok((run.name(), vec![run]));
     }
     let name = name.trim_end_matches('/');
-    let (test, arm) = match name.split_once('@') {
-        Some((t, a)) => (t, Some(a)),
-        None => (name, None),
+    let all = store.list_runs()?;
+    // A test may have `@` in its name: the whole name first, then `<test>@<arm>`.
+    let (test, arm) = match name.rsplit_once('@') {
+        Some((t, a)) if !all.iter().any(|r| r.test_name == name) => (t, Some(a)),
+        _ => (name, None),
     };
     let mut loaded = Vec::new();
-    for r in store.list_runs()?.iter().filter(|r| r.test_name == test) {
+    for r in all.iter().filter(|r| r.test_name == test) {
         match runs::load(r) {
             Ok(run) => loaded.push(run),
             Err(e) => eprintln!("warning: skipping {}/{}: {e}", r.test_name, r.id),
@@ -259,7 +266,7 @@ fn find_series(store: &FsStore, name: &str) -> anyhow::Result<(String, Vec<Run>)
     let latest = compare::latest_series(&loaded);
     let Some(arms) = latest.get(test) else {
         return Err(Exit::usage(format!(
-            "no readable run of {test} in {}",
+            "no readable run of {test:?} in {}",
             store.root().display()
         ))
         .into());

@@ -76,6 +76,11 @@ impl RunRequest {
         if on_cluster && meshes.len() > 1 {
             problems.push("--backend k8s runs one mesh at a time: give one --mesh".to_string());
         }
+        if let Some(cpus) = &args.loadgen_cpus
+            && let Err(e) = meshload_runner::host::check_cpus(cpus)
+        {
+            problems.push(e);
+        }
         if on_cluster && args.loadgen_cpus.is_some() {
             problems.push(
                 "--loadgen-cpus pins the local load generator; on a cluster it runs in a pod"
