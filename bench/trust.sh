@@ -48,9 +48,11 @@ for i in range(1, n + 1):
     cost = json.load(open(f"{work}/aa-{i}.out"))["mesh_cost"][0]
     p50 = next(f for f in cost["figures"] if f["name"] == "p50")
     verdicts.append(p50["verdict"])
-same = sum(v == "no difference detected" for v in verdicts)
-print(f"A/A (none against none): p50 'no difference detected' in {same} of {n} ({100 * same / n:.0f}%); "
-      f"others: {sorted(v for v in verdicts if v != 'no difference detected')}")
+judged = [v for v in verdicts if v != "not comparable"]
+same = sum(v == "no difference detected" for v in judged)
+print(f"A/A (none against none): {n - len(judged)} of {n} rounds not comparable (host saturated); "
+      f"of the {len(judged)} others, p50 'no difference detected' in {same} "
+      f"({100 * same / max(len(judged), 1):.0f}%); the rest: {sorted(v for v in judged if v != 'no difference detected')}")
 PY
 
 config fx-base 0ms > "$work/base.json"
@@ -65,13 +67,16 @@ done
 python3 - "$work" "$rounds_effect" <<'PY'
 import json, statistics, sys
 work, n = sys.argv[1], int(sys.argv[2])
-held, estimates = 0, []
+held, estimates, not_comparable = 0, [], 0
 for i in range(1, n + 1):
-    p50 = next(f for f in json.load(open(f"{work}/fx-{i}.out"))["figures"] if f["name"] == "p50")
+    doc = json.load(open(f"{work}/fx-{i}.out"))
+    not_comparable += not doc["comparable"]
+    p50 = next(f for f in doc["figures"] if f["name"] == "p50")
     estimates.append(p50["estimate"])
     low, high = p50["ci95"] or (float("nan"), float("nan"))
     held += low <= 0.5 <= high
-print(f"known effect (+0.5 ms at the leaf): the p50 interval held 0.5 ms in {held} of {n}; "
+print(f"known effect (+0.5 ms at the leaf): the p50 interval held 0.5 ms in {held} of {n} "
+      f"({not_comparable} of them flagged not comparable); "
       f"median estimate {statistics.median(estimates):.3f} ms (each round: "
       f"{', '.join(f'{e:.3f}' for e in estimates)})")
 PY

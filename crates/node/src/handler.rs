@@ -15,9 +15,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 
-use crate::behaviour::Dice;
+use crate::behaviour::{Dice, Latency};
 use crate::capacity::{Admission, Gate};
 use crate::config::{Backend, CallMode, NodeConfig};
+use crate::delays::Delays;
 use crate::metrics::{self, NodeMetrics};
 
 /// Headers that carry a trace or request identity, forwarded to every backend so that a
@@ -77,6 +78,9 @@ pub(crate) struct Node {
     ok_body: Bytes,
     /// The known capacity, if one was set.
     gate: Option<Gate>,
+    /// Where injected latency waits (finer than tokio's timer); `None` without latency,
+    /// or when its thread could not start (tokio's timer then keeps the delay).
+    delays: Option<Delays>,
 }
 
 impl Node {
@@ -91,8 +95,15 @@ impl Node {
         let ok_body = ok_body(&config.name, config.behaviour.response_size_bytes);
         let dice = Dice::new(config.behaviour.clone());
         let gate = config.capacity.map(Gate::new);
+        let delays = match config.behaviour.latency {
+            Latency::None => None,
+            _ => Delays::start()
+                .inspect_err(|e| tracing::warn!("injected latency on tokio's timer: {e}"))
+                .ok(),
+        };
         Node {
             gate,
+            delays,
             config,
             client,
             metrics: NodeMetrics::new(),
@@ -192,8 +203,10 @@ impl Node {
         }
         if self.dice.is_active() && !incoming.contains_key(CHECK_HEADER) {
             let fate = self.dice.roll();
-            if !fate.delay.is_zero() {
-                tokio::time::sleep(fate.delay).await;
+            match (&self.delays, fate.delay.is_zero()) {
+                (_, true) => {}
+                (Some(delays), false) => delays.sleep(fate.delay).await,
+                (None, false) => tokio::time::sleep(fate.delay).await,
             }
             if fate.fail {
                 let code = StatusCode::from_u16(self.dice.behaviour().error_code)

@@ -11,6 +11,7 @@
 //! - [`behaviour`]: injected latency and errors, drawn from a seeded stream.
 //! - [`cli`]: the node's flags and the process around it (signals, logs, usage errors).
 //! - [`capacity`]: a known capacity (`--capacity`), rejecting or queueing beyond it.
+//! - [`delays`]: injected latency, to a fraction of a millisecond.
 //! - [`metrics`]: the Prometheus metrics a node exposes.
 //! - [`process`]: resource samples from `/proc` (also used to watch child nodes).
 //! - [`server`]: the listener, HTTP/1.1 and h2c on one port, graceful shutdown.
@@ -21,6 +22,7 @@ pub mod capacity;
 pub mod cli;
 pub mod config;
 pub(crate) mod connections;
+pub mod delays;
 mod handler;
 pub mod metrics;
 pub mod process;
