@@ -314,17 +314,17 @@ fn none_and_envoy_run_in_turn_and_show_what_the_mesh_costs() {
             .clone()
     };
     // Two sidecars per hop, TLS off: the mesh still adds latency. One run per arm: an
-    // estimate, but no interval, and the output says why.
+    // estimate, but no interval, and the output says why (unless an arm fell behind 300
+    // req/s on this busy machine: then why they are not comparable).
     let p50 = figure("p50");
     assert!(p50["estimate"].as_f64().unwrap() > 0.0, "{cost}");
-    assert!(
-        p50["ci95"].is_null() && p50["verdict"] == "no interval",
-        "{cost}"
-    );
-    assert!(
-        p50["reason"].as_str().unwrap().contains("one run per arm"),
-        "{cost}"
-    );
+    assert!(p50["ci95"].is_null(), "{cost}");
+    let why = p50["reason"].as_str().unwrap();
+    match p50["verdict"].as_str().unwrap() {
+        "no interval" => assert!(why.contains("one run per arm"), "{cost}"),
+        "not comparable" => assert!(why.contains("achieved"), "{cost}"),
+        other => panic!("{other}: {cost}"),
+    }
     assert_eq!(p50["repeats"], 1);
     assert!(
         figure("envoy_memory:0")["b"].as_f64().unwrap() > 1.0,
@@ -396,17 +396,8 @@ fn none_and_envoy_run_in_turn_and_show_what_the_mesh_costs() {
     );
     assert!(String::from_utf8_lossy(&shown.stdout).contains("mesh envoy"));
     let report = dir.join("report");
-    let out = run(
-        &["report", "--store", s, "--out", report.to_str().unwrap()],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let page = common::report_page(&store, &report);
     assert!(report.join("envoy_memory_vs_rate.svg").is_file());
-    let page = std::fs::read_to_string(report.join("index.html")).unwrap();
     let table = page
         .split("What the mesh costs")
         .nth(1)

@@ -242,17 +242,7 @@ fn an_arm_that_cannot_hold_the_rate_is_not_comparable() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("REGRESSION could not compare: "), "{text}");
     // The report draws such a test apart, with the reason, not as a cost.
-    let report = dir.join("report");
-    let out = run(
-        &["report", "--store", s, "--out", report.to_str().unwrap()],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let page = std::fs::read_to_string(report.join("index.html")).unwrap();
+    let page = common::report_page(&store, &dir.join("report"));
     let costs = page.split("What the mesh costs").nth(1).unwrap();
     assert!(
         costs.contains("Not comparable: behind, none#2 against none") && costs.contains("achieved"),

@@ -310,3 +310,23 @@ pub fn start_prometheus(job: &str, target: SocketAddr, labels: &str) -> Promethe
         dir,
     }
 }
+
+/// `meshload report --store STORE --out OUT`, which must succeed; the page it wrote.
+pub fn report_page(store: &std::path::Path, out: &std::path::Path) -> String {
+    let done = run(
+        &[
+            "report",
+            "--store",
+            store.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    std::fs::read_to_string(out.join("index.html")).unwrap()
+}
