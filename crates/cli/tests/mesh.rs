@@ -686,16 +686,17 @@ fn a_search_under_each_mesh_says_what_the_mesh_costs_of_capacity() {
     let store = dir.join("store");
     // The back node's request rate may not pass 330 req/s: under both meshes the search
     // must end between 300 and 330, so the cost is known to be small. (A debug build's
-    // first requests through new sidecars are slow: a warm-up, and a relaxed rate bound,
-    // keep the threshold the deciding bound.)
+    // first requests through sidecars are slow, the more so when the envoy arm waited
+    // idle through the none arm's search: CI once saw p99 609 ms at its first 100 req/s.
+    // A warm-up, and relaxed latency and rate bounds, keep the threshold the deciding one.)
     let config = write_config(
         &dir,
         r#"{"backends_map": {"front": ["back"], "back": []},
             "ConnectivityCheckPerURL": 2, "sleep_between_tests": "0s",
             "scrape_interval": "1s", "metrics_step": "1s",
             "load_tests": [{"test_name": "cap", "target": "front",
-              "search": {"slo": {"p99_ms": 500, "min_rate_ratio": 0.9}, "start_qps": 100, "max_qps": 2000,
-                         "precision": 0.1, "trials": 1, "trial_duration": "3s", "warmup": "1s",
+              "search": {"slo": {"p99_ms": 3000, "min_rate_ratio": 0.9}, "start_qps": 100, "max_qps": 2000,
+                         "precision": 0.1, "trials": 1, "trial_duration": "3s", "warmup": "2s",
                          "promql": [{"name": "back_rate", "max": 330,
                                      "query": "sum(rate(meshload_node_requests_total{node=\"back\"}[2s]))"}]}}]}"#,
     );
