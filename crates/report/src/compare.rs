@@ -213,15 +213,9 @@ pub fn compare(a: &[Run], b: &[Run], paired: bool) -> Comparison {
         true => HOST_SUGGESTION,
         false => SUGGESTION,
     };
-    let (va, vb) = (values_by_key(a), values_by_key(b));
+    // Each run's figures are read once: the resources come from its stored samples.
     let mut keys: Vec<(String, String)> = Vec::new();
-    for run in a.iter().chain(b) {
-        for (key, label, _) in run_values(run) {
-            if !keys.iter().any(|(k, _)| *k == key) {
-                keys.push((key, label));
-            }
-        }
-    }
+    let (va, vb) = (values_by_key(a, &mut keys), values_by_key(b, &mut keys));
     let figures = keys
         .into_iter()
         .map(|(key, label)| {
@@ -245,11 +239,15 @@ pub fn compare(a: &[Run], b: &[Run], paired: bool) -> Comparison {
     }
 }
 
-/// Each figure's values over the runs, in run order (NaN where a run lacks it).
-fn values_by_key(runs: &[Run]) -> BTreeMap<String, Vec<f64>> {
+/// Each figure's values over the runs, in run order (NaN where a run lacks it); every key
+/// not in `keys` yet is added there with its label, in the order first seen.
+fn values_by_key(runs: &[Run], keys: &mut Vec<(String, String)>) -> BTreeMap<String, Vec<f64>> {
     let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (i, run) in runs.iter().enumerate() {
-        for (key, _, v) in run_values(run) {
+        for (key, label, v) in run_values(run) {
+            if !keys.iter().any(|(k, _)| *k == key) {
+                keys.push((key.clone(), label));
+            }
             out.entry(key).or_insert_with(|| vec![f64::NAN; runs.len()])[i] = v;
         }
     }

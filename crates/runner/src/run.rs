@@ -217,7 +217,8 @@ async fn up_and_run<B: Backend>(
 ) -> Result<RunReport, RunError> {
     let mut states = Vec::with_capacity(arms.len());
     let mut outcome = Ok(RunReport::default());
-    let named = arms_note(arms.len());
+    // One arm is not named in progress lines.
+    let named = arms.len() > 1;
     for (k, arm) in arms.iter_mut().enumerate() {
         // Arms after the first get a tag of their own: their pods and files are apart.
         let tag = match k {
@@ -269,11 +270,6 @@ async fn up_and_run<B: Backend>(
         state.stop().await;
     }
     outcome
-}
-
-/// How the arms are named in progress lines: not at all for one.
-fn arms_note(arms: usize) -> bool {
-    arms > 1
 }
 
 /// Brings one arm up: its topology, its scraper and query answerer, its connectivity
