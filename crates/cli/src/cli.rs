@@ -195,10 +195,13 @@ fn parse_percentiles(s: &str) -> Result<Vec<f64>, String> {
         .collect()
 }
 
+/// The most connections a flag takes (the bound the config and REST share).
+const MAX_CONNECTIONS: i64 = meshload_config::limits::MAX_CONNECTIONS as i64;
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!(
+        Ok(v) => meshload_config::limits::qps(v),
+        Err(_) => Err(format!(
             "{s:?} is not a rate (requests per second; 0 for as fast as possible)"
         )),
     }
@@ -269,7 +272,7 @@ pub struct SearchArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration_or_zero)]
     pub warmup: Duration,
     /// Fixed connections (default: scaled with the rate).
-    #[arg(short = 'c', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(short = 'c', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_CONNECTIONS))]
     pub connections: Option<u32>,
     /// Per-request timeout.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
@@ -340,7 +343,7 @@ pub struct LoadArgs {
     pub qps: f64,
     /// Connections (each sends one request at a time).
     #[arg(short = 'c', value_name = "N", default_value_t = 4,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CONNECTIONS))]
     pub connections: u32,
     /// Duration (10s, 1m30s); 0 runs until Ctrl-C.
     #[arg(short = 't', value_name = "DURATION", default_value = "5s", value_parser = parse_duration_or_zero)]
@@ -734,6 +737,8 @@ pub struct ResultsServeArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub guards: ServerGuards,
     /// Shift every run so that all start when the earliest one did: Grafana then overlays
     /// them on one time axis (a `none` and an `envoy` run, yesterday and today).
     #[arg(long)]
@@ -846,12 +851,14 @@ pub struct ReportArgs {
     about = "Serve the load generator over Fortio's REST API (/fortio/rest/run)",
     long_about = "Serve meshload's load generator behind Fortio's REST call: GET or POST \
 /fortio/rest/run with the parameters as query string or as a JSON body of strings (url, qps, \
-t, c, n, p, jitter, uniform, nocatchup, headers or H, payload, timeout, labels, h2, cacert, \
-https-insecure, stdclient; with \
+t, c, n, p, jitter, uniform, nocatchup, headers or H, payload, timeout, labels, h2, cacert (as PEM \
+text), https-insecure, stdclient; with \
 ?jsonPath=.metadata for parameters nested in the body, as the seed's driver sent them). The \
 answer, when the run ends, is the Fortio-compatible JSON result. GET or POST /fortio/rest/stop \
 stops every run in progress: each pending call then answers with what was measured, marked \
-interrupted. GET /health answers 200.
+interrupted. GET /health answers 200. Every number is bounded as the CLI bounds it (a 400 \
+names the parameter); beyond 64 runs, or 100,000 connections in all, a run is refused with 503. \
+Connections are guarded as a node's are: 1,024 at once, a request head within 10s.
 
 WARNING: this server sends load to whatever URL it is asked to. It listens on loopback by \
 default; listen elsewhere only where every client that can reach it may do so (e.g. inside a \
@@ -876,6 +883,24 @@ pub struct ServeArgs {
     /// port-forwards do not cut long runs.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub keepalive: Duration,
+    /// Trust the CA certificates of this PEM file for https:// runs that give no `cacert`
+    /// of their own. Read once at start: a request gives its CA as PEM text, never as a
+    /// path on this server.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub guards: ServerGuards,
+}
+
+/// The connection guards of meshload's own servers (`serve`, `results serve`).
+#[derive(Debug, Clone, Args)]
+pub struct ServerGuards {
+    /// Connections served at once. At the limit, a silent, idle or body-stalled connection
+    /// makes way for a new client; when all are busy, new clients wait in the listen
+    /// backlog. Every connection must send a request head within 10s.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CONNECTIONS))]
+    pub max_connections: u32,
 }
 
 /// `meshload k8s ...`.

@@ -169,13 +169,38 @@ fn alpn_falls_back_to_http1_and_h2_can_be_required() {
 #[test]
 fn the_rest_server_takes_https_urls_too() {
     let server = TlsServer::start("https-rest", &["h2", "http/1.1"]);
+    // The CA travels as PEM text in the request, or is the server's own --cacert.
+    let pem = std::fs::read_to_string(server.ca()).unwrap();
+    let body =
+        json!({"url": server.url("localhost"), "qps": "-1", "n": "10", "c": "1", "cacert": pem});
     let rest = NodeProc::spawn(&["-q", "serve", "--listen", "127.0.0.1:0"], &[]);
-    let body = json!({"url": server.url("localhost"), "qps": "-1", "n": "10", "c": "1", "cacert": server.ca()});
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-d", &body.to_string()])
-        .arg(format!("http://{}/fortio/rest/run", rest.addr))
-        .output()
-        .unwrap();
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let post = |rest: &NodeProc, body: &Value| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-d", &body.to_string()])
+            .arg(format!("http://{}/fortio/rest/run", rest.addr))
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let answer = post(&rest, &body);
+    assert_eq!(answer["RetCodes"]["200"], 10, "{answer}");
+    let without = json!({"url": server.url("localhost"), "qps": "-1", "n": "10", "c": "1"});
+    let answer = post(&rest, &without);
+    assert!(
+        answer["error"].as_str().unwrap().contains("unknown issuer"),
+        "{answer}"
+    );
+    let trusting = NodeProc::spawn(
+        &[
+            "-q",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cacert",
+            &server.ca(),
+        ],
+        &[],
+    );
+    let answer = post(&trusting, &without);
     assert_eq!(answer["RetCodes"]["200"], 10, "{answer}");
 }

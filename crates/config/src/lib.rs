@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`duplicates`]: keys a JSON file gives twice, named by path.
+//! - [`limits`]: the bounds of every number of a load test (flags, config, REST).
 //! - [`model`]: the validated types the rest of meshload takes.
 //! - [`parse`]: value to config, with every problem reported.
 //! - [`query_limits`]: how long, deep and operator-heavy a PromQL query may be (the
@@ -17,6 +18,7 @@
 //! - [`topology`]: cycles, entry points, depth, fan-out, start order.
 
 pub mod duplicates;
+pub mod limits;
 pub mod model;
 pub mod parse;
 pub mod query_limits;

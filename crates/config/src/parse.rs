@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::limits;
 use crate::model::{Behaviour, Config, LoadTest, NodeSpec, PrometheusSetting};
 use crate::reader::{Reader, index, join, short};
 use crate::slo::Slo;
@@ -301,10 +302,11 @@ fn behaviour(path: &str, o: &Map<String, Value>, r: &mut Reader) -> Behaviour {
             .map(|n| n as u16),
         response_size: o
             .get("response_size")
-            .and_then(|v| r.integer(&key("response_size"), v, 0, 1 << 30)),
+            .and_then(|v| r.integer(&key("response_size"), v, 0, limits::MAX_RESPONSE_BYTES)),
         timeout: o
             .get("timeout")
-            .and_then(|v| r.duration(&key("timeout"), v)),
+            .and_then(|v| r.duration(&key("timeout"), v))
+            .and_then(|d| r.check(&key("timeout"), limits::timeout(d))),
         call_mode: o.get("call_mode").and_then(|v| {
             let s = r.string(&key("call_mode"), v)?;
             if s == "parallel" || s == "sequential" {
@@ -451,26 +453,26 @@ fn test(
     let target = target(path, o, nodes, namespace, r);
     let qps = match o.get("qps") {
         Some(Value::String(s)) if s == "max" => Some(0.0),
-        Some(v) => r.number(&key("qps"), v).filter(|q| {
-            let ok = *q >= 0.0;
-            if !ok {
-                r.error(&key("qps"), format!("{v} is negative"));
-            }
-            ok
-        }),
+        Some(v) => r
+            .number(&key("qps"), v)
+            .and_then(|q| r.check(&key("qps"), limits::qps(q))),
         None => Some(8.0),
     };
     let duration = match o.get("t") {
-        Some(v) => r.duration(&key("t"), v),
+        Some(v) => r
+            .duration(&key("t"), v)
+            .and_then(|d| r.check(&key("t"), limits::duration(d))),
         None => Some(Duration::from_secs(5)),
     };
     let connections = match o.get("c") {
-        Some(v) => r.integer(&key("c"), v, 1, 100_000).map(|c| c as u32),
+        Some(v) => r
+            .integer(&key("c"), v, 1, limits::MAX_CONNECTIONS)
+            .map(|c| c as u32),
         None => Some(4),
     };
     let requests = o
         .get("n")
-        .and_then(|v| r.integer(&key("n"), v, 1, u64::MAX >> 12));
+        .and_then(|v| r.integer(&key("n"), v, 1, limits::MAX_REQUESTS));
     let flag = |r: &mut Reader, k: &str| {
         o.get(k)
             .and_then(|v| r.boolean(&key(k), v))
@@ -481,7 +483,8 @@ fn test(
     let std_client = flag(r, "stdclient");
     let timeout = o
         .get("timeout")
-        .and_then(|v| r.duration(&key("timeout"), v));
+        .and_then(|v| r.duration(&key("timeout"), v))
+        .and_then(|d| r.check(&key("timeout"), limits::timeout(d)));
     let headers = o
         .get("headers")
         .map(|v| headers(&key("headers"), v, r))
@@ -489,6 +492,10 @@ fn test(
     let payload = o
         .get("payload")
         .and_then(|v| r.string(&key("payload"), v))
+        .filter(|p| {
+            r.check(&key("payload"), limits::payload(p.len() as u64))
+                .is_some()
+        })
         .map(str::to_string);
     let labels = o
         .get("labels")

@@ -92,14 +92,12 @@ impl Reader {
     /// A whole number in `min..=max`.
     pub fn integer(&mut self, path: &str, v: &Value, min: u64, max: u64) -> Option<u64> {
         let n = self.number(path, v)?;
-        if n.fract() != 0.0 || n < min as f64 || n > max as f64 {
-            self.error(
-                path,
-                format!("{v} is not a whole number from {min} to {max}"),
-            );
-            return None;
-        }
-        Some(n as u64)
+        self.check(path, crate::limits::whole_f64(n, min, max))
+    }
+
+    /// The value of a check, or its problem recorded at `path`.
+    pub fn check<T>(&mut self, path: &str, checked: Result<T, String>) -> Option<T> {
+        checked.map_err(|problem| self.error(path, problem)).ok()
     }
 
     /// A string.

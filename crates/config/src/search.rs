@@ -89,13 +89,15 @@ impl SearchSpec {
     /// Checks what the spec's numbers allow; each problem names its key.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if !(self.start_qps > 0.0 && self.start_qps.is_finite()) {
-            out.push((
-                "start_qps",
-                format!("{} is not a positive rate", self.start_qps),
-            ));
+        if self.start_qps == 0.0 {
+            out.push(("start_qps", "0 is not a positive rate".to_string()));
         }
-        if !(self.max_qps >= self.start_qps && self.max_qps.is_finite()) {
+        for (key, q) in [("start_qps", self.start_qps), ("max_qps", self.max_qps)] {
+            if let Err(problem) = crate::limits::qps(q) {
+                out.push((key, problem));
+            }
+        }
+        if self.max_qps < self.start_qps {
             out.push((
                 "max_qps",
                 format!("{} is below start_qps {}", self.max_qps, self.start_qps),
@@ -158,7 +160,9 @@ pub(crate) fn parse(path: &str, v: &Value, test_slo: &Slo, r: &mut Reader) -> Op
     integer("max_steps", &mut spec.max_steps);
     integer("trials", &mut spec.trials);
     if let Some(v) = o.get("c") {
-        spec.connections = r.integer(&key("c"), v, 1, 100_000).map(|c| c as u32);
+        spec.connections = r
+            .integer(&key("c"), v, 1, crate::limits::MAX_CONNECTIONS)
+            .map(|c| c as u32);
     }
     let mut duration = |k: &str, into: &mut Duration| {
         if let Some(d) = o.get(k).and_then(|v| r.duration(&key(k), v)) {

@@ -120,8 +120,29 @@ pub fn rest_request(data: &[u8]) {
         None => (data, &[][..]),
     };
     let Some(query) = text(query) else { return };
-    if let Ok(params) = meshload_loadgen::rest::params(query, body) {
-        let _ = meshload_loadgen::rest::options(&params);
+    let Ok(params) = meshload_loadgen::rest::params(query, body) else {
+        return;
+    };
+    // The validation a run gets (the bounds the CLI and the config share); what passes it
+    // must be schedulable without a panic, to its last request.
+    let Ok(spec) = meshload_loadgen::rest::spec(&params, &Default::default(), None) else {
+        return;
+    };
+    let c = spec.connections;
+    assert!((1..=meshload_config::limits::MAX_CONNECTIONS as usize).contains(&c));
+    if let Some(qps) = spec.qps {
+        assert!(meshload_config::limits::qps(qps).is_ok(), "{qps}");
+        let schedule = meshload_loadgen::schedule::Schedule::new(qps, c, spec.jitter);
+        let last = match spec.stop {
+            meshload_loadgen::spec::Stop::Requests(n) => n / c as u64,
+            meshload_loadgen::spec::Stop::Duration(d) => (d.as_secs_f64() * qps / c as f64) as u64,
+            meshload_loadgen::spec::Stop::Never => 0,
+        };
+        let _ = (
+            schedule.interval(),
+            schedule.gap(),
+            schedule.due(c - 1, last),
+        );
     }
 }
 

@@ -451,18 +451,22 @@ async fn hyper_exchange(
     read_response(response).await
 }
 
-/// The status and sizes of a response, its whole body read.
+/// The status and sizes of a response, its whole body read and counted but not kept (as
+/// the fast client does): an endless or huge body costs one frame of memory, and ends
+/// with the request's timeout.
 async fn read_response(
     response: http::Response<hyper::body::Incoming>,
 ) -> Result<Exchange, ErrorKind> {
     let header_bytes = head_size(&response);
     let code = i32::from(response.status().as_u16());
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ErrorKind::of_hyper(&e))?;
-    let body_bytes = body.to_bytes().len() as u64;
+    let mut body = response.into_body();
+    let mut body_bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ErrorKind::of_hyper(&e))?;
+        if let Some(data) = frame.data_ref() {
+            body_bytes += data.len() as u64;
+        }
+    }
     Ok(Exchange {
         wire: None,
         code,

@@ -17,13 +17,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Frame;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+
+use meshload_config::limits;
 
 use crate::spec::{LoadOptions, LoadSpec};
 
@@ -41,6 +39,9 @@ pub struct ServeOptions {
     /// While a run goes on, a space (JSON allows leading whitespace) is sent this often,
     /// so that idle timeouts of proxies and port-forwards do not cut long runs.
     pub keepalive: Duration,
+    /// The CA certificates (PEM text, read when the server started) that runs without a
+    /// `cacert` of their own trust.
+    pub ca: Option<String>,
 }
 
 impl Default for ServeOptions {
@@ -48,6 +49,7 @@ impl Default for ServeOptions {
         ServeOptions {
             resolve: Resolve::new(),
             keepalive: Duration::from_secs(10),
+            ca: None,
         }
     }
 }
@@ -55,11 +57,58 @@ impl Default for ServeOptions {
 /// What every connection of a server shares.
 struct Shared {
     resolve: Resolve,
+    ca: Option<String>,
     keepalive: Duration,
     /// Bumped by a stop request; each run stops when it changes.
     stop: watch::Sender<u64>,
     /// Runs in progress.
     running: AtomicUsize,
+    /// Their connections, all told.
+    connections: AtomicUsize,
+}
+
+/// The most runs one server carries at once; more are answered 503.
+pub const MAX_RUNS: usize = 64;
+
+/// A run's claim on the server's capacity, given back when dropped (also when the run's
+/// task panics), so that the counts never drift.
+struct Claim {
+    shared: Arc<Shared>,
+    connections: usize,
+}
+
+impl Claim {
+    /// Claims a run of `connections`, or says why the server cannot take it: more than
+    /// [`MAX_RUNS`] runs, or more than `limits::MAX_CONNECTIONS` connections in all.
+    fn take(shared: &Arc<Shared>, connections: usize) -> Result<Claim, String> {
+        let runs = shared.running.fetch_add(1, Ordering::SeqCst);
+        let open = shared.connections.fetch_add(connections, Ordering::SeqCst);
+        let claim = Claim {
+            shared: shared.clone(),
+            connections,
+        };
+        if runs >= MAX_RUNS {
+            return Err(format!(
+                "busy: {runs} runs are in progress, the most this server takes at once is {MAX_RUNS}; try again later"
+            ));
+        }
+        if open + connections > limits::MAX_CONNECTIONS as usize {
+            return Err(format!(
+                "busy: runs in progress hold {open} connections, and {connections} more would pass the most this server opens, {}; try again later",
+                limits::MAX_CONNECTIONS
+            ));
+        }
+        Ok(claim)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.shared.running.fetch_sub(1, Ordering::SeqCst);
+        self.shared
+            .connections
+            .fetch_sub(self.connections, Ordering::SeqCst);
+    }
 }
 
 /// Largest request body accepted (a run's parameters and payload).
@@ -88,54 +137,47 @@ pub fn parse_resolve(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
     Ok((authority.to_ascii_lowercase(), addrs))
 }
 
-/// The next accepted connection. A failed accept (out of file descriptors and the like)
-/// is logged and retried after a short pause instead of spinning.
-pub async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => return stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+/// The REST API: a request handler, served by whatever accepts its connections (the
+/// CLI's `meshload serve` gives it a node's connection guards).
+#[derive(Clone)]
+pub struct Api {
+    shared: Arc<Shared>,
+}
+
+impl Api {
+    /// An API with no run in progress.
+    pub fn new(options: ServeOptions) -> Api {
+        Api {
+            shared: Arc::new(Shared {
+                resolve: options.resolve,
+                ca: options.ca,
+                keepalive: options.keepalive.max(Duration::from_millis(10)),
+                stop: watch::channel(0).0,
+                running: AtomicUsize::new(0),
+                connections: AtomicUsize::new(0),
+            }),
         }
     }
-}
 
-/// Serves the REST API on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    options: ServeOptions,
-) {
-    let shared = Arc::new(Shared {
-        resolve: options.resolve,
-        keepalive: options.keepalive.max(Duration::from_millis(10)),
-        stop: watch::channel(0).0,
-        running: AtomicUsize::new(0),
-    });
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            stream = accept(&listener) => stream,
-            () = &mut shutdown => return,
-        };
-        let builder = builder.clone();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, shared.clone()));
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+    /// Answers one request.
+    pub async fn handle<B>(self, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        handle(req, self.shared).await
     }
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+/// The body of every answer.
+pub type Body = BoxBody<Bytes, Infallible>;
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Body>, Infallible> {
-    let response = match (req.method(), req.uri().path()) {
+async fn handle<B>(req: Request<B>, shared: Arc<Shared>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => reply(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET | &Method::POST, RUN_PATH) => run(req, shared).await,
         (&Method::GET | &Method::POST, STOP_PATH) => {
@@ -151,8 +193,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             StatusCode::NOT_FOUND,
             json!({"error": format!("no such endpoint; runs are on {RUN_PATH}")}),
         ),
-    };
-    Ok(response)
+    }
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<Body> {
@@ -168,10 +209,18 @@ fn reply(status: StatusCode, body: Value) -> Response<Body> {
 /// Starts a run and answers at once with a body that sends a space every `keepalive`
 /// while it goes on, then the result (an `{"error": ...}` object if it failed). A client
 /// that goes away stops the run.
-async fn run(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
-    let spec = match requested_spec(req, &shared.resolve).await {
+async fn run<B>(req: Request<B>, shared: Arc<Shared>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let spec = match requested_spec(req, &shared).await {
         Ok(spec) => spec,
         Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
+    };
+    let claim = match Claim::take(&shared, spec.connections) {
+        Ok(claim) => claim,
+        Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e})),
     };
     tracing::info!(url = %spec.uri, "run requested over REST");
     let (tx, rx) = mpsc::channel::<Bytes>(4);
@@ -187,8 +236,7 @@ async fn run(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
             () = client.closed() => tracing::info!("the client went away: stopping its run"),
         }
     };
-    shared.running.fetch_add(1, Ordering::SeqCst);
-    tokio::spawn(run_and_answer(spec, stop, shared, tx));
+    tokio::spawn(run_and_answer(spec, stop, claim, tx));
     let frames = futures_util::stream::unfold(rx, |mut rx| async move {
         let bytes = rx.recv().await?;
         Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
@@ -201,15 +249,33 @@ async fn run(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     r
 }
 
-/// The load a run request asks for (query and JSON body), with `--resolve` applied.
-async fn requested_spec(req: Request<Incoming>, resolve: &Resolve) -> Result<LoadSpec, String> {
+/// The load a run request asks for (query and JSON body).
+async fn requested_spec<B>(req: Request<B>, shared: &Shared) -> Result<LoadSpec, String>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let query = req.uri().query().unwrap_or("").to_string();
     let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
         .map_err(|e| format!("cannot read the body: {e}"))?
         .to_bytes();
-    let mut options = options(&params(&query, &body)?)?;
+    spec(
+        &params(&query, &body)?,
+        &shared.resolve,
+        shared.ca.as_deref(),
+    )
+}
+
+/// A run's parameters as the validated spec it runs, with `--resolve` and the server's CA
+/// applied: every check a REST run gets, the CLI's and the config's bounds among them.
+pub fn spec(
+    params: &HashMap<String, Vec<String>>,
+    resolve: &Resolve,
+    ca: Option<&str>,
+) -> Result<LoadSpec, String> {
+    let mut options = options(params)?;
     if let Ok(uri) = options.url.parse::<http::Uri>() {
         let authority = format!(
             "{}:{}",
@@ -220,19 +286,23 @@ async fn requested_spec(req: Request<Incoming>, resolve: &Resolve) -> Result<Loa
             options.connect_to = addrs.clone();
         }
     }
+    if options.tls.ca.is_none() {
+        options.tls.ca = ca.map(|pem| crate::tls::Ca::Pem(pem.to_string()));
+    }
     LoadSpec::try_new(options).map_err(|e| e.to_string())
 }
 
 /// Runs the load, sending a space every `keepalive` until the result, then the result.
+/// The run is a task of its own: should it panic, the caller still gets an answer.
 async fn run_and_answer(
     spec: LoadSpec,
     stop: impl Future<Output = ()> + Send + 'static,
-    shared: Arc<Shared>,
+    claim: Claim,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let run = crate::run::run(spec, stop, crate::Live::default());
+    let run = tokio::spawn(crate::run::run(spec, stop, crate::Live::default()));
     tokio::pin!(run);
-    let mut ticker = tokio::time::interval(shared.keepalive);
+    let mut ticker = tokio::time::interval(claim.shared.keepalive);
     ticker.tick().await;
     let outcome = loop {
         tokio::select! {
@@ -242,11 +312,15 @@ async fn run_and_answer(
             }
         }
     };
-    shared.running.fetch_sub(1, Ordering::SeqCst);
+    drop(claim);
     let body = match outcome {
-        Ok(result) => serde_json::to_string(&result.to_fortio())
+        Ok(Ok(result)) => serde_json::to_string(&result.to_fortio())
             .unwrap_or_else(|e| json!({"error": e.to_string()}).to_string()),
-        Err(e) => json!({"error": e.to_string()}).to_string(),
+        Ok(Err(e)) => json!({"error": e.to_string()}).to_string(),
+        Err(e) => {
+            tracing::error!(error = %e, "a run failed inside");
+            json!({"error": "the run failed inside the server (a bug: see its log)"}).to_string()
+        }
     };
     let _ = tx.send(Bytes::from(body)).await;
 }
@@ -319,16 +393,17 @@ pub fn options(params: &HashMap<String, Vec<String>>) -> Result<LoadOptions, Str
     };
     let url = one("url").ok_or("url: missing")?;
     let defaults = LoadOptions::default();
-    // Fortio: a negative qps (-1) or 0 means as fast as possible.
-    let qps = number("qps")?.map_or(defaults.qps, |q| q.max(0.0));
-    let connections = number("c")?.map_or(Ok(defaults.connections), |c| {
-        if c >= 1.0 && c.fract() == 0.0 {
-            Ok(c as usize)
-        } else {
-            Err(format!("c: {c} is not a number of connections"))
-        }
-    })?;
-    let requests = number("n")?.filter(|n| *n > 0.0).map(|n| n as u64);
+    // Fortio: -1 (or 0) is as fast as possible. Every other number goes to the bounds the
+    // CLI and the config share (`LoadSpec::try_new`), so NaN and -5 are refused there.
+    let qps = number("qps")?.map_or(defaults.qps, |q| if q == -1.0 { 0.0 } else { q });
+    let whole = |k: &str, max: u64| -> Result<Option<u64>, String> {
+        number(k)?
+            .map(|v| limits::whole_f64(v, 1, max).map_err(|problem| format!("{k}: {problem}")))
+            .transpose()
+    };
+    let connections =
+        whole("c", limits::MAX_CONNECTIONS)?.map_or(defaults.connections, |c| c as usize);
+    let requests = whole("n", limits::MAX_REQUESTS)?;
     let percentiles = match one("p") {
         Some(p) => p
             .split(',')
@@ -359,13 +434,33 @@ pub fn options(params: &HashMap<String, Vec<String>>) -> Result<LoadOptions, Str
         h2: flag("h2"),
         // Fortio's names for them.
         tls: crate::tls::TlsOptions {
-            ca_file: one("cacert").filter(|c| !c.is_empty()).map(Into::into),
+            ca: one("cacert").map(ca_pem).transpose()?,
             insecure: flag("https-insecure") || flag("k"),
         },
         coarse_pacing: false,
         std_client: flag("stdclient"),
         connect_to: Vec::new(),
     })
+}
+
+/// A REST call's `cacert`: the CA certificates as PEM text, never a path on the server
+/// (which would let a caller read, or learn of, the server's files).
+fn ca_pem(text: String) -> Result<crate::tls::Ca, String> {
+    if text.len() > crate::tls::MAX_CA_BYTES {
+        return Err(format!(
+            "cacert: {} bytes is more than the most accepted, {}",
+            text.len(),
+            crate::tls::MAX_CA_BYTES
+        ));
+    }
+    if !text.contains("-----BEGIN ") {
+        return Err(
+            "cacert: give the CA certificates as PEM text (-----BEGIN CERTIFICATE-----...); \
+                    a path on the server is never read"
+                .to_string(),
+        );
+    }
+    Ok(crate::tls::Ca::Pem(text))
 }
 
 /// `10s`, `1m30s`, `500ms`; a bare number is seconds (Fortio accepts both).

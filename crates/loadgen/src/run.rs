@@ -122,10 +122,26 @@ pub async fn run(
         .map(|a| Arc::new(Target::new(&spec, *a)))
         .collect();
     let stats = SharedStats::default();
-    let mut connections: Vec<Connection> = (0..spec.connections)
-        .map(|i| Connection::new(targets[i % targets.len()].clone(), stats.clone()))
+    let schedule = spec
+        .qps
+        .map(|qps| Schedule::new(qps, spec.connections, spec.jitter));
+    // Only connections with something to send are made; those due in the first moments
+    // are opened now, the others by their own task shortly before their first request,
+    // so that `-c 100000 --qps 10 -t 1s` opens 10 sockets and ends on time.
+    let mut connections: Vec<(usize, Connection)> = (0..spec.connections)
+        .filter(|&i| sends_anything(&spec, schedule.as_ref(), i))
+        .map(|i| {
+            let target = targets[i % targets.len()].clone();
+            (i, Connection::new(target, stats.clone()))
+        })
         .collect();
-    futures_util::future::join_all(connections.iter_mut().map(Connection::warm_up)).await;
+    futures_util::future::join_all(
+        connections
+            .iter_mut()
+            .filter(|(i, _)| first_due(schedule.as_ref(), *i) < CONNECT_AHEAD)
+            .map(|(_, c)| c.warm_up()),
+    )
+    .await;
     // A refused certificate fails every request the same way: say why, once, rather than
     // counting a whole test of errors.
     let refused = lock_stats(&stats).certificate_problem.clone();
@@ -145,15 +161,12 @@ pub async fn run(
     let start_time = SystemTime::now();
     let (tx, rx) = unbounded_channel();
     let collector = tokio::spawn(Collector::new(live).run(rx));
-    let schedule = spec
-        .qps
-        .map(|qps| Schedule::new(qps, spec.connections, spec.jitter));
     let pacer = schedule
         .clone()
         .map(|s| spawn_pacer(s, &spec, shared.clone()));
 
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, conn) in connections.into_iter().enumerate() {
+    for (i, conn) in connections {
         let plan = ConnectionPlan {
             index: i,
             quota: quota_of(&spec, i),
@@ -216,6 +229,21 @@ async fn wait_or_stop(
     interrupted
 }
 
+/// How long before its first due time a connection that was not opened with the others
+/// opens its socket (and does its TLS handshake), so that the request does not pay for it.
+const CONNECT_AHEAD: Duration = Duration::from_millis(250);
+
+/// When connection `conn` sends its first request, from the start (at once unpaced).
+fn first_due(schedule: Option<&Schedule>, conn: usize) -> Duration {
+    schedule.map_or(Duration::ZERO, |s| s.due(conn, 0))
+}
+
+/// Whether connection `conn` has a request to send before the run ends.
+fn sends_anything(spec: &LoadSpec, schedule: Option<&Schedule>, conn: usize) -> bool {
+    quota_of(spec, conn) != Some(0)
+        && deadline_of(spec).is_none_or(|d| first_due(schedule, conn) < d)
+}
+
 fn quota_of(spec: &LoadSpec, conn: usize) -> Option<u64> {
     match spec.stop {
         Stop::Requests(n) => Some(quota(n, spec.connections, conn)),
@@ -247,6 +275,21 @@ async fn drive(
     tx: UnboundedSender<Vec<Sample>>,
 ) {
     let slots = &shared.slots[plan.index];
+    let first = first_due(plan.schedule.as_ref(), plan.index);
+    if first >= CONNECT_AHEAD {
+        // Opened late (see `run`): wait until shortly before the first slot. A stop
+        // closes the slots and notifies, so the wait ends with the run.
+        let open_at = shared.start + (first - CONNECT_AHEAD);
+        tokio::select! {
+            () = tokio::time::sleep_until(open_at.into()) => {}
+            () = slots.notify.notified() => {}
+        }
+        if shared.stopping.load(Ordering::Acquire) || slots.closed.load(Ordering::Acquire) {
+            slots.finished.store(true, Ordering::Release);
+            return;
+        }
+        conn.warm_up().await;
+    }
     let mut sent = 0u64;
     let mut k = 0u64;
     let mut batch = Batch::new(tx);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
+use meshload_config::limits;
 
 /// The options of one load test as a user gives them (flags, a config file, a REST call).
 #[derive(Debug, Clone)]
@@ -172,19 +173,34 @@ impl LoadSpec {
                 None
             }
         };
-        if !options.qps.is_finite() || options.qps < 0.0 {
-            bad(
-                "qps",
-                format!(
-                    "{:?} is not a rate (a number of requests per second, 0 for max)",
-                    options.qps
-                ),
-            );
+        // The bounds are the config's and the CLI's too (`meshload_config::limits`).
+        if let Err(problem) = limits::qps(options.qps) {
+            bad("qps", problem);
         }
-        if options.connections == 0 {
+        if let Err(problem) = limits::connections(options.connections as u64) {
+            bad("connections", problem);
+        }
+        if let Some(Err(problem)) = options.requests.map(limits::requests) {
+            bad("requests", problem);
+        }
+        if let Some(Err(problem)) = options.duration.map(limits::duration) {
+            bad("duration", problem);
+        }
+        if let Err(problem) = limits::timeout(options.timeout) {
+            bad("timeout", problem);
+        }
+        let payload_len = options.payload.as_ref().map_or(0, |p| p.len() as u64);
+        if let Err(problem) = limits::payload(payload_len) {
+            bad("payload", problem);
+        }
+        if options.percentiles.len() > limits::MAX_PERCENTILES {
             bad(
-                "connections",
-                "0 connections cannot send anything (use 1 or more)".into(),
+                "percentiles",
+                format!(
+                    "{} percentiles is more than {}",
+                    options.percentiles.len(),
+                    limits::MAX_PERCENTILES
+                ),
             );
         }
         for &p in &options.percentiles {
@@ -195,8 +211,15 @@ impl LoadSpec {
                 );
             }
         }
-        if options.timeout.is_zero() {
-            bad("timeout", "0s would fail every request".into());
+        if options.headers.len() > limits::MAX_HEADERS {
+            bad(
+                "header",
+                format!(
+                    "{} headers is more than {}",
+                    options.headers.len(),
+                    limits::MAX_HEADERS
+                ),
+            );
         }
         let mut headers = HeaderMap::new();
         for line in &options.headers {

@@ -1,5 +1,6 @@
 //! HTTPS for the load generator: rustls with the aws-lc-rs provider (the graph's only
-//! one), trusting the system's roots, a `--cacert` file, or nothing at all with
+//! one), trusting the system's roots, a `--cacert` file or PEM text (what a REST call
+//! gives: a server never reads a file that a request names), or nothing at all with
 //! `--insecure`; ALPN offers h2 and http/1.1 (only h2 with `--h2`). A certificate the
 //! client refuses is one line naming the host and the reason, and ends the test before
 //! it starts: it is not a slow request.
@@ -18,10 +19,62 @@ use tokio_rustls::client::TlsStream;
 /// How a test trusts its HTTPS target.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TlsOptions {
-    /// Trust the CA certificates in this PEM file (instead of the system's roots).
-    pub ca_file: Option<PathBuf>,
+    /// Trust these CA certificates (instead of the system's roots).
+    pub ca: Option<Ca>,
     /// Accept any certificate (curl's and Fortio's `-k`).
     pub insecure: bool,
+}
+
+/// Where the CA certificates a test trusts come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ca {
+    /// A PEM file the user named on the command line or in a config.
+    File(PathBuf),
+    /// PEM text (a REST call's `cacert`, or the file a server was started with).
+    Pem(String),
+}
+
+/// The largest CA bundle read or accepted (the system's whole bundle is about 220 KB).
+pub const MAX_CA_BYTES: usize = 1024 * 1024;
+
+impl Ca {
+    /// The PEM text: a file is read up to [`MAX_CA_BYTES`], never further (`/dev/zero`).
+    pub fn pem(&self) -> Result<std::borrow::Cow<'_, str>, TlsError> {
+        match self {
+            Ca::Pem(text) if text.len() > MAX_CA_BYTES => Err(TlsError::CaPem(format!(
+                "{} bytes is more than the most accepted, {MAX_CA_BYTES}",
+                text.len()
+            ))),
+            Ca::Pem(text) => Ok(text.into()),
+            Ca::File(path) => {
+                use std::io::Read as _;
+                let bad = |reason: String| TlsError::CaFile {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let mut bytes = Vec::new();
+                std::fs::File::open(path)
+                    .and_then(|f| f.take(MAX_CA_BYTES as u64 + 1).read_to_end(&mut bytes))
+                    .map_err(|e| bad(e.to_string()))?;
+                if bytes.len() > MAX_CA_BYTES {
+                    return Err(bad(format!("larger than {MAX_CA_BYTES} bytes")));
+                }
+                String::from_utf8(bytes)
+                    .map(Into::into)
+                    .map_err(|_| bad("not PEM text".into()))
+            }
+        }
+    }
+
+    fn error(&self, reason: String) -> TlsError {
+        match self {
+            Ca::File(path) => TlsError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            },
+            Ca::Pem(_) => TlsError::CaPem(reason),
+        }
+    }
 }
 
 /// Why HTTPS cannot be set up.
@@ -35,6 +88,9 @@ pub enum TlsError {
         /// Why.
         reason: String,
     },
+    /// The CA's PEM text is not usable.
+    #[error("the PEM text: {0}")]
+    CaPem(String),
     /// The host is not a name a certificate can be for.
     #[error("{0:?} is not a TLS server name")]
     ServerName(String),
@@ -80,7 +136,7 @@ impl Tls {
                 .with_no_client_auth()
         } else {
             builder
-                .with_root_certificates(roots(options.ca_file.as_ref())?)
+                .with_root_certificates(roots(options.ca.as_ref())?)
                 .with_no_client_auth()
         };
         config.alpn_protocols = if h2_only {
@@ -109,25 +165,21 @@ impl Tls {
     }
 }
 
-/// The system's roots, or the certificates of `ca_file`.
-fn roots(ca_file: Option<&PathBuf>) -> Result<RootCertStore, TlsError> {
+/// The system's roots, or the certificates of `ca`.
+fn roots(ca: Option<&Ca>) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let bad = |reason: String| TlsError::CaFile {
-                path: path.display().to_string(),
-                reason,
-            };
+    match ca {
+        Some(ca) => {
+            let pem = ca.pem()?;
             let certs: Vec<CertificateDer<'static>> =
-                rustls_pki_types::pem::PemObject::pem_file_iter(path)
-                    .map_err(|e| bad(e.to_string()))?
+                rustls_pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes())
                     .collect::<Result<_, _>>()
-                    .map_err(|e| bad(e.to_string()))?;
+                    .map_err(|e| ca.error(e.to_string()))?;
             if certs.is_empty() {
-                return Err(bad("no PEM certificate in it".into()));
+                return Err(ca.error("no PEM certificate in it".into()));
             }
             for cert in certs {
-                store.add(cert).map_err(|e| bad(e.to_string()))?;
+                store.add(cert).map_err(|e| ca.error(e.to_string()))?;
             }
         }
         None => {

@@ -117,12 +117,13 @@ pub struct NodeArgs {
     #[arg(long, value_name = "CODE", env = "MESHLOAD_ERROR_CODE", default_value_t = 500,
           value_parser = clap::value_parser!(u16).range(100..=599))]
     pub error_code: u16,
-    /// Size in bytes of a successful response body (padded JSON).
+    /// Size in bytes of a successful response body (padded JSON), at most 1 GiB.
     #[arg(
         long,
         value_name = "BYTES",
         env = "MESHLOAD_RESPONSE_SIZE",
-        default_value_t = 0
+        default_value_t = 0,
+        value_parser = parse_response_size
     )]
     pub response_size: usize,
     /// Seed of injected latency and errors: the same seed gives the same n-th request fate.
@@ -188,6 +189,14 @@ pub struct NodeArgs {
         default_value = "reject"
     )]
     pub capacity_mode: crate::capacity::Mode,
+}
+
+fn parse_response_size(s: &str) -> Result<usize, String> {
+    let bytes = s
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    meshload_config::limits::response_size(bytes).map(|b| b as usize)
 }
 
 fn parse_capacity(s: &str) -> Result<f64, String> {
@@ -262,7 +271,8 @@ pub enum RunError {
 pub fn serve(args: NodeArgs) -> Result<(), RunError> {
     let config = args.into_config();
     let runtime = runtime().map_err(RunError::Runtime)?;
-    runtime.block_on(async move {
+    let drain = config.limits.drain_timeout;
+    let served = runtime.block_on(async move {
         let name = config.name.clone();
         let backends: Vec<String> = config.backends.iter().map(ToString::to_string).collect();
         let seed = config.behaviour.seed;
@@ -279,10 +289,33 @@ pub fn serve(args: NodeArgs) -> Result<(), RunError> {
                 () = shutdown_signal() => {}
                 () = orphaned() => {}
             }
+            exit_after(drain + SHUTDOWN_MARGIN);
         };
         server.run(stop).await;
         Ok(())
-    })
+    });
+    // Tasks still holding connections are dropped here, without waiting for them.
+    runtime.shutdown_timeout(SHUTDOWN_MARGIN);
+    served
+}
+
+/// How long a stopping node may take beyond its drain timeout before it exits anyway.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
+
+/// Ends the process after `limit` whatever the runtime is doing: a stop, once asked for,
+/// always ends (a runtime thread blocked or swamped by a connection flood cannot hold it,
+/// and a second SIGTERM, which the signal handler swallows, is not needed).
+fn exit_after(limit: Duration) {
+    let watchdog = std::thread::Builder::new()
+        .name("node-stop-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(?limit, "stopping took longer than this; exiting now");
+            std::process::exit(1);
+        });
+    if let Err(e) = watchdog {
+        tracing::warn!(error = %e, "cannot start the stop watchdog");
+    }
 }
 
 /// A multi-threaded Tokio runtime for the commands that serve or send traffic.

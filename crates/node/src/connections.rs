@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
@@ -25,6 +27,8 @@ pub(crate) struct Conn {
     registry: Arc<Registry>,
     /// Requests (HTTP/2 streams) being answered now.
     in_flight: AtomicUsize,
+    /// Of those, requests still waiting for their body (see [`TrackedBody`]).
+    receiving: AtomicUsize,
     /// Requests started on this connection.
     started: AtomicU64,
     /// Nanoseconds after the registry's epoch when the connection was last busy.
@@ -54,6 +58,13 @@ impl Conn {
 
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Every request in flight is still waiting for its body: a slow (or stalled) upload,
+    /// which may make way for a new client as an idle connection does.
+    pub(crate) fn is_stalled(&self) -> bool {
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        in_flight > 0 && self.receiving.load(Ordering::Acquire) >= in_flight
     }
 
     fn last_busy(&self) -> Instant {
@@ -102,9 +113,26 @@ impl Conn {
         self.started.load(Ordering::Relaxed) > 0 && self.head_since.load(Ordering::Acquire) == 0
     }
 
-    /// True once the accept loop asked this connection to close, and it is still idle.
+    /// True once the accept loop asked this connection to close, and it is still idle or
+    /// stalled on a body.
     pub(crate) fn should_make_way(&self) -> bool {
-        self.evicted.load(Ordering::Acquire) && self.is_idle()
+        self.evicted.load(Ordering::Acquire) && (self.is_idle() || self.is_stalled())
+    }
+
+    /// Which connection makes way first: one that never sent a request, then one stalled
+    /// on a request body, then an idle keep-alive one; `None` for a busy connection.
+    fn eviction_class(&self) -> Option<u8> {
+        if self.is_idle() {
+            Some(if self.started.load(Ordering::Relaxed) == 0 {
+                0
+            } else {
+                2
+            })
+        } else if self.is_stalled() {
+            Some(1)
+        } else {
+            None
+        }
     }
 
     /// Completes when the connection is asked to make way or a request on it ends.
@@ -194,6 +222,60 @@ impl Drop for RequestGuard {
     }
 }
 
+/// A request's body, counted as awaited on its connection until it ends (or is dropped):
+/// what lets a connection stalled on a body make way for a new client.
+#[derive(Debug)]
+pub struct TrackedBody {
+    inner: Incoming,
+    receiving: Option<Arc<Conn>>,
+}
+
+impl TrackedBody {
+    pub(crate) fn new(inner: Incoming, conn: &Arc<Conn>) -> TrackedBody {
+        let receiving = (!inner.is_end_stream()).then(|| {
+            conn.receiving.fetch_add(1, Ordering::AcqRel);
+            conn.clone()
+        });
+        TrackedBody { inner, receiving }
+    }
+
+    fn done(&mut self) {
+        if let Some(conn) = self.receiving.take() {
+            conn.receiving.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream() {
+            self.done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Every open connection of a node.
 #[derive(Debug)]
 pub(crate) struct Registry {
@@ -232,6 +314,7 @@ impl Registry {
             id,
             registry: self.clone(),
             in_flight: AtomicUsize::new(0),
+            receiving: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             last_busy: AtomicU64::new(self.nanos_since_epoch()),
             head_since: AtomicU64::new(0),
@@ -254,8 +337,10 @@ impl Registry {
             .lock()
             .values()
             .filter_map(std::sync::Weak::upgrade)
-            .filter(|c| c.is_idle() && !c.evicted.load(Ordering::Acquire))
-            .min_by_key(|c| (c.started.load(Ordering::Relaxed) > 0, c.last_busy()));
+            .filter(|c| !c.evicted.load(Ordering::Acquire))
+            .filter_map(|c| Some((c.eviction_class()?, c.last_busy(), c)))
+            .min_by_key(|(class, last_busy, _)| (*class, *last_busy))
+            .map(|(_, _, c)| c);
         match victim {
             Some(conn) => {
                 conn.evicted.store(true, Ordering::Release);

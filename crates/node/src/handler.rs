@@ -1,15 +1,14 @@
 //! Serving one request: `/health`, `/metrics`, and the fan-out to backends on any other path.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::connections::TrackedBody;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -41,8 +40,43 @@ const FORWARDED_HEADERS: [&str; 10] = [
 /// to the backends.
 pub const CHECK_HEADER: &str = "x-meshload-check";
 
-/// Largest request body read (and discarded); larger bodies get 413.
-const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest request body read (and discarded as it arrives); larger bodies get 413. The
+/// most a load test sends, so that every payload meshload accepts reaches a node whole.
+const MAX_BODY_BYTES: u64 = meshload_config::limits::MAX_PAYLOAD_BYTES;
+
+/// Largest backend answer read (and discarded): the most a node is told to send.
+const MAX_BACKEND_BODY_BYTES: u64 = meshload_config::limits::MAX_RESPONSE_BYTES;
+
+/// Why a body was not read to its end.
+#[derive(Debug, PartialEq)]
+enum BodyProblem {
+    /// It is (or says it is) larger than allowed.
+    TooLarge,
+    /// It broke off.
+    Broken,
+}
+
+/// Reads a body to its end, keeping none of it: memory stays at one frame however large
+/// the body, and however many arrive at once.
+async fn discard<B>(mut body: B, max: u64) -> Result<(), BodyProblem>
+where
+    B: hyper::body::Body + Unpin,
+{
+    if body.size_hint().lower() > max {
+        return Err(BodyProblem::TooLarge);
+    }
+    let mut seen = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyProblem::Broken)?;
+        if let Some(data) = frame.data_ref() {
+            seen += hyper::body::Buf::remaining(data) as u64;
+            if seen > max {
+                return Err(BodyProblem::TooLarge);
+            }
+        }
+    }
+    Ok(())
+}
 
 type ResponseBody = Full<Bytes>;
 type BackendClient = Client<HttpConnector, Empty<Bytes>>;
@@ -120,14 +154,13 @@ impl Node {
     /// Routes one request. Never fails: every problem becomes a status code.
     pub(crate) async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, Infallible> {
-        let response = match (req.method(), req.uri().path()) {
+        req: Request<TrackedBody>,
+    ) -> Response<ResponseBody> {
+        match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/health") => plain(StatusCode::OK, "ok\n"),
             (&Method::GET, "/metrics") => self.metrics_response(req.headers()),
             _ => self.serve(req).await,
-        };
-        Ok(response)
+        }
     }
 
     /// OpenMetrics for scrapers that ask for it (Prometheus does), else text format 0.0.4.
@@ -151,26 +184,31 @@ impl Node {
         response
     }
 
-    async fn serve(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn serve(&self, req: Request<TrackedBody>) -> Response<ResponseBody> {
         let started = Instant::now();
         let _in_flight = self.metrics.start_request();
         let (parts, body) = req.into_parts();
         let limits = &self.config.limits;
         // The body counts against the request timeout too, and has its own bound.
         let body_wait = limits.body_read_timeout.min(limits.request_timeout);
-        let read = tokio::time::timeout(body_wait, Limited::new(body, MAX_BODY_BYTES).collect());
+        let read = tokio::time::timeout(body_wait, discard(body, MAX_BODY_BYTES));
         let response = match read.await {
             Err(_) => self.reply(
                 StatusCode::REQUEST_TIMEOUT,
                 Some("request body not received in time"),
                 vec![],
             ),
-            Ok(Err(_)) => self.reply(
+            Ok(Err(BodyProblem::TooLarge)) => self.reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                Some("request body too large or broken"),
+                Some("request body too large"),
                 vec![],
             ),
-            Ok(Ok(_)) => {
+            Ok(Err(BodyProblem::Broken)) => self.reply(
+                StatusCode::BAD_REQUEST,
+                Some("request body broken off"),
+                vec![],
+            ),
+            Ok(Ok(())) => {
                 let left = limits.request_timeout.saturating_sub(started.elapsed());
                 match tokio::time::timeout(left, self.respond(&parts.headers)).await {
                     Ok(response) => response,
@@ -253,7 +291,9 @@ impl Node {
         let exchange = async {
             let response = self.client.request(req).await?;
             let status = response.status();
-            response.into_body().collect().await?;
+            discard(response.into_body(), MAX_BACKEND_BODY_BYTES)
+                .await
+                .map_err(|problem| format!("answer body {problem:?}"))?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status)
         };
         let (code, reason) = match tokio::time::timeout(self.config.call_timeout, exchange).await {

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Limits, NodeConfig};
+pub use crate::connections::TrackedBody as RequestBody;
 use crate::connections::{Conn, Registry, Watched};
 
 use crate::handler::Node;
@@ -57,92 +58,116 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and drains in-flight
-    /// requests for at most the configured drain timeout.
-    ///
-    /// Connections are bounded by the limits: a connection that has not sent a whole
-    /// request head within the header-read timeout, or stays idle between requests for
-    /// the idle timeout, is closed, and at the connection limit the longest-idle
-    /// connection makes way for a new one (see [`crate::connections`]).
+    /// Serves until `shutdown` completes, with the protections of [`serve_guarded`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limits = self.node.limits().clone();
-        let builder = connection_builder(&limits);
-        let registry = Registry::new();
-        let (stopping, _) = watch::channel(false);
-        let limit = limits.max_connections.max(1);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = registry.room(limit) => {}
-                () = &mut shutdown => break,
-            }
-            let stream = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _peer)) => stream,
-                    Err(err) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let conn = registry.open();
-            let stream = Watched::new(stream, conn.clone());
-            let node = self.node.clone();
-            let served = conn.clone();
-            let service = service_fn(move |req| {
-                let request = served.start_request();
-                let node = node.clone();
-                async move {
-                    let response = node.handle(req).await;
-                    drop(request);
-                    response
-                }
-            });
-            let http = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let limits = limits.clone();
-            let mut stopping = stopping.subscribe();
-            tokio::spawn(async move {
-                tokio::pin!(http);
-                let reason = loop {
-                    match watch_connection(&conn, &limits, &mut stopping, http.as_mut()).await {
-                        Watch::Ended(result) => {
-                            if let Err(err) = result {
-                                tracing::debug!(error = %err, "connection ended with an error");
-                            }
-                            return;
-                        }
-                        Watch::Close(reason) => break reason,
-                        Watch::Continue => {}
-                    }
-                };
-                tracing::debug!(reason, "closing connection");
-                if reason != "stop" && !conn.may_be_answering() {
-                    // Silent, or part of a head: nothing to finish.
-                    return;
-                }
-                http.as_mut().graceful_shutdown();
-                let grace = if reason == "stop" {
-                    limits.drain_timeout
-                } else {
-                    CLOSE_GRACE
-                };
-                let _ = tokio::time::timeout(grace, http).await;
-            });
-        }
-        drop(self.listener);
-        tracing::info!("shutting down: draining in-flight requests");
-        let _ = stopping.send(true);
+        let node = self.node;
+        serve_guarded(self.listener, &limits, shutdown, move |req| {
+            let node = node.clone();
+            async move { node.handle(req).await }
+        })
+        .await;
+    }
+}
+
+/// Serves `handle` on `listener` with a node's protections until `shutdown` completes,
+/// then stops accepting and drains in-flight requests for at most the drain timeout:
+/// the node's server, and meshload's REST and results servers too.
+///
+/// Connections are bounded by the limits: a connection that has not sent a whole request
+/// head within the header-read timeout, or stays idle between requests for the idle
+/// timeout, is closed, and at the connection limit the longest-idle connection (or one
+/// stalled on a request body) makes way for a new one (see [`crate::connections`]).
+pub async fn serve_guarded<H, F, B>(
+    listener: TcpListener,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()>,
+    handle: H,
+) where
+    H: Fn(http::Request<RequestBody>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = http::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limits = limits.clone();
+    let builder = connection_builder(&limits);
+    let registry = Registry::new();
+    let (stopping, _) = watch::channel(false);
+    let limit = limits.max_connections.max(1);
+    tokio::pin!(shutdown);
+    loop {
         tokio::select! {
-            () = registry.drained() => tracing::info!("drained"),
-            () = tokio::time::sleep(limits.drain_timeout) => {
-                tracing::warn!(timeout = ?limits.drain_timeout, "drain timed out; closing");
+            () = registry.room(limit) => {}
+            () = &mut shutdown => break,
+        }
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = registry.open();
+        let stream = Watched::new(stream, conn.clone());
+        let handle = handle.clone();
+        let served = conn.clone();
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let request = served.start_request();
+            let req = req.map(|body| RequestBody::new(body, &served));
+            let response = handle(req);
+            async move {
+                let response = response.await;
+                drop(request);
+                Ok::<_, std::convert::Infallible>(response)
             }
+        });
+        let http = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let limits = limits.clone();
+        let mut stopping = stopping.subscribe();
+        tokio::spawn(async move {
+            tokio::pin!(http);
+            let reason = loop {
+                match watch_connection(&conn, &limits, &mut stopping, http.as_mut()).await {
+                    Watch::Ended(result) => {
+                        if let Err(err) = result {
+                            tracing::debug!(error = %err, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    Watch::Close(reason) => break reason,
+                    Watch::Continue => {}
+                }
+            };
+            tracing::debug!(reason, "closing connection");
+            if reason != "stop" && (!conn.may_be_answering() || conn.is_stalled()) {
+                // Silent, part of a head, or stalled on a body: nothing to finish.
+                return;
+            }
+            http.as_mut().graceful_shutdown();
+            let grace = if reason == "stop" {
+                limits.drain_timeout
+            } else {
+                CLOSE_GRACE
+            };
+            let _ = tokio::time::timeout(grace, http).await;
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stopping.send(true);
+    tokio::select! {
+        () = registry.drained() => tracing::info!("drained"),
+        () = tokio::time::sleep(limits.drain_timeout) => {
+            tracing::warn!(timeout = ?limits.drain_timeout, "drain timed out; closing");
         }
     }
 }

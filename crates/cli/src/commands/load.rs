@@ -33,11 +33,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
 fn spec(args: LoadArgs) -> anyhow::Result<LoadSpec> {
     let payload = match (&args.payload, &args.payload_file) {
         (Some(text), _) => Some(bytes::Bytes::from(text.clone())),
-        (None, Some(path)) => Some(
-            std::fs::read(path)
-                .map(bytes::Bytes::from)
-                .map_err(|e| Exit::usage(format!("--payload-file {}: {e}", path.display())))?,
-        ),
+        (None, Some(path)) => Some(read_payload(path)?),
         (None, None) => None,
     };
     let options = LoadOptions {
@@ -56,7 +52,7 @@ fn spec(args: LoadArgs) -> anyhow::Result<LoadSpec> {
         labels: args.labels,
         h2: args.h2,
         tls: meshload_loadgen::tls::TlsOptions {
-            ca_file: args.cacert,
+            ca: args.cacert.map(meshload_loadgen::tls::Ca::File),
             insecure: args.insecure,
         },
         coarse_pacing: args.coarse_pacing,
@@ -64,6 +60,25 @@ fn spec(args: LoadArgs) -> anyhow::Result<LoadSpec> {
         connect_to: Vec::new(),
     };
     LoadSpec::try_new(options).map_err(|errors| Exit::usage(errors.to_string()).into())
+}
+
+/// A payload file, read up to one byte past the most a payload may be (so that a huge
+/// file, or `/dev/zero`, is refused rather than read whole).
+fn read_payload(path: &std::path::Path) -> anyhow::Result<bytes::Bytes> {
+    use std::io::Read as _;
+    let max = meshload_config::limits::MAX_PAYLOAD_BYTES;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .map_err(|e| Exit::usage(format!("--payload-file {}: {e}", path.display())))?;
+    if bytes.len() as u64 > max {
+        return Err(Exit::usage(format!(
+            "--payload-file {}: larger than the most a payload may be, {max} bytes",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(bytes.into())
 }
 
 async fn drive(spec: LoadSpec) -> anyhow::Result<meshload_loadgen::LoadResult> {

@@ -55,3 +55,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context as _;
     meshload_node::cli::runtime().context("cannot start the async runtime")
 }
+
+/// The connection guards of meshload's own servers (the REST API and `results serve`): a
+/// node's (a request head within 10 s, idle connections closed, and at the limit the
+/// longest-idle or a stalled one makes way), with their own connection limit and a short
+/// drain.
+fn server_limits(guards: &crate::cli::ServerGuards) -> meshload_node::Limits {
+    meshload_node::Limits {
+        max_connections: guards.max_connections as usize,
+        drain_timeout: std::time::Duration::from_secs(2),
+        ..meshload_node::Limits::default()
+    }
+}

@@ -7,7 +7,6 @@
 //! limits. The store is re-read when its runs change.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -16,10 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshload_promql::{Labels, QueryError, QueryOptions, Store};
 use meshload_store::{FsStore, ResultStore, RunRef};
 use serde_json::{Value as Json, json};
@@ -67,13 +63,17 @@ pub fn run(args: &ResultsServeArgs) -> anyhow::Result<ExitCode> {
     };
     let catalog = Arc::new(Catalog::new(store, args.align_runs));
     catalog.refresh(true);
-    runtime.block_on(serve(catalog, args.listen))
+    runtime.block_on(serve(catalog, args.listen, &args.guards))
 }
 
 /// How often an S3 store is looked at for new runs.
 const S3_SYNC: Duration = Duration::from_secs(5);
 
-async fn serve(catalog: Arc<Catalog>, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+async fn serve(
+    catalog: Arc<Catalog>,
+    listen: SocketAddr,
+    guards: &crate::cli::ServerGuards,
+) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -84,24 +84,13 @@ async fn serve(catalog: Arc<Catalog>, listen: SocketAddr) -> anyhow::Result<Exit
         catalog.run_count(),
         catalog.root.root().display()
     );
-    let shutdown = super::shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            stream = meshload_loadgen::rest::accept(&listener) => stream,
-            () = &mut shutdown => break,
-        };
-        let catalog = catalog.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let catalog = catalog.clone();
-                async move { Ok::<_, Infallible>(handle(req, catalog).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    meshload_node::server::serve_guarded(
+        listener,
+        &super::server_limits(guards),
+        super::shutdown_signal(),
+        move |req| handle(req, catalog.clone()),
+    )
+    .await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -330,7 +319,10 @@ fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-async fn handle(req: Request<Incoming>, catalog: Arc<Catalog>) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<meshload_node::server::RequestBody>,
+    catalog: Arc<Catalog>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if method != Method::GET && method != Method::POST {

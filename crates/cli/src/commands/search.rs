@@ -107,7 +107,7 @@ fn base_options(args: &SearchArgs) -> LoadOptions {
         timeout: args.timeout,
         h2: args.h2,
         tls: meshload_loadgen::tls::TlsOptions {
-            ca_file: args.cacert.clone(),
+            ca: args.cacert.clone().map(meshload_loadgen::tls::Ca::File),
             insecure: args.insecure,
         },
         labels: format!("search {}", args.name),

@@ -9,6 +9,16 @@ use crate::cli::ServeArgs;
 
 /// Serves until SIGINT or SIGTERM.
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    // Read once, here: a request never names a file on this server.
+    let ca = match &args.cacert {
+        Some(path) => Some(
+            meshload_loadgen::tls::Ca::File(path.clone())
+                .pem()
+                .map_err(|e| crate::exit::Exit::usage(e.to_string()))?
+                .into_owned(),
+        ),
+        None => None,
+    };
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let listener = meshload_loadgen::rest::bind(args.listen)
@@ -27,8 +37,16 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let options = meshload_loadgen::rest::ServeOptions {
             resolve: args.resolve.iter().cloned().collect(),
             keepalive: args.keepalive,
+            ca,
         };
-        meshload_loadgen::rest::serve(listener, super::shutdown_signal(), options).await;
+        let api = meshload_loadgen::rest::Api::new(options);
+        meshload_node::server::serve_guarded(
+            listener,
+            &super::server_limits(&args.guards),
+            super::shutdown_signal(),
+            move |req| api.clone().handle(req),
+        )
+        .await;
         Ok(ExitCode::SUCCESS)
     })
 }

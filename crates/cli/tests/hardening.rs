@@ -1,0 +1,464 @@
+//! What a hostile user tried, each one a regression test: requests that name server files,
+//! numbers past every bound, bodies and connections held against a server, and runs that
+//! open what they cannot use.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{NodeProc, run, temp_dir, write_config};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// POSTs a REST run and reads its answer, in at most 20 s.
+async fn rest(server: &NodeProc, query: &str, body: &str) -> (u16, Value) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let url = format!("http://{}/fortio/rest/run?{query}", server.addr);
+    let req = http::Request::post(url)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let answer = async {
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    };
+    tokio::time::timeout(Duration::from_secs(20), answer)
+        .await
+        .expect("the server answers")
+}
+
+fn serve(extra: &[&str]) -> NodeProc {
+    let mut args = vec!["-q", "serve", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    NodeProc::spawn(&args, &[])
+}
+
+fn encoded(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn a_rest_cacert_is_pem_text_and_never_a_path_on_the_server() {
+    let server = serve(&[]);
+    let url = encoded("https://127.0.0.1:1/");
+    let mut answers = Vec::new();
+    // A file that reads forever, a readable one, a missing one: one answer for all, at
+    // once, that says nothing of which exists.
+    for path in ["/dev/zero", "/etc/passwd", "/no/such/file", "/root"] {
+        let started = Instant::now();
+        let (status, answer) = rest(&server, &format!("url={url}&cacert={path}"), "").await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{path}");
+        answers.push(answer["error"].as_str().unwrap().to_string());
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert!(answers[0].contains("PEM text"), "{}", answers[0]);
+    let pem = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n";
+    let (status, answer) = rest(&server, &format!("url={url}&cacert={}", encoded(pem)), "").await;
+    assert_eq!(status, 400, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.starts_with("cacert: the PEM text"), "{error}");
+    let (status, _) = rest(&server, "", "").await;
+    assert_eq!(status, 400, "the server is alive");
+}
+
+#[tokio::test]
+async fn every_rest_number_is_bounded_with_a_400_that_names_it() {
+    let node = NodeProc::start(&[]);
+    let server = serve(&[]);
+    let url = encoded(&node.url());
+    for (param, named) in [
+        ("c=1e12", "c:"),
+        ("c=1000000000", "c:"),
+        ("c=100001", "c:"),
+        ("c=2.5", "c:"),
+        ("qps=1e-300", "qps:"),
+        ("qps=NaN", "qps:"),
+        ("qps=-5", "qps:"),
+        ("qps=1e300", "qps:"),
+        ("n=-3", "n:"),
+        ("n=0", "n:"),
+        ("n=18446744073709551616", "n:"),
+        ("t=1000000h", "duration:"),
+        ("timeout=0s", "timeout:"),
+        ("timeout=2h", "timeout:"),
+    ] {
+        let (status, answer) = rest(&server, &format!("url={url}&{param}"), "").await;
+        assert_eq!(status, 400, "{param}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.starts_with(named), "{param}: {error}");
+    }
+    // Nothing was started, nothing is counted: a good run still runs.
+    let (status, answer) = rest(&server, &format!("url={url}&n=5&c=1&qps=-1"), "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["RetCodes"]["200"], 5);
+}
+
+#[tokio::test]
+async fn runs_past_the_servers_connection_budget_are_refused_with_503() {
+    let node = NodeProc::start(&[]);
+    let server = serve(&[]);
+    let url = encoded(&node.url());
+    // 100,000 connections at one request per 1,000 s: only the first has a request due
+    // within the test, so only it is opened; the run holds the whole budget.
+    let big = {
+        let query = format!("url={url}&c=100000&qps=0.001&t=60s");
+        let server_addr = server.addr;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            let req = http::Request::post(format!("http://{server_addr}/fortio/rest/run?{query}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = client.request(req).await.unwrap();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                started.elapsed(),
+                serde_json::from_slice::<Value>(&bytes).unwrap(),
+            )
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let (status, answer) = rest(&server, &format!("url={url}&n=1&c=1"), "").await;
+        if status == 503 {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never refused: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refused["error"].as_str().unwrap().starts_with("busy"),
+        "{refused}"
+    );
+    let stop = format!("http://{}/fortio/rest/stop", server.addr);
+    assert_eq!(common::get(&stop).await.status, 200);
+    let (took, result) = big.await.unwrap();
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_eq!(result["Interrupted"], true, "{result}");
+    assert!(result["SocketCount"].as_u64().unwrap() <= 2, "{result}");
+    // The budget is given back.
+    let (status, answer) = rest(&server, &format!("url={url}&n=1&c=1"), "").await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[test]
+fn the_cli_refuses_what_its_interval_or_memory_cannot_hold() {
+    for (args, named) in [
+        (vec!["--qps", "1e-300", "-n", "1"], "qps"),
+        (vec!["--qps", "5000000"], "qps"),
+        (vec!["-n", "0"], "requests"),
+        (vec!["--timeout", "2h"], "timeout"),
+        (vec!["--payload-file", "/dev/zero"], "--payload-file"),
+    ] {
+        let mut full = vec!["load"];
+        full.extend(args.iter().copied());
+        full.push("http://127.0.0.1:1/");
+        let started = Instant::now();
+        let out = run(&full, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{args:?}");
+    }
+    let out = run(
+        &[
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--response-size",
+            "2000000000",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("response-size"));
+}
+
+#[test]
+fn a_config_is_bounded_as_the_cli_is_with_the_json_path() {
+    let dir = temp_dir("hardening-config");
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"a": []},
+            "load_tests": [{"test_name": "x", "target": "a", "qps": 1e-300, "t": "1000000h",
+                            "timeout": "0s", "c": 100001}]}"#,
+    );
+    let out = run(&["validate", config.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for path in [
+        "load_tests[0].qps: 1e-300 is not a rate",
+        "load_tests[0].t:",
+        "load_tests[0].timeout: 0s would fail",
+        "load_tests[0].c: 100001",
+    ] {
+        assert!(stderr.contains(path), "{path} missing in {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The largest resident set a process has had, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The file descriptors a process holds.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A connection that sends a request head promising `length` body bytes, and `sent` of them.
+fn partial_upload(addr: std::net::SocketAddr, length: usize, sent: usize) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut left = sent;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n]).unwrap();
+        left -= n;
+    }
+    s
+}
+
+/// Reads the status code of the answer on `s`.
+fn status_of(s: &mut TcpStream) -> Option<u16> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_node_reads_request_bodies_without_keeping_them() {
+    let mut node = NodeProc::start(&[]);
+    let before = peak_rss(node.pid());
+    // 24 uploads of 15 MiB each, all in the node at once: kept, they would be 360 MiB.
+    let mut uploads: Vec<TcpStream> = (0..24)
+        .map(|_| partial_upload(node.addr, 16 << 20, 15 << 20))
+        .collect();
+    for s in &mut uploads {
+        s.write_all(&vec![b'x'; 1 << 20]).unwrap();
+    }
+    for s in &mut uploads {
+        assert_eq!(status_of(s), Some(200));
+    }
+    let grown = peak_rss(node.pid()).saturating_sub(before);
+    assert!(grown < 96 << 20, "the node grew by {} MiB", grown >> 20);
+    // A body larger than a payload may be is refused from its head.
+    let mut s = partial_upload(node.addr, 64 << 20, 0);
+    assert_eq!(status_of(&mut s), Some(413));
+    node.terminate();
+    assert!(node.wait_exit(Duration::from_secs(15)).is_some());
+}
+
+#[test]
+fn a_stalled_upload_makes_way_for_a_new_client() {
+    let node = NodeProc::start(&["--max-connections", "5"]);
+    // Five connections hold every slot, each stalled 10 bytes into a 100 MB body.
+    let _held: Vec<TcpStream> = (0..5)
+        .map(|_| partial_upload(node.addr, 100_000_000, 10))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(status_of(&mut s), Some(200));
+    // Not after the body-read timeout (10 s) frees a slot.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_node_flooded_with_held_connections_stops_within_its_drain_timeout() {
+    let mut node = NodeProc::start(&["--max-connections", "50", "--drain-timeout", "1s"]);
+    let held: Vec<TcpStream> = (0..200)
+        .filter_map(|i| {
+            let mut s = TcpStream::connect(node.addr).ok()?;
+            // Some silent, some mid-head, some mid-body.
+            let _ = match i % 3 {
+                0 => Ok(()),
+                1 => s.write_all(b"GET / HTTP/1.1\r\nHo"),
+                _ => s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nxx"),
+            };
+            Some(s)
+        })
+        .collect();
+    assert!(held.len() > 100);
+    let started = Instant::now();
+    node.terminate();
+    let status = node.wait_exit(Duration::from_secs(8));
+    assert!(
+        status.is_some(),
+        "still running after {:?}",
+        started.elapsed()
+    );
+    drop(held);
+}
+
+/// Opens `n` connections that never send anything.
+fn silent(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn meshloads_own_servers_hold_a_bounded_number_of_connections() {
+    let dir = temp_dir("hardening-guards");
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let results = NodeProc::spawn(
+        &[
+            "-q",
+            "results",
+            "serve",
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "20",
+        ],
+        &[],
+    );
+    let rest = serve(&["--max-connections", "20"]);
+    for (server, health) in [(&rest, "/health"), (&results, "/api/v1/labels")] {
+        let baseline = descriptors(server.pid());
+        let _silent = silent(server.addr, 60);
+        // A new client still gets an answer: a silent connection made way for it.
+        let reply = common::get(&format!("http://{}{health}", server.addr)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        // Silent connections make way for each other too: wait for that to settle.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while descriptors(server.pid()) > baseline + 21 {
+            let held = descriptors(server.pid());
+            assert!(
+                Instant::now() < deadline,
+                "{held} descriptors (from {baseline})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_std_client_counts_an_endless_body_without_keeping_it() {
+    // A server that answers every request with a chunked body that never ends.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if s.write_all(head).await.is_err() {
+                    return;
+                }
+                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                while s.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let mut child = common::bin()
+        .args([
+            "load",
+            "--std-client",
+            "-c",
+            "2",
+            "-n",
+            "2",
+            "--timeout",
+            "3s",
+        ])
+        .arg(format!("http://{addr}/"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the load did not end");
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            for l in status.lines() {
+                if let Some(v) = l.strip_prefix("VmRSS:") {
+                    let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                    peak = peak.max(kb << 10);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.abort();
+    assert!(
+        peak < 200 << 20,
+        "the load generator reached {} MiB",
+        peak >> 20
+    );
+}
+
+#[test]
+fn connections_that_the_rate_cannot_use_are_not_opened() {
+    let node = NodeProc::start(&[]);
+    let dir = temp_dir("hardening-lazy");
+    let json = dir.join("r.json");
+    let started = Instant::now();
+    let out = run(
+        &[
+            "load",
+            "--qps",
+            "10",
+            "-c",
+            "20000",
+            "-t",
+            "1s",
+            "--json",
+            json.to_str().unwrap(),
+            &node.url(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let result = common::json(&json);
+    assert!(result["SocketCount"].as_u64().unwrap() <= 10, "{result}");
+    assert_eq!(result["RetCodes"]["200"], 10);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
