@@ -104,12 +104,18 @@ async fn every_rest_number_is_bounded_with_a_400_that_names_it() {
 #[tokio::test]
 async fn runs_past_the_servers_connection_budget_are_refused_with_503() {
     let node = NodeProc::start(&[]);
+    let slow = NodeProc::start(&["--latency", "40s", "--request-timeout", "60s"]);
     let server = serve(&[]);
     let url = encoded(&node.url());
     // 100,000 connections at one request per 1,000 s: only the first has a request due
-    // within the test, so only it is opened; the run holds the whole budget.
+    // within the test, so only it is opened; its answer takes 40 s, and meanwhile the run
+    // holds the server's whole connection budget.
+    let (accepted, claimed) = tokio::sync::oneshot::channel();
     let big = {
-        let query = format!("url={url}&c=100000&qps=0.001&t=60s");
+        let query = format!(
+            "url={}&c=100000&qps=0.001&t=30s&timeout=60s",
+            encoded(&slow.url())
+        );
         let server_addr = server.addr;
         tokio::spawn(async move {
             let started = Instant::now();
@@ -118,6 +124,8 @@ async fn runs_past_the_servers_connection_budget_are_refused_with_503() {
                 .body(Full::new(Bytes::new()))
                 .unwrap();
             let resp = client.request(req).await.unwrap();
+            // The answer's head comes as the run starts; its body when it ends.
+            let _ = accepted.send(resp.status().as_u16());
             let bytes = resp.into_body().collect().await.unwrap().to_bytes();
             (
                 started.elapsed(),
@@ -125,18 +133,9 @@ async fn runs_past_the_servers_connection_budget_are_refused_with_503() {
             )
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let refused = loop {
-        let (status, answer) = rest(&server, &format!("url={url}&n=1&c=1"), "").await;
-        if status == 503 {
-            break answer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never refused: {status} {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    assert_eq!(claimed.await.unwrap(), 200);
+    let (status, refused) = rest(&server, &format!("url={url}&n=1&c=1"), "").await;
+    assert_eq!(status, 503, "{refused}");
     assert!(
         refused["error"].as_str().unwrap().starts_with("busy"),
         "{refused}"
@@ -460,5 +459,160 @@ fn connections_that_the_rate_cannot_use_are_not_opened() {
     let result = common::json(&json);
     assert!(result["SocketCount"].as_u64().unwrap() <= 10, "{result}");
     assert_eq!(result["RetCodes"]["200"], 10);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+const TINY: &str = r#"{"backends_map": {"a": []}, "ConnectivityCheckPerURL": 1,
+    "load_tests": [{"test_name": "tiny", "target": "a", "qps": 20, "t": "1s", "c": 1}]}"#;
+
+#[test]
+fn two_runs_into_one_store_at_once_both_keep_their_runs() {
+    let dir = temp_dir("hardening-same-second");
+    let config = write_config(&dir, TINY);
+    let store = dir.join("store");
+    let start = || {
+        common::bin()
+            .args([
+                "run",
+                "--store",
+                store.to_str().unwrap(),
+                config.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let names: Vec<String> = std::fs::read_dir(store.join("tiny"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_file_where_a_tests_folder_belongs_stops_the_run_before_it_starts() {
+    let dir = temp_dir("hardening-test-file");
+    let config = write_config(&dir, TINY);
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join("tiny"), "not a folder").unwrap();
+    let started = Instant::now();
+    let out = run(
+        &[
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("tiny"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "nothing ran");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn metadata_of_the_wrong_shape_is_listed_as_damaged() {
+    let dir = temp_dir("hardening-shape");
+    let config = write_config(&dir, TINY);
+    let store = dir.join("store");
+    let out = run(
+        &[
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let run_dir = common::run_dir(&store, "tiny");
+    let metadata = run_dir.join("metadata.json");
+    let good = common::json(&metadata);
+    let mut status_five = good.clone();
+    status_five["status"] = 5.into();
+    for bad in [
+        serde_json::json!([1, 2, 3]),
+        status_five,
+        Value::from("complete"),
+    ] {
+        std::fs::write(&metadata, bad.to_string()).unwrap();
+        let out = run(
+            &[
+                "results",
+                "list",
+                "--store",
+                store.to_str().unwrap(),
+                "--json",
+            ],
+            &[],
+        );
+        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rows[0]["status"], "damaged", "{bad}");
+    }
+    std::fs::write(&metadata, good.to_string()).unwrap();
+    let out = run(
+        &[
+            "results",
+            "list",
+            "--store",
+            store.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["status"], "complete");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_prometheus_that_fails_to_start_leaves_no_folder_behind() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = temp_dir("hardening-prometheus");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("prometheus");
+    std::fs::write(&fake, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"a": []}, "prometheus": "spawn",
+            "load_tests": [{"test_name": "tiny", "target": "a", "qps": 20, "t": "1s", "c": 1}]}"#,
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = run(
+        &[
+            "run",
+            "--store",
+            dir.join("store").to_str().unwrap(),
+            config.to_str().unwrap(),
+        ],
+        &[("PATH", &path), ("TMPDIR", tmp.to_str().unwrap())],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("prometheus"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

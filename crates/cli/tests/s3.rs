@@ -109,6 +109,29 @@ fn runs_are_written_listed_and_read_back_byte_for_byte() {
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["test_name"], "tiny");
+    // Reading an S3 store copies its runs into a private folder, removed afterwards; an
+    // empty store is named by its address.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut with_tmp = env.clone();
+    with_tmp.push(("TMPDIR".into(), tmp.display().to_string()));
+    let out = run_env(&["results", "list", "--store", store], &with_tmp);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tiny"));
+    let out = run_env(
+        &["results", "list", "--store", "s3://bucket-a/empty"],
+        &with_tmp,
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("no runs in s3://bucket-a/empty"),
+        "{listed}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "nothing left in TMPDIR"
+    );
 
     // A local run pushed through the spool and pulled back is the same, byte for byte.
     let local = dir.join("local");

@@ -342,6 +342,16 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A command for `program` that the kernel kills (SIGKILL) when the process starting it
+/// dies, even by SIGKILL: it runs under util-linux's `setpriv --pdeathsig KILL`, since
+/// setting the signal between fork and exec ourselves would take `unsafe`. For helpers
+/// that cannot watch meshload themselves (Envoy, Prometheus).
+pub fn dies_with_parent(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    cmd
+}
+
 /// Completes when the parent named in [`crate::PARENT_PID_ENV`] is gone (this process was
 /// re-parented); never when the variable is unset.
 pub async fn orphaned() {

@@ -54,7 +54,16 @@ pub fn load(run: &RunRef) -> Result<Run, ReportError> {
             source,
         })?;
     let (metadata, damage) = match read_json(&run.dir.join("metadata.json")) {
-        Ok(metadata) => (metadata, None),
+        Ok(metadata) => match shape_problem(&metadata) {
+            None => (metadata, None),
+            Some(problem) => (
+                Json::Null,
+                Some(format!(
+                    "{}: {problem}",
+                    run.dir.join("metadata.json").display()
+                )),
+            ),
+        },
         Err(e) => (Json::Null, Some(DisplayChain(&e).to_string())),
     };
     Ok(Run {
@@ -63,6 +72,37 @@ pub fn load(run: &RunRef) -> Result<Run, ReportError> {
         metadata,
         damage,
     })
+}
+
+/// What is wrong with the shape of a metadata.json that parsed, if anything: it must be an
+/// object, and the fields read from it must have their types (a run whose `status` is `5`
+/// is damaged, not complete).
+fn shape_problem(metadata: &Json) -> Option<String> {
+    let Some(object) = metadata.as_object() else {
+        return Some(format!(
+            "{} is not an object",
+            meshload_config::reader::short(metadata)
+        ));
+    };
+    let expect = |key: &str, ok: fn(&Json) -> bool, what: &str| {
+        object
+            .get(key)
+            .filter(|v| !ok(v))
+            .map(|v| format!("{key} is {}, not {what}", meshload_config::reader::short(v)))
+    };
+    expect(
+        "status",
+        |v| matches!(v.as_str(), Some("complete" | "interrupted")),
+        "\"complete\" or \"interrupted\"",
+    )
+    .or_else(|| expect("test_name", Json::is_string, "a string"))
+    .or_else(|| expect("run_id", Json::is_string, "a string"))
+    .or_else(|| expect("backend", Json::is_string, "a string"))
+    .or_else(|| expect("summary", Json::is_object, "an object"))
+    .or_else(|| expect("backend_facts", Json::is_object, "an object"))
+    .or_else(|| expect("series", |v| v.is_object() || v.is_null(), "an object"))
+    .or_else(|| expect("start_ms", Json::is_number, "a number"))
+    .or_else(|| expect("end_ms", Json::is_number, "a number"))
 }
 
 /// An error and its causes on one line.

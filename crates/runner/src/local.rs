@@ -46,7 +46,7 @@ pub struct LocalBackend {
     /// Children that exited, with how, as first seen.
     exited: Vec<ReplicaExit>,
     /// The run's sidecar configs and certificates, removed by `down`.
-    mesh_dir: Option<PathBuf>,
+    mesh_dir: Option<tempfile::TempDir>,
 }
 
 /// What a mesh run shares while it starts: where its files go, its CA, and the
@@ -345,7 +345,7 @@ impl Backend for LocalBackend {
         }
         self.children.clear();
         if let Some(dir) = self.mesh_dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = dir.close();
         }
     }
 }
@@ -360,14 +360,18 @@ impl LocalBackend {
             pod: "mesh".into(),
             reason,
         };
-        let dir = std::env::temp_dir().join(format!(
-            "meshload-mesh-{}-{}",
-            std::process::id(),
-            plan.run_tag
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-        self.mesh_dir = Some(dir.clone());
+        // Private (0700), fresh (a random suffix, refused if it exists), under TMPDIR, and
+        // removed when the topology comes down: it holds the run's CA key.
+        let folder = tempfile::Builder::new()
+            .prefix(&format!(
+                "meshload-mesh-{}-{}-",
+                std::process::id(),
+                plan.run_tag
+            ))
+            .tempdir()
+            .map_err(|e| fail(format!("cannot create a private temporary folder: {e}")))?;
+        let dir = folder.path().to_path_buf();
+        self.mesh_dir = Some(folder);
         let ca = match mesh.tls {
             TlsMode::Plain => None,
             _ => Some(RunCa::new(&dir).map_err(|e| fail(crate::error_chain(&e)))?),

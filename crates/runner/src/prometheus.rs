@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -26,7 +25,8 @@ pub struct SpawnedPrometheus {
     pub url: String,
     child: Child,
     exporter: tokio::task::JoinHandle<()>,
-    dir: PathBuf,
+    /// Its config and data: private, removed when it stops (or when dropped).
+    dir: tempfile::TempDir,
 }
 
 impl SpawnedPrometheus {
@@ -49,8 +49,11 @@ impl SpawnedPrometheus {
             exporter_listener,
             deployment.containers.clone(),
         ));
-        let dir = std::env::temp_dir().join(format!("meshload-prometheus-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+        let folder = tempfile::Builder::new()
+            .prefix(&format!("meshload-prometheus-{}-", std::process::id()))
+            .tempdir()
+            .map_err(|e| fail(e.to_string()))?;
+        let dir = folder.path().to_path_buf();
         let config = scrape_config(deployment, interval, exporter_addr);
         std::fs::write(dir.join("prometheus.yml"), config).map_err(|e| fail(e.to_string()))?;
         let port = crate::ports::free_port()
@@ -83,12 +86,21 @@ impl SpawnedPrometheus {
             url,
             child,
             exporter,
-            dir,
+            dir: folder,
         };
-        spawned.wait_ready().await?;
-        spawned
-            .wait_scraping(deployment.scrape_targets.len() + 1)
-            .await?;
+        let ready = match spawned.wait_ready().await {
+            Ok(()) => {
+                spawned
+                    .wait_scraping(deployment.scrape_targets.len() + 1)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            // Stopped, and its folder removed, as after a run.
+            spawned.stop().await;
+            return Err(e);
+        }
         Ok(spawned)
     }
 
@@ -146,7 +158,7 @@ impl SpawnedPrometheus {
         }
         let _ = self.child.wait().await;
         self.exporter.abort();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = self.dir.close();
     }
 }
 

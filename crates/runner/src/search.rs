@@ -460,7 +460,7 @@ pub fn write_document(
     let path = dir.join(format!("search-{search_id}.json"));
     let mut text = serde_json::to_string_pretty(document).expect("JSON values serialize");
     text.push('\n');
-    std::fs::write(&path, text)?;
+    meshload_store::write_atomically(&path, text.as_bytes()).map_err(std::io::Error::other)?;
     Ok(path)
 }
 

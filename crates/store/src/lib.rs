@@ -157,15 +157,20 @@ impl ResultStore {
         }
     }
 
-    /// Checks that runs can be written: the folder (or, for S3, the local spool every run
-    /// passes through) is created and a probe file written and removed. A run checks
-    /// this before it starts anything, so no measurement is lost to an unwritable store.
-    pub fn check_writable(&self) -> Result<(), StoreError> {
+    /// Checks that runs of these tests can be written: each test's folder (or, for S3, its
+    /// folder in the local spool every run passes through) is created and a probe file
+    /// written and removed. A run checks this before it starts anything, so no measurement
+    /// is lost to an unwritable store, or to a file where a test's folder should be.
+    pub fn check_writable(&self, test_names: &[&str]) -> Result<(), StoreError> {
         let root = self.local().root;
         std::fs::create_dir_all(&root).map_err(io(&root))?;
-        let probe = root.join(format!(".meshload-probe-{}", std::process::id()));
-        std::fs::write(&probe, b"").map_err(io(&probe))?;
-        std::fs::remove_file(&probe).map_err(io(&probe))
+        for dir in std::iter::once(root.clone()).chain(test_names.iter().map(|t| root.join(t))) {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let probe = dir.join(format!(".meshload-probe-{}", std::process::id()));
+            std::fs::write(&probe, b"").map_err(io(&probe))?;
+            std::fs::remove_file(&probe).map_err(io(&probe))?;
+        }
+        Ok(())
     }
 
     /// Where a run of `test_name` with id `run` lives once published: its folder, or its
@@ -227,27 +232,33 @@ impl FsStore {
         let mut issued = ISSUED
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let taken = |id: &str| {
-            test_dir.join(id).exists()
-                || issued.contains(&test_dir.join(id))
-                || test_dir
-                    .join(format!(".{id}.tmp-{}", std::process::id()))
-                    .exists()
-        };
-        let id = std::iter::once(second.clone())
+        // An id is claimed by creating its hidden folder, which fails if another process
+        // (another `meshload run` into the same store, in the same second) claimed it
+        // first: two writers never share an id, and neither finds it taken at the end.
+        for id in std::iter::once(second.clone())
             .chain((2..=RUNS_PER_SECOND).map(|n| format!("{second}-{n:02}")))
-            .find(|id| !taken(id))
-            .ok_or_else(|| StoreError::Exists(test_dir.join(&second).display().to_string()))?;
-        issued.insert(test_dir.join(&id));
-        drop(issued);
-        let final_dir = test_dir.join(&id);
-        let tmp_dir = test_dir.join(format!(".{id}.tmp-{}", std::process::id()));
-        std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
-        Ok(RunWriter {
-            tmp_dir,
-            final_dir,
-            id,
-        })
+        {
+            let final_dir = test_dir.join(&id);
+            if final_dir.exists() || issued.contains(&final_dir) {
+                continue;
+            }
+            let tmp_dir = test_dir.join(format!(".{id}.tmp"));
+            match std::fs::create_dir(&tmp_dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io(&tmp_dir)(e)),
+            }
+            issued.insert(final_dir.clone());
+            return Ok(RunWriter {
+                tmp_dir,
+                final_dir,
+                id,
+                done: false,
+            });
+        }
+        Err(StoreError::Exists(
+            test_dir.join(&second).display().to_string(),
+        ))
     }
 }
 
@@ -304,12 +315,23 @@ impl FsStore {
     }
 }
 
-/// A run being written.
+/// A run being written, in a hidden folder that becomes the run when committed. Dropped
+/// uncommitted (a write failed: the disk is full, say), its partial files are removed.
 #[derive(Debug)]
 pub struct RunWriter {
     tmp_dir: PathBuf,
     final_dir: PathBuf,
     id: String,
+    /// Committed, or kept on purpose: not to be removed when dropped.
+    done: bool,
+}
+
+impl Drop for RunWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.tmp_dir);
+        }
+    }
 }
 
 impl RunWriter {
@@ -323,20 +345,77 @@ impl RunWriter {
         &self.final_dir
     }
 
-    /// Writes one file of the run.
+    /// Writes one file of the run, on disk (synced) before the run is committed.
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.tmp_dir.join(name);
-        std::fs::write(&path, bytes).map_err(io(&path))
+        write_synced(&self.tmp_dir.join(name), bytes)
     }
 
-    /// Puts the run in place; fails if a run with the same name appeared meanwhile.
-    pub fn commit(self) -> Result<PathBuf, StoreError> {
-        if self.final_dir.exists() {
-            return Err(StoreError::Exists(self.final_dir.display().to_string()));
+    /// Puts the run in place, durably: one rename that never replaces what is there (a
+    /// folder someone made meanwhile included), then the test's folder synced. Should the
+    /// name be taken, the run stays whole in its hidden folder, which the error names.
+    pub fn commit(mut self) -> Result<PathBuf, StoreError> {
+        match rename_new(&self.tmp_dir, &self.final_dir) {
+            Ok(()) => {
+                self.done = true;
+                if let Some(parent) = self.final_dir.parent() {
+                    sync_dir(parent)?;
+                }
+                Ok(self.final_dir.clone())
+            }
+            Err(e) => {
+                self.done = true;
+                Err(StoreError::Exists(format!(
+                    "{} ({e}; the run is kept whole in {})",
+                    self.final_dir.display(),
+                    self.tmp_dir.display()
+                )))
+            }
         }
-        std::fs::rename(&self.tmp_dir, &self.final_dir).map_err(io(&self.final_dir))?;
-        Ok(self.final_dir.clone())
     }
+}
+
+/// Renames `from` to `to` unless `to` exists (`renameat2` with `RENAME_NOREPLACE`): no
+/// check-then-rename race, and no rename onto an empty folder.
+fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE).map_err(Into::into)
+}
+
+/// Writes a file and syncs it to disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    std::fs::File::create(path)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(io(path))
+}
+
+/// Syncs a folder, so that a rename into it survives a crash.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// Writes `bytes` as `path` all at once: to a hidden file beside it, synced, then renamed
+/// over it, so that a reader never sees half a file and a crash never leaves one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    write_synced(&tmp, bytes)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(path)(e));
+    }
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -411,6 +490,57 @@ mod tests {
             "20261127155000"
         );
         assert!(store.find_run("exp2").is_err());
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn an_id_claimed_by_another_writer_is_skipped_and_nothing_is_replaced() {
+        let root = temp("claims");
+        let store = FsStore::open(&root.display().to_string()).expect("a path");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_794_700);
+        // Another process writing the second's first run holds its claim.
+        std::fs::create_dir_all(root.join("exp").join(".20261127155140.tmp")).expect("mkdir");
+        let run = store.begin_run("exp", t).expect("begins");
+        assert_eq!(run.id(), "20261127155140-02");
+        // A folder made meanwhile (empty, so a plain rename would replace it) stays, and
+        // the run stays whole in its hidden folder, which the error names.
+        run.write("fortio.json", b"{}").expect("writes");
+        std::fs::create_dir(run.final_dir()).expect("mkdir");
+        let error = run.commit().expect_err("never replaces").to_string();
+        let kept = root.join("exp").join(".20261127155140-02.tmp");
+        assert!(error.contains(&kept.display().to_string()), "{error}");
+        assert_eq!(
+            std::fs::read(kept.join("fortio.json")).expect("kept"),
+            b"{}"
+        );
+        // A run dropped uncommitted (a write failed) leaves nothing behind.
+        let failed = store.begin_run("exp", t).expect("begins");
+        let hidden = root.join("exp").join(format!(".{}.tmp", failed.id()));
+        assert!(hidden.exists());
+        drop(failed);
+        assert!(!hidden.exists());
+        // A file where a test's folder belongs is found before anything runs.
+        std::fs::write(root.join("clash"), b"").expect("write");
+        let address = root.display().to_string();
+        let store = ResultStore::open(&address).expect("opens");
+        assert!(store.check_writable(&["exp"]).is_ok());
+        assert!(store.check_writable(&["exp", "clash"]).is_err());
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn a_file_written_atomically_leaves_no_temporary_file() {
+        let root = temp("atomic");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let path = root.join("search-1.json");
+        write_atomically(&path, b"one").expect("writes");
+        write_atomically(&path, b"two").expect("replaces");
+        assert_eq!(std::fs::read(&path).expect("there"), b"two");
+        let names: Vec<_> = std::fs::read_dir(&root)
+            .expect("lists")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["search-1.json"]);
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

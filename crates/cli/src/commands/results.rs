@@ -3,6 +3,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use meshload_report::compare::{self, fmt_value};
 use meshload_report::runs::{self, Run};
 use meshload_store::s3::S3Store;
@@ -15,15 +16,41 @@ use crate::cli::{
 use crate::exit::{Exit, THRESHOLD};
 
 /// A local view of a store: the folder itself, or for S3 a fresh copy of its runs in a
-/// temporary folder (the read side then works the same on both).
-fn open(address: &str) -> anyhow::Result<FsStore> {
+/// private temporary folder (the read side then works the same on both), removed when
+/// the view is dropped.
+struct View {
+    store: FsStore,
+    /// The store as the user named it.
+    address: String,
+    _copy: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for View {
+    type Target = FsStore;
+
+    fn deref(&self) -> &FsStore {
+        &self.store
+    }
+}
+
+fn open(address: &str) -> anyhow::Result<View> {
     match ResultStore::open(address).map_err(|e| Exit::usage(e.to_string()))? {
-        ResultStore::Fs(fs) => Ok(fs),
+        ResultStore::Fs(store) => Ok(View {
+            address: store.root().display().to_string(),
+            store,
+            _copy: None,
+        }),
         ResultStore::S3(s3) => {
-            let dir = std::env::temp_dir().join(format!("meshload-view-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            pull_all(&s3, &dir)?;
-            Ok(FsStore::open(&dir.display().to_string())?)
+            let copy = tempfile::Builder::new()
+                .prefix("meshload-view-")
+                .tempdir()
+                .context("cannot make a temporary folder for the S3 store's runs")?;
+            pull_all(&s3, copy.path())?;
+            Ok(View {
+                store: FsStore::open(&copy.path().display().to_string())?,
+                address: address.to_string(),
+                _copy: Some(copy),
+            })
         }
     }
 }
@@ -132,7 +159,7 @@ pub fn list(args: &ResultsListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if loaded.is_empty() {
-        writeln!(out, "no runs in {}", store.root().display())?;
+        writeln!(out, "no runs in {}", store.address)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = crate::table::Table::new(&[

@@ -170,10 +170,16 @@ pub fn run(args: RunArgs, k8s_flags_given: Vec<String>) -> anyhow::Result<ExitCo
     let exe = std::env::current_exe().context("cannot find the meshload executable")?;
     let run_id = meshload_store::run_id(std::time::SystemTime::now());
     let request = RunRequest::new(args, loaded.config, &k8s_flags_given, exe, run_id)?;
+    let tests: Vec<&str> = request
+        .config
+        .tests
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
     request
         .settings
         .store
-        .check_writable()
+        .check_writable(&tests)
         .map_err(|e| Exit::usage(format!("{:#}", anyhow::Error::new(e))))?;
     let runtime = super::runtime()?;
     let observer = Printer::default();

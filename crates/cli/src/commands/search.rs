@@ -31,7 +31,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     } else {
         let store = ResultStore::open(&args.store).map_err(|e| Exit::usage(e.to_string()))?;
         store
-            .check_writable()
+            .check_writable(&[args.name.as_str()])
             .map_err(|e| Exit::usage(format!("the store cannot be written: {e}")))?;
         Some(store)
     };

@@ -14,10 +14,13 @@ pub fn run(args: &SuperviseArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let (program, rest) = args.command.split_first().expect("clap requires a command");
-        let mut child = tokio::process::Command::new(program)
+        // Killed with the supervisor, even a SIGKILLed one (which could not stop it).
+        let mut command = meshload_node::cli::dies_with_parent(program);
+        command
             .args(rest)
             .env_remove(meshload_node::PARENT_PID_ENV)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
         let status = tokio::select! {

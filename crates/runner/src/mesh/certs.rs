@@ -41,11 +41,21 @@ impl std::fmt::Debug for RunCa {
     }
 }
 
+/// Writes a certificate or key readable by this user alone (0600), and only as a new file:
+/// one already there (planted in the folder) is an error, never overwritten or trusted.
 fn write(path: &Path, text: &str) -> Result<(), CertError> {
-    std::fs::write(path, text).map_err(|source| CertError::Write {
-        path: path.display().to_string(),
-        source,
-    })
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|source| CertError::Write {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 impl RunCa {
@@ -95,5 +105,25 @@ impl RunCa {
         write(&files.cert, &cert.pem())?;
         write(&files.key, &key.serialize_pem())?;
         Ok(files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn keys_are_private_and_a_planted_file_is_never_used() {
+        let folder = tempfile::tempdir().expect("a folder");
+        let ca = RunCa::new(folder.path()).expect("a CA");
+        let files = ca.issue("node-a", "node-a.perf").expect("issued");
+        for path in [ca.ca_file(), files.cert.as_path(), files.key.as_path()] {
+            let mode = std::fs::metadata(path).expect("there").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+        // Planted before the sidecar's own is written: refused, not trusted.
+        std::fs::write(folder.path().join("node-b-key.pem"), "planted").expect("write");
+        assert!(ca.issue("node-b", "node-b.perf").is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use super::EnvoyMesh;
 use super::envoy::{Sidecar, bootstrap};
@@ -17,10 +17,8 @@ use super::envoy::{Sidecar, bootstrap};
 pub fn start(mesh: &EnvoyMesh, sidecar: &Sidecar, dir: &Path) -> std::io::Result<Child> {
     let config = dir.join(format!("{}.json", sidecar.pod));
     std::fs::write(&config, bootstrap(sidecar).to_string())?;
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--pdeathsig", "KILL", "--"])
-        .arg(&mesh.envoy)
-        .arg("-c")
+    let mut cmd = meshload_node::cli::dies_with_parent(&mesh.envoy);
+    cmd.arg("-c")
         .arg(&config)
         // Two Envoys on one host collide on the hot-restart socket without it.
         .arg("--disable-hot-restart")
