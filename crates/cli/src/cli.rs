@@ -73,6 +73,17 @@ pub enum Command {
     /// spawned Prometheus from outliving a killed run).
     #[command(hide = true)]
     Supervise(SuperviseArgs),
+    /// GET a loopback URL; exit 0 on a 2xx answer, 1 otherwise (internal: the readiness
+    /// probe of a pod whose server listens on loopback only).
+    #[command(hide = true)]
+    Probe(ProbeArgs),
+}
+
+/// `meshload probe URL` (internal).
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The URL (on loopback).
+    pub url: String,
 }
 
 /// `meshload promql ...`.

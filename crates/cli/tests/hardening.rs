@@ -616,3 +616,19 @@ fn a_prometheus_that_fails_to_start_leaves_no_folder_behind() {
     assert!(left.is_empty(), "{left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_load_generator_pod_listens_on_loopback_and_probes_itself() {
+    let node = NodeProc::start(&[]);
+    let health = format!("http://{}/health", node.addr);
+    assert_eq!(run(&["probe", &health], &[]).status.code(), Some(0));
+    let nothing = format!("http://127.0.0.1:{}/health", common::free_port());
+    assert_eq!(run(&["probe", &nothing], &[]).status.code(), Some(1));
+    let dir = temp_dir("hardening-render");
+    let config = write_config(&dir, TINY);
+    let out = run(&["k8s", "render", config.to_str().unwrap()], &[]);
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(yaml.contains("--listen=127.0.0.1:8080"), "{yaml}");
+    assert!(!yaml.contains("0.0.0.0:8080"), "{yaml}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

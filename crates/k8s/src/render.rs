@@ -316,14 +316,21 @@ fn loadgen(config: &Config, opts: &RenderOptions) -> Vec<Value> {
             opts.image.clone(),
             vec![
                 "serve".to_string(),
-                format!("--listen=0.0.0.0:{LOADGEN_PORT}"),
+                // Loopback only: reached by port-forward, never by another pod (it sends
+                // load wherever it is asked to).
+                format!("--listen=127.0.0.1:{LOADGEN_PORT}"),
             ],
         ),
         LoadGen::Fortio => (FORTIO_IMAGE.to_string(), vec!["server".to_string()]),
     };
-    let probe_path = match opts.loadgen {
-        LoadGen::Meshload => "/health",
-        LoadGen::Fortio => "/fortio/",
+    // A server on loopback cannot be probed from the kubelet: the image probes itself.
+    let probe = match opts.loadgen {
+        LoadGen::Meshload => json!({"exec": {"command": [
+            "/meshload", "probe", format!("http://127.0.0.1:{LOADGEN_PORT}/health")
+        ]}, "periodSeconds": 2}),
+        LoadGen::Fortio => {
+            json!({"httpGet": {"path": "/fortio/", "port": LOADGEN_PORT}, "periodSeconds": 2})
+        }
     };
     let mut out = vec![
         json!({
@@ -340,7 +347,7 @@ fn loadgen(config: &Config, opts: &RenderOptions) -> Vec<Value> {
                         "image": image,
                         "args": args,
                         "ports": [{"name": "http", "containerPort": LOADGEN_PORT}],
-                        "readinessProbe": {"httpGet": {"path": probe_path, "port": LOADGEN_PORT}, "periodSeconds": 2},
+                        "readinessProbe": probe,
                     }]},
                 },
             },

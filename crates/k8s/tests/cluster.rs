@@ -99,11 +99,16 @@ async fn apply_sends_a_server_side_apply_per_object() {
 async fn an_api_error_is_reported_with_what_was_being_done() {
     let (cluster, mut server) = cluster();
     let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "forbidden", "reason": "Forbidden", "code": 403});
-    tokio::spawn(async move { answer(&mut server, 403, status).await });
+    let answering = tokio::spawn(async move { answer(&mut server, 403, status).await });
     let err = cluster.apply(&objects()).await.unwrap_err();
     assert!(
         err.to_string().starts_with("apply Namespace perf:"),
         "{err}"
+    );
+    let (method, path, _) = answering.await.unwrap();
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("PATCH", "/api/v1/namespaces/perf")
     );
 }
 
@@ -121,14 +126,25 @@ fn deployment(ready: i32) -> Value {
 #[tokio::test]
 async fn a_rollout_that_becomes_ready_is_waited_for() {
     let (cluster, mut server) = cluster();
-    tokio::spawn(async move {
-        answer(&mut server, 200, deployments(0)).await;
-        answer(&mut server, 200, deployments(1)).await;
+    let answering = tokio::spawn(async move {
+        let first = answer(&mut server, 200, deployments(0)).await;
+        let second = answer(&mut server, 200, deployments(1)).await;
+        // Ready at the second list: no third request is made.
+        let third = tokio::time::timeout(Duration::from_millis(300), server.next_request()).await;
+        (first, second, third.is_err())
     });
+    let started = std::time::Instant::now();
     cluster
         .wait_ready("perf", &["node-0".into()], Duration::from_secs(5))
         .await
         .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "not a timeout");
+    let (first, second, no_third) = answering.await.unwrap();
+    for (method, path, _) in [&first, &second] {
+        assert_eq!(method, "GET");
+        assert_eq!(path, "/apis/apps/v1/namespaces/perf/deployments");
+    }
+    assert!(no_third, "it polled on after the rollout was ready");
 }
 
 #[tokio::test]
@@ -222,14 +238,18 @@ async fn cleanup_deletes_the_runs_namespaces_and_meshes_by_label() {
 #[tokio::test]
 async fn cleanup_without_the_app_mesh_crd_still_deletes_namespaces() {
     let (cluster, mut server) = cluster();
-    tokio::spawn(async move {
-        answer(
+    let answering = tokio::spawn(async move {
+        let namespaces = answer(
             &mut server,
             200,
             json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": []}),
         )
         .await;
-        answer(&mut server, 404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "not found", "reason": "NotFound", "code": 404})).await;
+        let meshes = answer(&mut server, 404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "not found", "reason": "NotFound", "code": 404})).await;
+        (namespaces, meshes)
     });
     assert!(cluster.cleanup(None).await.unwrap().is_empty());
+    let (namespaces, meshes) = answering.await.unwrap();
+    assert_eq!(namespaces.1, "/api/v1/namespaces");
+    assert!(meshes.1.contains("appmesh.k8s.aws"), "{meshes:?}");
 }

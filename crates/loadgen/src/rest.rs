@@ -514,6 +514,22 @@ mod tests {
     }
 
     #[test]
+    fn a_server_takes_at_most_its_runs_and_connections_and_gets_them_back() {
+        let api = Api::new(ServeOptions::default());
+        let claims: Vec<Claim> = (0..MAX_RUNS)
+            .map(|_| Claim::take(&api.shared, 1).expect("room"))
+            .collect();
+        let refused = Claim::take(&api.shared, 1).err().expect("one run too many");
+        assert!(refused.starts_with("busy"), "{refused}");
+        drop(claims);
+        let whole = Claim::take(&api.shared, limits::MAX_CONNECTIONS as usize).expect("room");
+        assert!(Claim::take(&api.shared, 1).is_err(), "no connection left");
+        drop(whole);
+        assert_eq!(api.shared.running.load(Ordering::SeqCst), 0);
+        assert_eq!(api.shared.connections.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn resolve_mappings_are_host_port_to_addresses() {
         let (authority, addrs) =
             parse_resolve("Service-0.perf.svc.cluster.local:9080=127.0.0.1:1,127.0.0.2:2")

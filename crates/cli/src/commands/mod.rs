@@ -46,6 +46,7 @@ pub fn run(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<ExitC
         Command::K8s(crate::cli::K8sCommand::Render(args)) => k8s::render(&args),
         Command::K8s(crate::cli::K8sCommand::Cleanup(args)) => k8s::cleanup(&args),
         Command::Supervise(args) => supervise::run(&args),
+        Command::Probe(args) => supervise::probe(&args),
         Command::Promql(crate::cli::PromqlCommand::Test(args)) => promql::test(args),
     }
 }

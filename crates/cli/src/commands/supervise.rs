@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::cli::SuperviseArgs;
+use crate::cli::{ProbeArgs, SuperviseArgs};
 
 /// Runs the command under watch.
 pub fn run(args: &SuperviseArgs) -> anyhow::Result<ExitCode> {
@@ -38,5 +38,22 @@ pub fn run(args: &SuperviseArgs) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         }
+    })
+}
+
+/// How long a probe waits for its answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `meshload probe URL`: exit 0 when the URL answers 2xx within 2 s.
+pub fn probe(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = super::runtime()?;
+    let answer = runtime.block_on(meshload_runner::http::get(
+        &meshload_runner::http::client(),
+        args.url.clone(),
+        PROBE_TIMEOUT,
+    ));
+    Ok(match answer {
+        Ok((status, _, _)) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        _ => ExitCode::from(crate::exit::THRESHOLD),
     })
 }
