@@ -263,15 +263,29 @@ fn node(replicas: u32, behaviour: &Behaviour) -> NodeSpec {
     }
 }
 
-/// Node names become process names, pod names and folder names: keep them DNS-like.
+/// Node names become pod, Service and folder names (`node-<name>`, `service-<name>`), and
+/// arguments: each must be a DNS-1123 label once prefixed, so lower-case letters, digits and
+/// '-', neither first nor last (`-x` would reach a node as a flag), and short enough. Upper
+/// case is refused rather than folded, so two names never become one (`A` and `a`).
 fn check_node_name(path: &str, name: &str, r: &mut Reader) {
     let ok = !name.is_empty()
         && name.len() <= 50
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !ok {
+        let hint = if name.chars().any(|c| c.is_ascii_uppercase()) {
+            format!(" (use lower case: {:?})", name.to_ascii_lowercase())
+        } else {
+            String::new()
+        };
         r.error(
             path,
-            format!("{name:?} is not a valid node name (letters, digits and '-', at most 50)"),
+            format!(
+                "{name:?} is not a valid node name: lower-case letters, digits and '-' (not first or last), at most 50{hint}"
+            ),
         );
     }
 }

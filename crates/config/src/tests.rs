@@ -287,3 +287,29 @@ fn duplicate_keys_are_errors_in_json_and_yaml() {
         "{yaml:?}"
     );
 }
+
+#[test]
+fn node_names_are_dns_labels_once_prefixed_and_never_fold_together() {
+    for (name, hint) in [
+        ("A", "use lower case: \"a\""),
+        ("-x", "not first or last"),
+        ("x-", "not first or last"),
+        ("a_b", "lower-case letters"),
+        ("a.b", "lower-case letters"),
+    ] {
+        let text = format!(
+            r#"{{"backends_map": {{"{name}": []}}, "load_tests": [{{"test_name": "t", "target": "{name}"}}]}}"#
+        );
+        let errors = errors_of(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("backends_map") && e.contains(hint)),
+            "{name}: {errors:?}"
+        );
+    }
+    // As a backend too; and "A" beside "a" cannot collide: it is refused.
+    let errors = errors_of(r#"{"backends_map": {"a": ["A"], "A": []}}"#);
+    assert!(errors.iter().any(|e| e.contains("\"A\" is not a valid node name")), "{errors:?}");
+    assert!(from_str(r#"{"backends_map": {"0": ["a-1"], "a-1": []}}"#, false, "t").is_ok());
+}
