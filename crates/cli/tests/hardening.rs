@@ -632,3 +632,44 @@ fn the_load_generator_pod_listens_on_loopback_and_probes_itself() {
     assert!(!yaml.contains("0.0.0.0:8080"), "{yaml}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ctrl_c_while_the_last_tests_metrics_are_evaluated_interrupts_the_run() {
+    use std::io::BufRead as _;
+    let dir = temp_dir("hardening-ctrl-c-metrics");
+    // A million evaluations at each of the window's 100 ms steps: tens of seconds.
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"a": []}, "ConnectivityCheckPerURL": 1, "metrics_step": "100ms",
+            "metrics": {"slow": "max_over_time(up[1000s:1ms])"},
+            "load_tests": [{"test_name": "tiny", "target": "a", "qps": 20, "t": "1s", "c": 1}]}"#,
+    );
+    let store = dir.join("store");
+    let mut child = common::bin()
+        .args([
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("evaluating 1 metric(s)") {
+            break;
+        }
+    }
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    let metadata = common::json(&common::run_dir(&store, "tiny").join("metadata.json"));
+    assert_eq!(metadata["status"], "interrupted");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

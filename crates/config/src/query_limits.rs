@@ -34,6 +34,45 @@ pub fn check(query: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The most evaluations a query's subqueries may ask for: a subquery evaluates its inner
+/// expression once per step, and a nested one multiplies (an hour at a 1 ms step is 3.6
+/// million; a day at 1 ms, 86 million, would take minutes).
+pub const MAX_SUBQUERY_STEPS: i64 = 1_000_000;
+
+/// Step of subqueries without one: Prometheus's default evaluation interval, 1 minute.
+pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// How many times the subqueries of `expr` evaluate their innermost expressions, at the
+/// default step where none is given (1 with no subquery). Known before any evaluation, so
+/// `max_over_time(up[30d:1ms])` is refused when the config is read, not after a test.
+pub fn subquery_evaluations(expr: &promql_parser::parser::Expr) -> f64 {
+    use promql_parser::parser::Expr;
+    match expr {
+        Expr::Subquery(sq) => {
+            let step = sq
+                .step
+                .map_or(DEFAULT_SUBQUERY_STEP_MS as f64, |s| s.as_millis() as f64)
+                .max(1.0);
+            let steps = (sq.range.as_millis() as f64 / step).floor().max(1.0);
+            steps * subquery_evaluations(&sq.expr)
+        }
+        Expr::Aggregate(a) => {
+            subquery_evaluations(&a.expr) + a.param.as_deref().map_or(0.0, subquery_evaluations)
+        }
+        Expr::Unary(u) => subquery_evaluations(&u.expr),
+        Expr::Binary(b) => subquery_evaluations(&b.lhs) + subquery_evaluations(&b.rhs),
+        Expr::Paren(p) => subquery_evaluations(&p.expr),
+        Expr::Call(c) => c
+            .args
+            .args
+            .iter()
+            .map(|a| subquery_evaluations(a))
+            .sum::<f64>()
+            .max(1.0),
+        _ => 1.0,
+    }
+}
+
 /// The longest duration written as a plain number of seconds (`x[300]`, `offset 60`):
 /// the parser turns such numbers into a `Duration` and aborts on larger ones.
 const MAX_PLAIN_SECONDS: f64 = 1e18;
@@ -44,7 +83,16 @@ pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, String> {
     check(query)?;
     plain_durations(query)?;
     match std::panic::catch_unwind(|| promql_parser::parser::parse(query)) {
-        Ok(parsed) => parsed.map_err(|e| e.trim().to_string()),
+        Ok(Ok(expr)) => {
+            let evaluations = subquery_evaluations(&expr);
+            if evaluations > MAX_SUBQUERY_STEPS as f64 {
+                return Err(format!(
+                    "the query's subqueries would evaluate {evaluations:.0} times; at most {MAX_SUBQUERY_STEPS} are accepted (use a larger subquery step or a shorter range)"
+                ));
+            }
+            Ok(expr)
+        }
+        Ok(Err(e)) => Err(e.trim().to_string()),
         Err(panic) => {
             let why = panic
                 .downcast_ref::<&str>()

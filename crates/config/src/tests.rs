@@ -310,6 +310,31 @@ fn node_names_are_dns_labels_once_prefixed_and_never_fold_together() {
     }
     // As a backend too; and "A" beside "a" cannot collide: it is refused.
     let errors = errors_of(r#"{"backends_map": {"a": ["A"], "A": []}}"#);
-    assert!(errors.iter().any(|e| e.contains("\"A\" is not a valid node name")), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("\"A\" is not a valid node name")),
+        "{errors:?}"
+    );
     assert!(from_str(r#"{"backends_map": {"0": ["a-1"], "a-1": []}}"#, false, "t").is_ok());
+}
+
+#[test]
+fn a_metric_whose_subqueries_cannot_finish_is_refused_with_its_path() {
+    for query in [
+        "max_over_time(up[30d:1ms])",
+        "max_over_time(max_over_time(up[1h:1s])[1d:1s])",
+        "max_over_time(up[1h:1s]) + max_over_time(rate(up[1m])[2h:1ms])",
+    ] {
+        let text = format!(r#"{{"backends_map": {{"a": []}}, "metrics": {{"m": "{query}"}}}}"#);
+        let errors = errors_of(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("metrics.m:") && e.contains("subqueries would evaluate")),
+            "{query}: {errors:?}"
+        );
+    }
+    let fine = r#"{"backends_map": {"a": []}, "metrics": {"m": "max_over_time(rate(up[1m])[1h:1m]) + rate(up[5m])"}}"#;
+    assert!(from_str(fine, false, "t").is_ok());
 }

@@ -720,7 +720,20 @@ async fn run_test<B: Backend>(
         }
     };
     let window = (started, SystemTime::now());
+    if !ctx.config.metrics.is_empty() {
+        observer.phase(&format!(
+            "{}: evaluating {} metric(s) over the test's window",
+            test.name,
+            ctx.config.metrics.len()
+        ));
+    }
     let (metrics, query_window) = measure(ctx, &fortio, window, stop).await;
+    for m in &metrics {
+        if let Err(e) = &m.series {
+            // Named, so that a metric that timed out or was refused is found at once.
+            observer.phase(&format!("metric {}: {e}", m.name));
+        }
+    }
     let mut thresholds = Vec::new();
     let mut search = serde_json::Value::Null;
     if let Some(trial) = trial {
@@ -742,7 +755,10 @@ async fn run_test<B: Backend>(
             .into();
     }
     let exits = backend.exited().await;
-    let mut summary = TestSummary::new(test, &fortio, fortio.interrupted);
+    // Stopped while its metrics were evaluated: the run is interrupted too (130), what
+    // was measured is kept.
+    let interrupted = fortio.interrupted || stop.is_stopped();
+    let mut summary = TestSummary::new(test, &fortio, interrupted);
     summary.mesh = mesh_of(backend);
     summary.series = Some(position.clone());
     summary.host = host;

@@ -16,14 +16,14 @@ use super::{Annotations, QueryError, QueryOptions, QueryResult, RangeSeries, Sam
 /// The most steps a range query may have: Prometheus refuses more than 11,000 points per
 /// series.
 pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
-/// The most steps one subquery may evaluate (an hour at a 1 ms step is 3.6 million; a
-/// day at 1 ms, 86 million, would take minutes).
-pub const MAX_SUBQUERY_STEPS: i64 = 1_000_000;
 use crate::labels::{Labels, LabelsHasher, LabelsMap, METRIC_NAME};
 use crate::store::{SeriesId, Store, is_stale};
+/// The most steps one subquery may evaluate (the bound the parser already checks nested
+/// subqueries against, kept here for a default step set smaller than Prometheus's).
+pub use meshload_config::query_limits::MAX_SUBQUERY_STEPS;
 
 /// Step of subqueries without one: Prometheus's default evaluation interval, 1 minute.
-pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+pub use meshload_config::query_limits::DEFAULT_SUBQUERY_STEP_MS;
 
 /// One sample during evaluation.
 #[derive(Debug, Clone)]
