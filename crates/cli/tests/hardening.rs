@@ -673,3 +673,40 @@ fn ctrl_c_while_the_last_tests_metrics_are_evaluated_interrupts_the_run() {
     assert_eq!(metadata["status"], "interrupted");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn huge_steps_and_times_answer_at_once_without_a_panic() {
+    let dir = temp_dir("hardening-steps");
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let server = NodeProc::spawn(
+        &[
+            "-q",
+            "results",
+            "serve",
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    for (params, status) in [
+        ("start=-1e300&end=1e300&step=1e296", 400),
+        ("start=0&end=100&step=1e18", 200),
+        ("start=0&end=1e15&step=1", 400),
+    ] {
+        let started = Instant::now();
+        let url = format!(
+            "http://{}/api/v1/query_range?query=up&{params}",
+            server.addr
+        );
+        let reply = common::get(&url).await;
+        // A refused time is a client error (400 or Prometheus's 422), never a 500.
+        assert_eq!(reply.status / 100, status / 100, "{params}: {}", reply.body);
+        assert!(started.elapsed() < Duration::from_secs(2), "{params}");
+    }
+    let url = format!("http://{}/api/v1/query?query=up&time=1e300", server.addr);
+    assert_eq!(common::get(&url).await.status / 100, 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -73,9 +73,43 @@ pub fn subquery_evaluations(expr: &promql_parser::parser::Expr) -> f64 {
     }
 }
 
-/// The longest duration written as a plain number of seconds (`x[300]`, `offset 60`):
-/// the parser turns such numbers into a `Duration` and aborts on larger ones.
-const MAX_PLAIN_SECONDS: f64 = 1e18;
+/// The longest duration a query may write (`x[300]`, `x[5m]`, `offset 60`), in seconds:
+/// about 31,700 years. The parser aborts on plain numbers past about 1e18 s and wraps
+/// unit durations (`up[9999999999999999y]` came out as "duration must be greater than
+/// 0"), and the evaluator counts milliseconds in an `i64`: past this bound neither holds.
+const MAX_PLAIN_SECONDS: f64 = 1e12;
+
+/// A Prometheus duration with units (`5m`, `1h30m`, `9999999999999999y`) in seconds, or
+/// `None` when `text` is not one.
+fn unit_seconds(text: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let seconds = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            "w" => 604_800.0,
+            "y" => 31_536_000.0,
+            _ => return None,
+        };
+        total += value * seconds;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
 
 /// Parses `query` within the limits. A panic of the parser (a case the checks here do not
 /// foresee) becomes an error too, so a query can never take the process down.
@@ -138,7 +172,7 @@ fn plain_durations(query: &str) -> Result<(), String> {
                 i += 1;
             }
             let number = &query[start..i];
-            if let Ok(secs) = number.parse::<f64>()
+            if let Some(secs) = number.parse::<f64>().ok().or_else(|| unit_seconds(number))
                 && (secs.is_nan() || secs.abs() >= MAX_PLAIN_SECONDS)
             {
                 return Err(format!(
@@ -266,6 +300,10 @@ mod tests {
             "x[1e400]",
             "rate(x[18446744073709551616])",
             "x[5m:18446744073709551615]",
+            "up[9999999999999999y]",
+            "up offset 99999999999w",
+            "max_over_time(up[5m:1000000000000d])",
+            "up[1y99999999999999h]",
         ] {
             let err = parse(q).expect_err(q);
             assert!(
@@ -280,6 +318,9 @@ mod tests {
             "x > 1e300",
             "x @ 1e10",
             "x[1.5]",
+            "x[1h30m]",
+            "x[30000y]",
+            "x offset 1w",
         ] {
             assert!(parse(q).is_ok(), "{q}: {:?}", parse(q).err());
         }

@@ -138,6 +138,22 @@ pub fn select_series(store: &Store, selector: &str) -> Result<Vec<usize>, QueryE
     }
 }
 
+/// The earliest and latest time a query may be evaluated at, ms from the epoch: ±2^53
+/// (about 285,000 years), so that no time, less any range and offset a query may write
+/// (`query_limits` bounds those), overflows.
+pub const MAX_TIME_MS: i64 = 1 << 53;
+
+fn check_time(what: &str, t_ms: i64) -> Result<(), QueryError> {
+    if !(-MAX_TIME_MS..=MAX_TIME_MS).contains(&t_ms) {
+        return Err(QueryError::Eval(format!(
+            "{what} {} s is out of range (at most {} s from 1970)",
+            t_ms / 1000,
+            MAX_TIME_MS / 1000
+        )));
+    }
+    Ok(())
+}
+
 /// Evaluates `query` at `t_ms`.
 pub fn instant_query(
     store: &Store,
@@ -145,6 +161,7 @@ pub fn instant_query(
     t_ms: i64,
     opts: QueryOptions,
 ) -> Result<QueryResult, QueryError> {
+    check_time("the time", t_ms)?;
     let expr = parse(query)?;
     evaluator::Evaluator::new(store, query, t_ms, t_ms, opts).instant(&expr, t_ms)
 }
@@ -168,6 +185,10 @@ pub fn range_query(
             "end timestamp must not be before start time".into(),
         ));
     }
+    check_time("the start", start_ms)?;
+    check_time("the end", end_ms)?;
+    // A step past the whole span evaluates one point, as any step that long does.
+    let step_ms = step_ms.min(end_ms - start_ms + 1);
     let expr = parse(query)?;
     evaluator::Evaluator::new(store, query, start_ms, end_ms, opts)
         .range(&expr, start_ms, end_ms, step_ms)
