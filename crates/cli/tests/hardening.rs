@@ -710,3 +710,83 @@ async fn huge_steps_and_times_answer_at_once_without_a_panic() {
     assert_eq!(common::get(&url).await.status / 100, 4);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn garbage_in_a_runs_samples_is_warned_of_and_fails_a_gate_on_its_figures() {
+    let dir = temp_dir("hardening-garbage");
+    let config = write_config(&dir, TINY);
+    let store = dir.join("store");
+    for _ in 0..2 {
+        let out = run(
+            &[
+                "run",
+                "--store",
+                store.to_str().unwrap(),
+                config.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut ids: Vec<String> = std::fs::read_dir(store.join("tiny"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    let (a, b) = (format!("tiny/{}", ids[0]), format!("tiny/{}", ids[1]));
+    let samples = store.join(&b).join("samples.jsonl");
+    let good = std::fs::read(&samples).unwrap();
+    let store_arg = store.to_str().unwrap();
+    // The gate passes on the good runs, so what fails below is the garbage.
+    let gate = |extra: &[&str]| {
+        let mut args = vec!["compare", "--store", store_arg, &a, &b];
+        args.extend_from_slice(extra);
+        run(&args, &[])
+    };
+    let out = gate(&["--max-regression", "memory=1000%,cpu=1000%"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for garbage in [
+        b"\x00\xff\x13 random bytes, no format line".to_vec(),
+        good[..good.len().min(3000)].to_vec(),
+        [
+            &good[..good.iter().position(|&c| c == b'\n').unwrap() + 1],
+            b"NaN\n",
+        ]
+        .concat(),
+    ] {
+        std::fs::write(&samples, &garbage).unwrap();
+        let out = gate(&["--max-regression", "memory=1000%,cpu=1000%"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("warning:") && stderr.contains("samples.jsonl"),
+            "{stderr}"
+        );
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("cannot be checked"), "{stdout}");
+        let out = run(&["results", "show", "--store", store_arg, &b], &[]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("samples.jsonl"));
+        let out = run(
+            &[
+                "report",
+                "--store",
+                store_arg,
+                "--out",
+                dir.join("report").to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("samples.jsonl"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

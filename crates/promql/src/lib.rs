@@ -22,4 +22,4 @@ pub use eval::{
     QueryError, QueryOptions, QueryResult, Value, instant_query, range_query, system_time_ms,
 };
 pub use labels::Labels;
-pub use store::Store;
+pub use store::{Skipped, Store};

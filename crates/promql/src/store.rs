@@ -267,49 +267,106 @@ impl Store {
         Ok(())
     }
 
-    /// Reads the JSON Lines form into a new store.
-    pub fn read_jsonl(r: impl BufRead) -> Result<Store, StoreError> {
+    /// Reads the JSON Lines form into a new store. Only a missing or wrong format line
+    /// fails the whole file; a line that is not a series (cut short, not UTF-8, nested too
+    /// deep, a bad sample) is skipped and counted, so one bad line does not lose the rest.
+    pub fn read_jsonl(mut r: impl BufRead) -> Result<(Store, Skipped), StoreError> {
         let mut store = Store::new();
-        for (i, line) in r.lines().enumerate() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
+        let mut skipped = Skipped::default();
+        let mut buf = Vec::new();
+        let mut number = 0usize;
+        loop {
+            buf.clear();
+            if r.read_until(b'\n', &mut buf)? == 0 {
+                break;
             }
-            let bad = |problem: String| StoreError::Format {
-                line: i + 1,
-                problem,
-            };
-            let v: serde_json::Value =
-                serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-            if i == 0 {
-                if v["format"] != "meshload-tsdb" {
-                    return Err(bad("not a meshload-tsdb file (no format line)".into()));
+            number += 1;
+            let parsed = std::str::from_utf8(&buf)
+                .map_err(|_| "not UTF-8 text".to_string())
+                .and_then(|line| {
+                    if line.trim().is_empty() {
+                        return Ok(None);
+                    }
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .map(Some)
+                        .map_err(|e| e.to_string())
+                });
+            if number == 1 {
+                match parsed {
+                    Ok(Some(v)) if v["format"] == "meshload-tsdb" => continue,
+                    _ => {
+                        return Err(StoreError::Format {
+                            line: 1,
+                            problem: "not a meshload-tsdb file (no format line)".into(),
+                        });
+                    }
                 }
-                continue;
             }
-            let labels = v["labels"]
-                .as_object()
-                .ok_or_else(|| bad("no labels object".into()))?;
-            let labels = Labels::from_pairs(
-                labels
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str().unwrap_or_default())),
-            );
-            let id = store.series_id(&labels);
-            for sample in v["samples"]
-                .as_array()
-                .ok_or_else(|| bad("no samples array".into()))?
-            {
-                let t = sample[0]
-                    .as_i64()
-                    .ok_or_else(|| bad(format!("bad timestamp in {sample}")))?;
-                let value = decode_value(&sample[1])
-                    .ok_or_else(|| bad(format!("bad value in {sample}")))?;
-                store.append_to(id, t, value);
+            let series = parsed.and_then(|v| v.map(|v| series_of(&v)).transpose());
+            match series {
+                Ok(None) => {}
+                Ok(Some((labels, samples))) => {
+                    let id = store.series_id(&labels);
+                    for (t, v) in samples {
+                        store.append_to(id, t, v);
+                    }
+                }
+                Err(problem) => skipped.add(number, problem),
             }
         }
-        Ok(store)
+        Ok((store, skipped))
     }
+}
+
+/// Lines of a samples file that were skipped, and the first one's problem.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Skipped {
+    /// How many lines.
+    pub lines: usize,
+    /// The first skipped line, and what was wrong with it.
+    pub first: Option<(usize, String)>,
+}
+
+impl Skipped {
+    fn add(&mut self, line: usize, problem: String) {
+        self.lines += 1;
+        if self.first.is_none() {
+            self.first = Some((line, problem));
+        }
+    }
+
+    /// `None` when nothing was skipped, else a warning in words.
+    pub fn warning(&self) -> Option<String> {
+        let (line, problem) = self.first.as_ref()?;
+        Some(format!(
+            "{} bad line(s) skipped (the first, line {line}: {problem})",
+            self.lines
+        ))
+    }
+}
+
+/// One series line: its labels and samples, or what is wrong with it.
+#[allow(clippy::type_complexity)]
+fn series_of(v: &serde_json::Value) -> Result<(Labels, Vec<(i64, f64)>), String> {
+    let labels = v["labels"].as_object().ok_or("no labels object")?;
+    let labels = Labels::from_pairs(
+        labels
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str().unwrap_or_default())),
+    );
+    let samples = v["samples"]
+        .as_array()
+        .ok_or("no samples array")?
+        .iter()
+        .map(|sample| {
+            let t = sample[0]
+                .as_i64()
+                .ok_or_else(|| format!("bad timestamp in {sample}"))?;
+            let value = decode_value(&sample[1]).ok_or_else(|| format!("bad value in {sample}"))?;
+            Ok((t, value))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((labels, samples))
 }
 
 fn encode_value(v: f64) -> serde_json::Value {
@@ -430,7 +487,8 @@ mod tests {
         }
         let mut buf = Vec::new();
         s.write_jsonl(&mut buf).expect("in memory");
-        let back = Store::read_jsonl(buf.as_slice()).expect("valid");
+        let (back, skipped) = Store::read_jsonl(buf.as_slice()).expect("valid");
+        assert_eq!(skipped, Skipped::default());
         let series = &back.series()[0];
         assert_eq!(series.labels, labels);
         let values: Vec<f64> = series.samples.iter().map(|p| p.1).collect();
@@ -439,5 +497,29 @@ mod tests {
         assert!(is_stale(values[2]));
         assert_eq!(values[3], f64::NEG_INFINITY);
         assert!(Store::read_jsonl("{}\n".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn bad_lines_are_skipped_and_counted_and_the_rest_is_kept() {
+        let mut s = Store::new();
+        s.append(&Labels::from_pairs([("__name__", "up")]), 1, 1.0);
+        let mut good = Vec::new();
+        s.write_jsonl(&mut good).expect("in memory");
+        let mut text = good.clone();
+        text.extend_from_slice(b"\xff\xfe garbage\n");
+        text.extend_from_slice(format!("{}\n", "[".repeat(300)).as_bytes());
+        text.extend_from_slice(b"{\"labels\": {\"__name__\": \"x\"}, \"samples\": [[1, \"x\"]]}\n");
+        text.extend_from_slice(b"null\nNaN\n");
+        text.extend_from_slice(&good[good.len() / 2..]);
+        let (back, skipped) = Store::read_jsonl(text.as_slice()).expect("a format line");
+        assert_eq!(back.series().len(), 1, "the good series is kept");
+        assert_eq!(skipped.lines, 6, "{skipped:?}");
+        assert_eq!(skipped.first.as_ref().map(|f| f.0), Some(3));
+        assert!(
+            skipped
+                .warning()
+                .expect("a warning")
+                .starts_with("6 bad line(s) skipped")
+        );
     }
 }

@@ -71,6 +71,9 @@ pub struct Comparison {
     pub suggestion: Option<String>,
     /// Every figure.
     pub figures: Vec<Figure>,
+    /// Why figures may be missing (a run's samples unreadable, or read in part).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// How paired series are estimated.
@@ -92,8 +95,8 @@ pub struct Problems {
     pub host_only: bool,
 }
 
-/// The figures of one run: key, label, value.
-fn run_values(run: &Run) -> Vec<(String, String, f64)> {
+/// The figures of one run: key, label, value; why some may be missing goes to `warnings`.
+fn run_values(run: &Run, warnings: &mut Vec<String>) -> Vec<(String, String, f64)> {
     let mut out = Vec::new();
     let mut push = |key: String, label: String, v: Option<f64>| {
         if let Some(v) = v {
@@ -125,9 +128,11 @@ fn run_values(run: &Run) -> Vec<(String, String, f64)> {
         );
     }
     let krps = run.fortio.actual_qps / 1000.0;
+    let resources = run.resources();
+    warnings.extend(resources.warning);
     for (prefix, of, resources) in [
-        ("", "node {}", run.node_resources()),
-        (SIDECAR, "node {}'s sidecars", run.sidecar_resources()),
+        ("", "node {}", resources.nodes),
+        (SIDECAR, "node {}'s sidecars", resources.sidecars),
     ] {
         for (node, r) in resources {
             let what = of.replace("{}", &node);
@@ -215,7 +220,11 @@ pub fn compare(a: &[Run], b: &[Run], paired: bool) -> Comparison {
     };
     // Each run's figures are read once: the resources come from its stored samples.
     let mut keys: Vec<(String, String)> = Vec::new();
-    let (va, vb) = (values_by_key(a, &mut keys), values_by_key(b, &mut keys));
+    let mut warnings = Vec::new();
+    let (va, vb) = (
+        values_by_key(a, &mut keys, &mut warnings),
+        values_by_key(b, &mut keys, &mut warnings),
+    );
     let figures = keys
         .into_iter()
         .map(|(key, label)| {
@@ -236,15 +245,20 @@ pub fn compare(a: &[Run], b: &[Run], paired: bool) -> Comparison {
         suggestion: reason.as_ref().map(|_| suggestion.to_string()),
         reason,
         figures,
+        warnings,
     }
 }
 
 /// Each figure's values over the runs, in run order (NaN where a run lacks it); every key
 /// not in `keys` yet is added there with its label, in the order first seen.
-fn values_by_key(runs: &[Run], keys: &mut Vec<(String, String)>) -> BTreeMap<String, Vec<f64>> {
+fn values_by_key(
+    runs: &[Run],
+    keys: &mut Vec<(String, String)>,
+    warnings: &mut Vec<String>,
+) -> BTreeMap<String, Vec<f64>> {
     let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (i, run) in runs.iter().enumerate() {
-        for (key, label, v) in run_values(run) {
+        for (key, label, v) in run_values(run, warnings) {
             if !keys.iter().any(|(k, _)| *k == key) {
                 keys.push((key.clone(), label));
             }
@@ -494,7 +508,7 @@ fn resource_points(runs: &[&Run]) -> BTreeMap<(String, String), Vec<(f64, f64)>>
     let mut points: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
     for run in runs {
         let krps = run.fortio.actual_qps / 1000.0;
-        for (key, label, v) in run_values(run) {
+        for (key, label, v) in run_values(run, &mut Vec::new()) {
             let resource = key.strip_prefix(SIDECAR).unwrap_or(&key);
             if resource.starts_with("memory:") || resource.starts_with("cpu:") {
                 points.entry((key, label)).or_default().push((krps, v));
@@ -576,11 +590,28 @@ impl fmt::Display for Threshold {
 pub fn regressions(figures: &[Figure], thresholds: &[Threshold]) -> Vec<String> {
     let mut out = Vec::new();
     for t in thresholds {
-        let matching = figures
+        let matching: Vec<&Figure> = figures
             .iter()
-            .filter(|f| f.name == t.key || f.name.starts_with(&format!("{}:", t.key)));
+            .filter(|f| f.name == t.key || f.name.starts_with(&format!("{}:", t.key)))
+            .collect();
+        // A bound with nothing to check fails: a gate never passes on a missing figure.
+        if matching.is_empty() {
+            out.push(format!(
+                "{}: no such figure in these runs, so the bound ({t}) cannot be checked (for memory and CPU, are the runs' samples readable?)",
+                t.key
+            ));
+        }
         for f in matching {
             let (Some(a), Some(b), Some(estimate)) = (f.a, f.b, f.estimate) else {
+                let side = match (f.a, f.b) {
+                    (None, _) => "A",
+                    (_, None) => "B",
+                    _ => "A and B (no estimate)",
+                };
+                out.push(format!(
+                    "{}: missing in {side}, so the bound ({t}) cannot be checked",
+                    f.label
+                ));
                 continue;
             };
             // Higher is worse for everything but the achieved rate.

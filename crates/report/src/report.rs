@@ -20,13 +20,17 @@ pub struct Written {
     pub index: PathBuf,
     /// Chart ids, each with `<id>.svg` and `<id>.png` beside the page.
     pub charts: Vec<String>,
+    /// Why some figures may be missing (a run's samples unreadable, or read in part).
+    pub warnings: Vec<String>,
 }
 
-/// The charts of a set of runs, given each run's per-node resources. Long on purpose:
-/// a list of chart definitions, one after another.
-pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Vec<Chart> {
-    let sidecars: Vec<BTreeMap<String, NodeResources>> =
-        runs.iter().map(Run::sidecar_resources).collect();
+/// The charts of a set of runs, given each run's per-node resources and sidecars'. Long
+/// on purpose: a list of chart definitions, one after another.
+pub fn charts(
+    runs: &[Run],
+    resources: &[BTreeMap<String, NodeResources>],
+    sidecars: &[BTreeMap<String, NodeResources>],
+) -> Vec<Chart> {
     let per_node = |resources: &[BTreeMap<String, NodeResources>],
                     f: &dyn Fn(&NodeResources) -> f64|
      -> Vec<(String, Vec<(f64, f64)>)> {
@@ -59,7 +63,7 @@ pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Ve
             title: "Maximum memory of each node's Envoy sidecar against achieved rate".into(),
             x_label: "achieved rate (req/s)".into(),
             y_label: "max Envoy working set (MiB)".into(),
-            series: per_node(&sidecars, &|r| r.max_memory_mib),
+            series: per_node(sidecars, &|r| r.max_memory_mib),
             marks: Vec::new(),
         },
         Chart {
@@ -67,7 +71,7 @@ pub fn charts(runs: &[Run], resources: &[BTreeMap<String, NodeResources>]) -> Ve
             title: "CPU of each node's Envoy sidecars against achieved rate".into(),
             x_label: "achieved rate (req/s)".into(),
             y_label: "Envoy CPU (cores)".into(),
-            series: per_node(&sidecars, &|r| r.cpu_cores),
+            series: per_node(sidecars, &|r| r.cpu_cores),
             marks: Vec::new(),
         },
         Chart {
@@ -436,8 +440,10 @@ pub fn write(
     out: &Path,
 ) -> Result<Written, ReportError> {
     std::fs::create_dir_all(out).map_err(|source| write_error(out, source))?;
-    let resources: Vec<BTreeMap<String, NodeResources>> =
-        runs.iter().map(Run::node_resources).collect();
+    let read: Vec<crate::runs::Resources> = runs.iter().map(Run::resources).collect();
+    let warnings: Vec<String> = read.iter().filter_map(|r| r.warning.clone()).collect();
+    let (resources, sidecars): (Vec<_>, Vec<_>) =
+        read.into_iter().map(|r| (r.nodes, r.sidecars)).unzip();
     let nodes: std::collections::BTreeSet<String> =
         resources.iter().flat_map(|r| r.keys().cloned()).collect();
     let node_rows: Vec<NodeRow> = runs
@@ -457,7 +463,7 @@ pub fn write(
         .collect();
     let mut views = Vec::new();
     let mut all = search_charts(searches);
-    all.extend(charts(runs, &resources));
+    all.extend(charts(runs, &resources, &sidecars));
     for chart in all {
         let svg = plot::svg(&chart)?;
         let write = |name: String, bytes: &[u8]| {
@@ -502,5 +508,6 @@ pub fn write(
     Ok(Written {
         index,
         charts: views.into_iter().map(|v| v.id).collect(),
+        warnings,
     })
 }

@@ -269,26 +269,63 @@ impl Run {
     /// Memory and CPU of each node's app containers over the test, from the run's
     /// samples (empty when the run stored none).
     pub fn node_resources(&self) -> BTreeMap<String, NodeResources> {
-        self.resources_of("app")
+        self.resources().nodes
     }
 
-    /// Memory and CPU of each node's Envoy sidecars (`container="envoy"`), the same way;
-    /// empty for runs without a mesh. The load generator's own sidecar is not a node's.
-    pub fn sidecar_resources(&self) -> BTreeMap<String, NodeResources> {
-        self.resources_of("envoy")
-    }
-
-    fn resources_of(&self, container: &str) -> BTreeMap<String, NodeResources> {
-        let mut out = BTreeMap::new();
+    /// Memory and CPU of each node's app containers and of its Envoy sidecars
+    /// (`container="envoy"`; none for runs without a mesh: the load generator's own
+    /// sidecar is not a node's), from one read of the run's samples, with a warning when
+    /// those could not be read whole.
+    pub fn resources(&self) -> Resources {
+        let mut out = Resources::default();
         let Some((start, end)) = self.window_ms() else {
             return out;
         };
-        let Ok(file) = std::fs::File::open(self.run.dir.join("samples.jsonl")) else {
-            return out;
+        let path = self.run.dir.join("samples.jsonl");
+        let read = std::fs::File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| Store::read_jsonl(BufReader::new(f)).map_err(|e| e.to_string()));
+        let store = match read {
+            Ok((store, skipped)) => {
+                out.warning = skipped
+                    .warning()
+                    .map(|w| format!("{}: samples.jsonl: {w}", self.name()));
+                store
+            }
+            Err(e) => {
+                out.warning = Some(format!(
+                    "{}: samples.jsonl cannot be read ({e}): no memory or CPU figures",
+                    self.name()
+                ));
+                return out;
+            }
         };
-        let Ok(store) = Store::read_jsonl(BufReader::new(file)) else {
-            return out;
-        };
+        out.nodes = resources_of(&store, "app", start, end);
+        out.sidecars = resources_of(&store, "envoy", start, end);
+        out
+    }
+}
+
+/// What a run's samples say of its containers' resources.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    /// Each node's app containers.
+    pub nodes: BTreeMap<String, NodeResources>,
+    /// Each node's sidecars.
+    pub sidecars: BTreeMap<String, NodeResources>,
+    /// Why the figures may be incomplete (bad lines skipped, or no samples at all).
+    pub warning: Option<String>,
+}
+
+/// Memory and CPU of `container` per node, over `start..end`.
+fn resources_of(
+    store: &Store,
+    container: &str,
+    start: i64,
+    end: i64,
+) -> BTreeMap<String, NodeResources> {
+    let mut out = BTreeMap::new();
+    {
         let window = format!("{}ms", (end - start).max(1000) + 1000);
         let by_node = |inner: String| {
             format!(r#"label_replace({inner}, "node", "$1", "pod", "node-(.+)-[^-]+-[0-9]+")"#)
@@ -307,7 +344,7 @@ impl Run {
             ))
         );
         for (query, set) in [(memory, 0), (cpu, 1)] {
-            let Ok(result) = instant_query(&store, &query, end, QueryOptions::default()) else {
+            let Ok(result) = instant_query(store, &query, end, QueryOptions::default()) else {
                 continue;
             };
             let Value::Vector(samples) = result.value else {
@@ -326,6 +363,6 @@ impl Run {
                 }
             }
         }
-        out
     }
+    out
 }

@@ -112,7 +112,12 @@ fn load_store(path: &Path) -> anyhow::Result<Store> {
     };
     let f = std::fs::File::open(&file)
         .map_err(|e| Exit::usage(format!("cannot open {}: {e}", file.display())))?;
-    Store::read_jsonl(BufReader::new(f)).with_context(|| format!("cannot read {}", file.display()))
+    let (store, skipped) = Store::read_jsonl(BufReader::new(f))
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    if let Some(warning) = skipped.warning() {
+        eprintln!("meshload: warning: {}: {warning}", file.display());
+    }
+    Ok(store)
 }
 
 fn timing(args: &QueryArgs, step: i64, store: Option<&Store>) -> anyhow::Result<Timing> {

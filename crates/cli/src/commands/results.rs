@@ -254,7 +254,11 @@ pub fn show(args: &ResultsShowArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "  {name:<40} {}", m["result"].as_str().unwrap_or(""))?;
         }
     }
-    let resources = run.node_resources();
+    let read = run.resources();
+    if let Some(warning) = &read.warning {
+        eprintln!("meshload: warning: {warning}");
+    }
+    let resources = read.nodes;
     if !resources.is_empty() {
         writeln!(out, "Nodes      max memory MiB   CPU cores")?;
         for (node, r) in &resources {
@@ -335,6 +339,9 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     let (name_b, b) = find_series(&store, &args.run_b)?;
     let paired = compare::are_paired(&a, &b);
     let c = compare::compare(&a, &b, paired);
+    for warning in &c.warnings {
+        eprintln!("meshload: warning: {warning}");
+    }
     let mut regressions = compare::regressions(&c.figures, &args.max_regression);
     if let (Some(reason), false) = (&c.reason, args.max_regression.is_empty()) {
         regressions.insert(0, format!("could not compare: {reason}"));
@@ -431,6 +438,9 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         &store.root().display().to_string(),
         &args.out,
     )?;
+    for warning in &written.warnings {
+        eprintln!("meshload: warning: {warning}");
+    }
     println!(
         "{} ({} runs, {} charts as PNG and SVG beside it)",
         written.index.display(),

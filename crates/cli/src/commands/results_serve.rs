@@ -238,7 +238,13 @@ fn load(runs: &[RunRef], align: bool) -> (Store, BTreeMap<String, &'static str>)
         };
         if let Ok(file) = std::fs::File::open(run.dir.join("samples.jsonl")) {
             match Store::read_jsonl(std::io::BufReader::new(file)) {
-                Ok(samples) => {
+                Ok((samples, skipped)) => {
+                    if let Some(warning) = skipped.warning() {
+                        eprintln!(
+                            "meshload: warning: {}/{}: samples.jsonl: {warning}",
+                            run.test_name, run.id
+                        );
+                    }
                     for series in samples.series() {
                         let labels = with_run(&series.labels);
                         for &(t, v) in &series.samples {
