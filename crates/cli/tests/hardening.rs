@@ -790,3 +790,32 @@ fn garbage_in_a_runs_samples_is_warned_of_and_fails_a_gate_on_its_figures() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_s3_error_never_prints_the_presigned_url() {
+    let dir = temp_dir("hardening-s3-redact");
+    let config = write_config(&dir, TINY);
+    let endpoint = format!("http://127.0.0.1:{}", common::free_port());
+    let spool = dir.join("spool");
+    let out = run(
+        &[
+            "run",
+            "--store",
+            "s3://bucket/prefix",
+            config.to_str().unwrap(),
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDHARDENINGTEST"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("MESHLOAD_SPOOL", spool.to_str().unwrap()),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("kept in the spool"), "{stderr}");
+    for secret in ["AKIDHARDENINGTEST", "X-Amz-Signature", "X-Amz-Credential"] {
+        assert!(!stderr.contains(secret), "{secret} in {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -199,7 +199,8 @@ impl S3Store {
             .head(head.as_str())
             .send()
             .await
-            .map_err(|e| s3_error(&self.address, e))?
+            // The URL is presigned: its access key id and signature stay out of messages.
+            .map_err(|e| s3_error(&self.address, e.without_url()))?
             .status();
         if status.is_success() {
             return Ok(());
@@ -219,7 +220,8 @@ impl S3Store {
             .body(body)
             .send()
             .await
-            .map_err(|e| s3_error(&self.address, e))?;
+            // The URL is presigned: its access key id and signature stay out of messages.
+            .map_err(|e| s3_error(&self.address, e.without_url()))?;
         if response.status().is_success() || response.status().as_u16() == 409 {
             tracing::info!(bucket = %self.bucket, "created the bucket");
             Ok(())
