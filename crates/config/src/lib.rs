@@ -89,7 +89,12 @@ pub fn from_str(text: &str, yaml: bool, name: &str) -> Result<Loaded, LoadError>
     let value: serde_json::Value = if yaml {
         serde_saphyr::from_str(text).map_err(|e| LoadError::Syntax {
             path: name.to_string(),
-            message: e.to_string(),
+            // The wording meant for people (not "set DuplicateKeyPolicy in Options"), with
+            // the line and the snippet; without the leading "error:" the CLI adds.
+            message: e
+                .render_with_formatter(&serde_saphyr::UserMessageFormatter)
+                .trim_start_matches("error: ")
+                .to_string(),
         })?
     } else {
         let value = serde_json::from_str(text).map_err(|e| LoadError::Syntax {
