@@ -32,8 +32,11 @@ pub enum ErrorKind {
     Connect,
     /// No complete answer within the timeout.
     Timeout,
-    /// The connection was reset or closed before the answer was complete.
+    /// The connection was reset (RST) before the answer was complete.
     Reset,
+    /// The server closed the connection cleanly (end of stream) before the answer was
+    /// complete: a body cut short, or no answer at all.
+    Closed,
     /// The peer spoke something that is not HTTP.
     Protocol,
     /// The TLS handshake failed (a refused certificate, or the server refused us).
@@ -50,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Connect => "connect",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Reset => "reset",
+            ErrorKind::Closed => "closed",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Tls => "tls",
             ErrorKind::Other => "other",
@@ -60,9 +64,8 @@ impl ErrorKind {
         use std::io::ErrorKind as Io;
         match err.kind() {
             Io::ConnectionRefused => ErrorKind::Refused,
-            Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe | Io::UnexpectedEof => {
-                ErrorKind::Reset
-            }
+            Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe => ErrorKind::Reset,
+            Io::UnexpectedEof => ErrorKind::Closed,
             Io::TimedOut => ErrorKind::Timeout,
             _ => ErrorKind::Other,
         }
@@ -76,7 +79,9 @@ impl ErrorKind {
             }
             source = e.source();
         }
-        if err.is_incomplete_message() || err.is_closed() || err.is_canceled() {
+        if err.is_incomplete_message() {
+            ErrorKind::Closed
+        } else if err.is_closed() || err.is_canceled() {
             ErrorKind::Reset
         } else if err.is_parse() {
             ErrorKind::Protocol

@@ -237,12 +237,12 @@ impl<S: AsyncRead + Unpin + ?Sized> Reader<'_, S> {
         Ok(n > 0)
     }
 
-    /// Reads more, or fails: the stream ended inside an answer.
+    /// Reads more, or fails: the stream ended (cleanly) inside an answer.
     async fn more(&mut self, want: usize) -> Result<(), ErrorKind> {
         if self.fill(want).await? {
             Ok(())
         } else {
-            Err(ErrorKind::Reset)
+            Err(ErrorKind::Closed)
         }
     }
 
@@ -542,13 +542,13 @@ mod tests {
     async fn broken_answers_are_errors_of_their_kind() {
         assert_eq!(
             answer(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").await,
-            Err(ErrorKind::Reset)
+            Err(ErrorKind::Closed)
         );
         assert_eq!(
             answer(b"HTTP/1.1 200 OK\r\nCont").await,
-            Err(ErrorKind::Reset)
+            Err(ErrorKind::Closed)
         );
-        assert_eq!(answer(b"").await, Err(ErrorKind::Reset));
+        assert_eq!(answer(b"").await, Err(ErrorKind::Closed));
         assert_eq!(
             answer(b"SSH-2.0-OpenSSH\r\n\r\n").await,
             Err(ErrorKind::Protocol)
