@@ -842,7 +842,8 @@ achieved rate, and each run's rate and latency over time; plus a table of every 
     after_help = "\
 Examples:
   meshload report                                   # ./results -> ./report/index.html
-  meshload report --tests 'experiment16-*' --out /tmp/report"
+  meshload report --tests 'experiment16-*' --out /tmp/report
+  meshload report --latest 0                        # every run of the store"
 )]
 pub struct ReportArgs {
     /// The store (a folder, file://PATH or s3://BUCKET/PREFIX).
@@ -854,6 +855,10 @@ pub struct ReportArgs {
     /// Where the report goes.
     #[arg(long, value_name = "DIR", default_value = "report")]
     pub out: std::path::PathBuf,
+    /// Report the latest N runs (by start time, over every test): each run has charts of
+    /// its own, so a report of a whole large store would grow with it. 0 reports every run.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub latest: usize,
 }
 
 /// `meshload serve`.

@@ -819,3 +819,73 @@ fn an_s3_error_never_prints_the_presigned_url() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_report_covers_the_latest_runs_unless_asked_for_every_one() {
+    let dir = temp_dir("hardening-report-bound");
+    let config = write_config(&dir, TINY);
+    let store = dir.join("store");
+    let out = run(
+        &[
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let first = common::run_dir(&store, "tiny");
+    // Two more runs, as if later: copies under later ids.
+    for id in ["29990101000000", "29990101000001"] {
+        let to = store.join("tiny").join(id);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&first).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
+    let report = dir.join("report");
+    let out = run(
+        &[
+            "report",
+            "--store",
+            store.to_str().unwrap(),
+            "--out",
+            report.to_str().unwrap(),
+            "--latest",
+            "2",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(
+        html.contains("2 runs from") && html.contains("the latest 2 of 3"),
+        "{html}"
+    );
+    assert!(
+        html.contains("29990101000001")
+            && !html.contains(&*first.file_name().unwrap().to_string_lossy())
+    );
+    let out = run(
+        &[
+            "report",
+            "--store",
+            store.to_str().unwrap(),
+            "--out",
+            report.to_str().unwrap(),
+            "--latest",
+            "0",
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.contains("3 runs from"), "{html}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -430,14 +430,32 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     }
     let searches = searches(store.root(), pattern.as_ref());
     if runs.is_empty() && searches.is_empty() {
-        return Err(Exit::usage(format!("no runs to report in {}", store.root().display())).into());
+        return Err(Exit::usage(format!("no runs to report in {}", store.address)).into());
     }
-    let written = meshload_report::report::write(
-        &runs,
-        &searches,
-        &store.root().display().to_string(),
-        &args.out,
-    )?;
+    let total = runs.len();
+    let mut described = store.address.clone();
+    if args.latest > 0 && total > args.latest {
+        // Run ids are start times: the latest N over every test, kept in store order.
+        let mut ids: Vec<&str> = runs.iter().map(|r| r.run.id.as_str()).collect();
+        ids.sort_unstable();
+        let oldest_kept = ids[total - args.latest].to_string();
+        let mut kept = 0;
+        runs.retain(|r| {
+            let keep = r.run.id >= oldest_kept && kept < args.latest;
+            kept += usize::from(keep);
+            keep
+        });
+        described = format!(
+            "{} (the latest {} of {total}; `meshload report --latest 0` reports every run)",
+            store.address,
+            runs.len()
+        );
+        eprintln!(
+            "meshload: reporting the latest {} of {total} runs (--latest 0 for every run)",
+            runs.len()
+        );
+    }
+    let written = meshload_report::report::write(&runs, &searches, &described, &args.out)?;
     for warning in &written.warnings {
         eprintln!("meshload: warning: {warning}");
     }
