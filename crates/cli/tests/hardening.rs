@@ -889,3 +889,61 @@ fn a_report_covers_the_latest_runs_unless_asked_for_every_one() {
     assert!(html.contains("3 runs from"), "{html}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_run_that_cannot_store_its_second_test_still_prints_the_first() {
+    use std::io::BufRead as _;
+    let dir = temp_dir("hardening-store-fails");
+    let config = write_config(
+        &dir,
+        r#"{"backends_map": {"a": []}, "ConnectivityCheckPerURL": 1, "sleep_between_tests": "0s",
+            "load_tests": [{"test_name": "first", "target": "a", "qps": 20, "t": "1s", "c": 1},
+                           {"test_name": "second", "target": "a", "qps": 20, "t": "1s", "c": 1}]}"#,
+    );
+    let store = dir.join("store");
+    let mut child = common::bin()
+        .args([
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("first complete") {
+            break;
+        }
+    }
+    // The second test's folder becomes a file while it runs: it cannot be stored.
+    std::fs::remove_dir_all(store.join("second")).unwrap();
+    std::fs::write(store.join("second"), "in the way").unwrap();
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{rest:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("first") && stdout.contains("complete"),
+        "{stdout}"
+    );
+    assert!(
+        common::run_dir(&store, "first")
+            .join("metadata.json")
+            .exists()
+    );
+    let hidden: Vec<_> = std::fs::read_dir(store.join("first"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .collect();
+    assert!(hidden.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -191,6 +191,15 @@ pub fn run(args: RunArgs, k8s_flags_given: Vec<String>) -> anyhow::Result<ExitCo
             return Ok(ExitCode::from(INTERRUPTED));
         }
         Err(e) => {
+            // What finished before the failure was stored: its table is printed still.
+            let finished = std::mem::take(&mut *observer.finished.lock().expect("not poisoned"));
+            if !finished.is_empty() {
+                let partial = meshload_runner::run::RunReport {
+                    tests: finished,
+                    ..Default::default()
+                };
+                print_report(&partial, request.json)?;
+            }
             // The run's error is the one returned; the cleanup's is said once, before it.
             if let Some(cleanup) = cleanup_failed {
                 eprintln!("meshload: {cleanup}");
@@ -324,6 +333,8 @@ async fn run_on_backend(
 #[derive(Default)]
 struct Printer {
     progress: Mutex<Option<Progress>>,
+    /// Every test that finished (and was stored), for the table should a later one fail.
+    finished: Mutex<Vec<TestSummary>>,
 }
 
 impl Observer for Printer {
@@ -372,6 +383,7 @@ impl Observer for Printer {
         if let Some(p) = self.progress.lock().expect("not poisoned").take() {
             p.finish();
         }
+        self.finished.lock().expect("not poisoned").push(s.clone());
         eprintln!(
             "meshload: {} {}: {:.1} req/s, p99 {:.2} ms, {} errors -> {}",
             s.test_name, s.status, s.actual_qps, s.response_p99_ms, s.errors, s.run_dir
