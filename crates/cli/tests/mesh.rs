@@ -187,9 +187,10 @@ fn generated_configs_pass_envoys_own_validation() {
     let cases = [TlsMode::Plain, TlsMode::Tls, TlsMode::Mutual]
         .into_iter()
         .flat_map(|m| [(m, true), (m, false)]);
-    for (mode, node) in cases {
+    for (i, (mode, node)) in cases.enumerate() {
+        // A fresh stem each time: the CA never writes over a file already there.
         let files = ca
-            .issue("node-0", "service-0.ns.svc.cluster.local")
+            .issue(&format!("node-0-{i}"), "service-0.ns.svc.cluster.local")
             .unwrap();
         let sidecar = Sidecar {
             mesh: "m".into(),
@@ -447,8 +448,16 @@ fn mutual_tls_refuses_peers_without_a_certificate() {
             .trim()
             .to_string();
         let port = ingress.rsplit(':').next().unwrap().to_string();
-        let mesh_dir =
-            std::env::temp_dir().join(format!("meshload-mesh-{}-mtls", std::process::id()));
+        // The run's private folder: its name has a random suffix.
+        let prefix = format!("meshload-mesh-{}-mtls-", std::process::id());
+        let mesh_dir = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .expect("the mesh folder");
         let host = "service-0.tls-e2e.svc.cluster.local";
         let curl = |extra: &[&str]| {
             let mut cmd = Command::new("curl");

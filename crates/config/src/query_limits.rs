@@ -42,8 +42,8 @@ pub const MAX_SUBQUERY_STEPS: i64 = 1_000_000;
 /// Step of subqueries without one: Prometheus's default evaluation interval, 1 minute.
 pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
 
-/// How many times the subqueries of `expr` evaluate their innermost expressions, at the
-/// default step where none is given (1 with no subquery). Known before any evaluation, so
+/// How many steps the subqueries of `expr` evaluate, nested ones multiplied, at the default
+/// step where none is given (0 with no subquery). Known before any evaluation, so
 /// `max_over_time(up[30d:1ms])` is refused when the config is read, not after a test.
 pub fn subquery_evaluations(expr: &promql_parser::parser::Expr) -> f64 {
     use promql_parser::parser::Expr;
@@ -54,7 +54,7 @@ pub fn subquery_evaluations(expr: &promql_parser::parser::Expr) -> f64 {
                 .map_or(DEFAULT_SUBQUERY_STEP_MS as f64, |s| s.as_millis() as f64)
                 .max(1.0);
             let steps = (sq.range.as_millis() as f64 / step).floor().max(1.0);
-            steps * subquery_evaluations(&sq.expr)
+            steps * subquery_evaluations(&sq.expr).max(1.0)
         }
         Expr::Aggregate(a) => {
             subquery_evaluations(&a.expr) + a.param.as_deref().map_or(0.0, subquery_evaluations)
@@ -67,9 +67,8 @@ pub fn subquery_evaluations(expr: &promql_parser::parser::Expr) -> f64 {
             .args
             .iter()
             .map(|a| subquery_evaluations(a))
-            .sum::<f64>()
-            .max(1.0),
-        _ => 1.0,
+            .sum::<f64>(),
+        _ => 0.0,
     }
 }
 
