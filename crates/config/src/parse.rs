@@ -104,7 +104,9 @@ pub fn config(raw: &Value, r: &mut Reader) -> Option<Config> {
         None => "tls-e2e".to_string(),
     };
     let nodes = nodes(top, replicas, r);
-    let slo = field("slo").map(|v| slo("slo", v, r)).unwrap_or_default();
+    let slo = field("slo")
+        .map(|v| crate::slo::parse("slo", v, r))
+        .unwrap_or_default();
     let repeat = field("repeat").and_then(|v| repeat("repeat", v, r));
     let defaults = TestDefaults {
         slo: &slo,
@@ -347,30 +349,6 @@ fn overlay(base: &Behaviour, over: &Behaviour) -> Behaviour {
     }
 }
 
-pub(crate) fn slo(path: &str, v: &Value, r: &mut Reader) -> Slo {
-    let Some(o) = r.object(path, v) else {
-        return Slo::default();
-    };
-    let mut slo = Slo::default();
-    for (k, value) in o {
-        let key = join(path, k);
-        if !crate::slo::is_key(k) {
-            r.error(
-                &key,
-                "is not an SLO key (pNN_ms, service_pNN_ms, error_ratio, min_rate_ratio)",
-            );
-            continue;
-        }
-        let Some(n) = r.number(&key, value) else {
-            continue;
-        };
-        if let Err(e) = slo.set(k, n) {
-            r.error(&key, e);
-        }
-    }
-    slo
-}
-
 /// The most repeats of a test per arm: each is a whole test run.
 pub const MAX_REPEAT: u64 = 100;
 
@@ -518,7 +496,7 @@ fn test(
         .to_string();
     let own_slo = o
         .get("slo")
-        .map(|v| slo(&key("slo"), v, r))
+        .map(|v| crate::slo::parse(&key("slo"), v, r))
         .unwrap_or_default();
     let slo = global_slo.overlay(&own_slo);
     let search = o
@@ -633,11 +611,7 @@ pub fn node_of_url(
     };
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
     let first = host.split('.').next().unwrap_or("");
-    let candidates = [
-        first.strip_prefix("service-"),
-        first.strip_prefix("node-"),
-        Some(first),
-    ];
+    let candidates = [crate::service::node_of_name(first), Some(first)];
     candidates
         .into_iter()
         .flatten()

@@ -130,7 +130,7 @@ pub(crate) fn parse(path: &str, v: &Value, test_slo: &Slo, r: &mut Reader) -> Op
     let key = |k: &str| join(path, k);
     let mut spec = SearchSpec::default();
     let slo = match o.get("slo") {
-        Some(v) => crate::parse::slo(&key("slo"), v, r),
+        Some(v) => crate::slo::parse(&key("slo"), v, r),
         None => test_slo.clone(),
     };
     if slo.min_rate_ratio.is_none() {

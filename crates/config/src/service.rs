@@ -8,9 +8,25 @@ use crate::model::Behaviour;
 /// The port every node's service listens on (the seed's).
 pub const SERVICE_PORT: u16 = 9080;
 
+/// What a node's Service name starts with.
+const SERVICE_PREFIX: &str = "service-";
+/// What a node's workload name starts with.
+const WORKLOAD_PREFIX: &str = "node-";
+
+/// `service-<node>`: the name of a node's Service (and App Mesh VirtualService).
+pub fn service_name(node: &str) -> String {
+    format!("{SERVICE_PREFIX}{node}")
+}
+
+/// The node a Service or workload name (`service-<node>`, `node-<node>`) is of.
+pub fn node_of_name(name: &str) -> Option<&str> {
+    name.strip_prefix(SERVICE_PREFIX)
+        .or_else(|| name.strip_prefix(WORKLOAD_PREFIX))
+}
+
 /// `service-<node>.<namespace>.svc.cluster.local`: the DNS name of a node's Service.
 pub fn service_host(node: &str, namespace: &str) -> String {
-    format!("service-{node}.{}", namespace_domain(namespace))
+    format!("{}.{}", service_name(node), namespace_domain(namespace))
 }
 
 /// `service-<node>.<namespace>.svc.cluster.local:9080`: how nodes and tests address a
@@ -28,7 +44,7 @@ pub fn service_url(node: &str, namespace: &str) -> String {
 /// Mesh VirtualNode on a cluster, the pods and sidecars' virtual node locally). App Mesh's
 /// Envoy names its clusters after it, so local and cluster runs share cluster names.
 pub fn workload_name(node: &str) -> String {
-    format!("node-{node}")
+    format!("{WORKLOAD_PREFIX}{node}")
 }
 
 /// `meshload-<run>`: the App Mesh mesh of a run (on a cluster), or the local sidecars'.

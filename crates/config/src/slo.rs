@@ -11,6 +11,10 @@
 
 use std::fmt;
 
+use serde_json::Value;
+
+use crate::reader::{Reader, join};
+
 /// Which time a latency bound is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Latency {
@@ -201,6 +205,31 @@ impl fmt::Display for Slo {
             .collect();
         f.write_str(&parts.join(","))
     }
+}
+
+/// An `slo` object of a config, every problem recorded at its path.
+pub(crate) fn parse(path: &str, v: &Value, r: &mut Reader) -> Slo {
+    let Some(o) = r.object(path, v) else {
+        return Slo::default();
+    };
+    let mut slo = Slo::default();
+    for (k, value) in o {
+        let key = join(path, k);
+        if !is_key(k) {
+            r.error(
+                &key,
+                "is not an SLO key (pNN_ms, service_pNN_ms, error_ratio, min_rate_ratio)",
+            );
+            continue;
+        }
+        let Some(n) = r.number(&key, value) else {
+            continue;
+        };
+        if let Err(e) = slo.set(k, n) {
+            r.error(&key, e);
+        }
+    }
+    slo
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ pub fn render(config: &Config, opts: &RenderOptions) -> Vec<Value> {
             &spec.behaviour,
             opts,
         ));
-        for service in [deployment_name(name), format!("service-{name}")] {
+        for service in [deployment_name(name), service::service_name(name)] {
             out.push(service_object(
                 &service,
                 &deployment_name(name),
@@ -283,7 +283,7 @@ fn virtual_node(name: &str, backends: &[String], config: &Config, opts: &RenderO
         "podSelector": {"matchLabels": {"app": name}},
         "listeners": [],
         "serviceDiscovery": {"dns": {"hostname": format!("{name}.{}", service::namespace_domain(&opts.namespace))}},
-        "backends": backends.iter().map(|b| json!({"virtualService": {"virtualServiceRef": {"name": format!("service-{b}")}}})).collect::<Vec<_>>(),
+        "backends": backends.iter().map(|b| json!({"virtualService": {"virtualServiceRef": {"name": service::service_name(b)}}})).collect::<Vec<_>>(),
     });
     if config.mtls {
         let trust = json!({"sds": {"secretName": "spiffe://meshload.local"}});
@@ -298,7 +298,7 @@ fn virtual_node(name: &str, backends: &[String], config: &Config, opts: &RenderO
 }
 
 fn virtual_service(node: &str, opts: &RenderOptions) -> Value {
-    let name = format!("service-{node}");
+    let name = service::service_name(node);
     json!({
         "apiVersion": "appmesh.k8s.aws/v1beta2",
         "kind": "VirtualService",

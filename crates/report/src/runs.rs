@@ -47,20 +47,24 @@ fn read_json(path: &std::path::Path) -> Result<Json, ReportError> {
 
 /// Reads a run's fortio.json and metadata.json.
 pub fn load(run: &RunRef) -> Result<Run, ReportError> {
-    let fortio_json = read_json(&run.dir.join("fortio.json"))?;
+    let fortio_json = read_json(&run.dir.join(meshload_store::layout::FORTIO))?;
     let fortio: FortioResult =
         serde_json::from_value(fortio_json).map_err(|source| ReportError::Parse {
-            path: run.dir.join("fortio.json").display().to_string(),
+            path: run
+                .dir
+                .join(meshload_store::layout::FORTIO)
+                .display()
+                .to_string(),
             source,
         })?;
-    let (metadata, damage) = match read_json(&run.dir.join("metadata.json")) {
+    let (metadata, damage) = match read_json(&run.dir.join(meshload_store::layout::METADATA)) {
         Ok(metadata) => match shape_problem(&metadata) {
             None => (metadata, None),
             Some(problem) => (
                 Json::Null,
                 Some(format!(
                     "{}: {problem}",
-                    run.dir.join("metadata.json").display()
+                    run.dir.join(meshload_store::layout::METADATA).display()
                 )),
             ),
         },
@@ -272,6 +276,20 @@ impl Run {
         self.resources().nodes
     }
 
+    /// The run's raw samples, with the lines that had to be skipped; `Err` says why the
+    /// file cannot be read at all. The one reader of `samples.jsonl`.
+    pub fn samples(&self) -> Result<(Store, meshload_promql::Skipped), String> {
+        let path = self.run.dir.join(meshload_store::layout::SAMPLES);
+        std::fs::File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| Store::read_jsonl(BufReader::new(f)).map_err(|e| e.to_string()))
+    }
+
+    /// When the test started, ms since the epoch (from metadata.json).
+    pub fn start_ms(&self) -> Option<i64> {
+        self.metadata["start_ms"].as_i64()
+    }
+
     /// Memory and CPU of each node's app containers and of its Envoy sidecars
     /// (`container="envoy"`; none for runs without a mesh: the load generator's own
     /// sidecar is not a node's), from one read of the run's samples, with a warning when
@@ -281,11 +299,7 @@ impl Run {
         let Some((start, end)) = self.window_ms() else {
             return out;
         };
-        let path = self.run.dir.join("samples.jsonl");
-        let read = std::fs::File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| Store::read_jsonl(BufReader::new(f)).map_err(|e| e.to_string()));
-        let store = match read {
+        let store = match self.samples() {
             Ok((store, skipped)) => {
                 out.warning = skipped
                     .warning()

@@ -225,8 +225,11 @@ pub fn write_url_trial(
     window: (SystemTime, SystemTime),
 ) -> Result<(), StoreError> {
     let value = serde_json::to_value(fortio).expect("a result always serializes");
-    run.write("fortio.json", pretty(&value).as_bytes())?;
-    run.write("per_second.csv", per_second_csv(fortio).as_bytes())?;
+    run.write(meshload_store::layout::FORTIO, pretty(&value).as_bytes())?;
+    run.write(
+        meshload_store::layout::PER_SECOND,
+        per_second_csv(fortio).as_bytes(),
+    )?;
     let status = if fortio.interrupted {
         RunStatus::Interrupted
     } else {
@@ -246,23 +249,35 @@ pub fn write_url_trial(
         "parameters": {"url": fortio.url, "qps": fortio.requested_qps, "c": fortio.num_threads},
         "search": search,
     });
-    run.write("metadata.json", pretty(&metadata).as_bytes())
+    run.write(
+        meshload_store::layout::METADATA,
+        pretty(&metadata).as_bytes(),
+    )
 }
 
 /// Writes every file of the run folder.
 pub fn write_run(run: &RunWriter, f: &RunFiles<'_>) -> Result<(), StoreError> {
-    run.write("config.json", pretty(&f.config.raw).as_bytes())?;
+    run.write(
+        meshload_store::layout::CONFIG,
+        pretty(&f.config.raw).as_bytes(),
+    )?;
     let fortio = serde_json::to_value(f.fortio).expect("a result always serializes");
-    run.write("fortio.json", pretty(&fortio).as_bytes())?;
+    run.write(meshload_store::layout::FORTIO, pretty(&fortio).as_bytes())?;
     for m in f.metrics {
         let mut csv = Vec::new();
         let series = m.series.as_deref().unwrap_or(&[]);
         meshload_promql::output::write_csv(&mut csv, &m.name, series).expect("writing to memory");
-        run.write(&format!("{}.csv", m.name), &csv)?;
+        run.write(&meshload_store::layout::metric_csv(&m.name), &csv)?;
     }
-    run.write("per_second.csv", per_second_csv(f.fortio).as_bytes())?;
-    run.write("samples.jsonl", &f.samples)?;
-    run.write("metadata.json", pretty(&metadata(run.id(), f)).as_bytes())
+    run.write(
+        meshload_store::layout::PER_SECOND,
+        per_second_csv(f.fortio).as_bytes(),
+    )?;
+    run.write(meshload_store::layout::SAMPLES, &f.samples)?;
+    run.write(
+        meshload_store::layout::METADATA,
+        pretty(&metadata(run.id(), f)).as_bytes(),
+    )
 }
 
 fn pretty(v: &Value) -> String {

@@ -9,11 +9,13 @@
 //! than overwrite an existing run.
 //!
 //! # Layout
+//! - [`layout`]: the names of a run folder's files.
 //! - [`run_id`]: the timestamp folder name.
 //! - [`FsStore`], [`RunWriter`]: writing runs to a folder.
 //! - [`s3`]: S3 stores, with a local spool for runs not yet uploaded.
 //! - [`ResultStore`]: either, as a store address names it.
 
+pub mod layout;
 pub mod s3;
 
 use std::path::{Path, PathBuf};

@@ -137,11 +137,11 @@ impl S3Store {
         let mut added = 0;
         for (test, id) in self.list_runs().await? {
             let target = cache.root.join(&test).join(&id);
-            if target.join("metadata.json").is_file() {
+            if target.join(crate::layout::METADATA).is_file() {
                 continue;
             }
             let staged = self.download_run(&test, &id, &staging).await?;
-            if !staged.join("metadata.json").is_file() {
+            if !staged.join(crate::layout::METADATA).is_file() {
                 let _ = std::fs::remove_dir_all(&staged);
                 continue;
             }
@@ -237,7 +237,7 @@ impl S3Store {
     /// metadata is whole.
     pub async fn upload_run(&self, run: &RunRef) -> Result<String, StoreError> {
         self.ensure_bucket().await?;
-        let marker = self.key(&[&run.test_name, &run.id, "metadata.json"]);
+        let marker = self.key(&[&run.test_name, &run.id, crate::layout::METADATA]);
         if self.store.head(&marker).await.is_ok() {
             return Err(StoreError::Exists(format!(
                 "s3://{}/{}",
@@ -253,7 +253,7 @@ impl S3Store {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file())
             .collect();
-        files.sort_by_key(|p| p.file_name().is_some_and(|n| n == "metadata.json"));
+        files.sort_by_key(|p| p.file_name().is_some_and(|n| n == crate::layout::METADATA));
         for file in files {
             let name = file
                 .file_name()
@@ -296,7 +296,7 @@ impl S3Store {
                 .map(|p| p.as_ref().to_string())
                 .collect();
             let n = parts.len();
-            if n >= 3 && parts[n - 1] == "metadata.json" {
+            if n >= 3 && parts[n - 1] == crate::layout::METADATA {
                 runs.push((parts[n - 3].clone(), parts[n - 2].clone()));
             }
         }

@@ -14,9 +14,6 @@ use meshload_promql::{Store, instant_query, range_query};
 use crate::cli::{QueryArgs, QueryFormat};
 use crate::exit::Exit;
 
-/// The file a run keeps its raw samples in.
-pub const SAMPLES_FILE: &str = "samples.jsonl";
-
 /// When to evaluate.
 enum Timing {
     Instant(i64),
@@ -106,7 +103,7 @@ fn query_error(e: QueryError) -> anyhow::Error {
 /// Reads a run's samples (the folder's samples.jsonl, or the file given).
 fn load_store(path: &Path) -> anyhow::Result<Store> {
     let file: PathBuf = if path.is_dir() {
-        path.join(SAMPLES_FILE)
+        path.join(meshload_store::layout::SAMPLES)
     } else {
         path.to_path_buf()
     };

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode};
 use meshload_promql::{Labels, QueryError, QueryOptions, Store};
+use meshload_report::runs::Run;
 use meshload_store::{FsStore, ResultStore, RunRef};
 use serde_json::{Value as Json, json};
 
@@ -155,36 +156,6 @@ impl Catalog {
     }
 }
 
-/// One run's identity labels and start, from its metadata.
-struct RunInfo {
-    labels: [(&'static str, String); 4],
-    start_ms: Option<i64>,
-}
-
-fn run_info(run: &RunRef) -> Result<RunInfo, String> {
-    let text = std::fs::read_to_string(run.dir.join("metadata.json"))
-        .map_err(|e| format!("metadata.json: {e}"))?;
-    let meta: Json = serde_json::from_str(&text).map_err(|e| format!("metadata.json: {e}"))?;
-    Ok(RunInfo {
-        labels: [
-            ("test_name", run.test_name.clone()),
-            ("run", run.id.clone()),
-            (
-                "mesh",
-                meta["backend_facts"]["mesh"]
-                    .as_str()
-                    .unwrap_or("none")
-                    .to_string(),
-            ),
-            (
-                "backend",
-                meta["backend"].as_str().unwrap_or("local").to_string(),
-            ),
-        ],
-        start_ms: meta["start_ms"].as_i64(),
-    })
-}
-
 /// The load generator's per-second figures, served as series.
 const LOAD_SERIES: [(&str, &str); 4] = [
     (
@@ -205,63 +176,70 @@ const LOAD_SERIES: [(&str, &str); 4] = [
     ),
 ];
 
-/// Loads every readable run; a damaged one is skipped with a warning.
+/// Loads every readable run (through the report's reader of stored runs); a damaged one
+/// is skipped with a warning.
 fn load(runs: &[RunRef], align: bool) -> (Store, BTreeMap<String, &'static str>) {
     let mut store = Store::new();
     let mut metadata = BTreeMap::new();
-    let infos: Vec<(&RunRef, RunInfo)> = runs
+    let loaded: Vec<Run> = runs
         .iter()
-        .filter_map(|run| match run_info(run) {
-            Ok(info) => Some((run, info)),
+        .filter_map(|r| match meshload_report::runs::load(r) {
+            Ok(run) if run.damage.is_none() => Some(run),
+            Ok(run) => {
+                let damage = run.damage.as_deref().unwrap_or_default();
+                eprintln!("meshload: warning: skipping {}: {damage}", run.name());
+                None
+            }
             Err(e) => {
-                eprintln!(
-                    "meshload: warning: skipping {}/{}: {e}",
-                    run.test_name, run.id
-                );
+                eprintln!("meshload: warning: skipping {}/{}: {e}", r.test_name, r.id);
                 None
             }
         })
         .collect();
     // Aligned, every run starts when the earliest one did.
-    let anchor = infos.iter().filter_map(|(_, i)| i.start_ms).min();
-    for (run, info) in &infos {
-        let shift = match (align, anchor, info.start_ms) {
+    let anchor = loaded.iter().filter_map(Run::start_ms).min();
+    for run in &loaded {
+        let shift = match (align, anchor, run.start_ms()) {
             (true, Some(anchor), Some(start)) => anchor - start,
             _ => 0,
         };
+        let identity = [
+            ("test_name", run.run.test_name.clone()),
+            ("run", run.run.id.clone()),
+            ("mesh", run.mesh()),
+            (
+                "backend",
+                run.metadata["backend"]
+                    .as_str()
+                    .unwrap_or("local")
+                    .to_string(),
+            ),
+        ];
         let with_run = |labels: &Labels| {
             let mut labels = labels.clone();
-            for (k, v) in &info.labels {
+            for (k, v) in &identity {
                 labels.set(k, v);
             }
             labels
         };
-        if let Ok(file) = std::fs::File::open(run.dir.join("samples.jsonl")) {
-            match Store::read_jsonl(std::io::BufReader::new(file)) {
-                Ok((samples, skipped)) => {
-                    if let Some(warning) = skipped.warning() {
-                        eprintln!(
-                            "meshload: warning: {}/{}: samples.jsonl: {warning}",
-                            run.test_name, run.id
-                        );
-                    }
-                    for series in samples.series() {
-                        let labels = with_run(&series.labels);
-                        for &(t, v) in &series.samples {
-                            store.append(&labels, t + shift, v);
-                        }
+        match run.samples() {
+            Ok((samples, skipped)) => {
+                if let Some(warning) = skipped.warning() {
+                    eprintln!(
+                        "meshload: warning: {}: samples.jsonl: {warning}",
+                        run.name()
+                    );
+                }
+                for series in samples.series() {
+                    let labels = with_run(&series.labels);
+                    for &(t, v) in &series.samples {
+                        store.append(&labels, t + shift, v);
                     }
                 }
-                Err(e) => eprintln!(
-                    "meshload: warning: {}/{}: samples.jsonl: {e}",
-                    run.test_name, run.id
-                ),
             }
+            Err(e) => eprintln!("meshload: warning: {}: samples.jsonl: {e}", run.name()),
         }
-        let fortio = std::fs::read_to_string(run.dir.join("fortio.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<meshload_loadgen::FortioResult>(&t).ok());
-        if let (Some(fortio), Some(start)) = (fortio, info.start_ms) {
+        if let Some(start) = run.start_ms() {
             for (name, _) in LOAD_SERIES {
                 metadata.insert(name.to_string(), "gauge");
             }
@@ -273,7 +251,7 @@ fn load(runs: &[RunRef], align: bool) -> (Store, BTreeMap<String, &'static str>)
                     with_run(&l)
                 })
                 .collect();
-            for s in &fortio.per_second {
+            for s in &run.fortio.per_second {
                 let t = start + (s.second as i64 + 1) * 1000 + shift;
                 let values = [s.requests as f64, s.errors as f64, s.p50, s.p99];
                 for (labels, v) in series.iter().zip(values) {
