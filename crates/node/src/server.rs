@@ -147,13 +147,13 @@ pub async fn serve_guarded<H, F, B>(
                     Watch::Continue => {}
                 }
             };
-            tracing::debug!(reason, "closing connection");
-            if reason != "stop" && (!conn.may_be_answering() || conn.is_stalled()) {
+            tracing::debug!(?reason, "closing connection");
+            if reason != Close::Stop && (!conn.may_be_answering() || conn.is_stalled()) {
                 // Silent, part of a head, or stalled on a body: nothing to finish.
                 return;
             }
             http.as_mut().graceful_shutdown();
-            let grace = if reason == "stop" {
+            let grace = if reason == Close::Stop {
                 limits.drain_timeout
             } else {
                 CLOSE_GRACE
@@ -175,12 +175,23 @@ pub async fn serve_guarded<H, F, B>(
 /// How long a connection asked to close may take to finish the response it is writing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// Why a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// The server is stopping: in-flight requests get the drain timeout.
+    Stop,
+    /// Its header-read or idle timeout passed.
+    Timeout,
+    /// It was idle, silent or stalled at the connection limit: a new client needs its slot.
+    MakeWay,
+}
+
 /// What happened while a connection was watched.
 enum Watch<E> {
     /// The connection ended by itself.
     Ended(Result<(), E>),
     /// The connection is to be closed, for this reason.
-    Close(&'static str),
+    Close(Close),
     /// Nothing to do yet: watch again.
     Continue,
 }
@@ -203,7 +214,7 @@ where
         result = http => Watch::Ended(result),
         () = conn.woken() => {
             if conn.should_make_way() {
-                Watch::Close("making way for a new connection")
+                Watch::Close(Close::MakeWay)
             } else {
                 Watch::Continue
             }
@@ -212,10 +223,10 @@ where
             let expired = conn
                 .deadline(limits.header_read_timeout, limits.idle_timeout)
                 .is_some_and(|d| d <= Instant::now());
-            if expired { Watch::Close("timeout") } else { Watch::Continue }
+            if expired { Watch::Close(Close::Timeout) } else { Watch::Continue }
         }
         changed = stopping.changed() => {
-            if changed.is_err() || *stopping.borrow() { Watch::Close("stop") } else { Watch::Continue }
+            if changed.is_err() || *stopping.borrow() { Watch::Close(Close::Stop) } else { Watch::Continue }
         }
     }
 }

@@ -3,15 +3,12 @@
 //! exporter of the cAdvisor-like samples of its containers (the kubelet's part), and the metric
 //! queries go to it. It runs under `meshload supervise`, so it dies with meshload.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
@@ -213,22 +210,20 @@ fn label<'a>(t: &'a ScrapeTarget, name: &str) -> &'a str {
         .map_or("", |(_, v)| v.as_str())
 }
 
-/// Serves the samples of every local container as Prometheus text.
+/// Serves the samples of every local container as Prometheus text, with the connection
+/// guards of every meshload server (an accept that fails backs off rather than spins).
 async fn serve_exporter(listener: TcpListener, containers: Vec<Container>) {
     let containers = std::sync::Arc::new(containers);
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let containers = containers.clone();
-        let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+    meshload_node::server::serve_guarded(
+        listener,
+        &meshload_node::Limits::default(),
+        std::future::pending(),
+        move |_req| {
             let body = exposition(&containers);
-            async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body)))) }
-        });
-        tokio::spawn(
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc),
-        );
-    }
+            async move { http::Response::new(Full::new(Bytes::from(body))) }
+        },
+    )
+    .await;
 }
 
 fn exposition(containers: &[Container]) -> String {

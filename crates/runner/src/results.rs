@@ -25,6 +25,11 @@ pub struct MetricResult {
 }
 
 impl MetricResult {
+    /// Whether the query returned at least one series.
+    pub fn has_data(&self) -> bool {
+        self.series.as_ref().is_ok_and(|s| !s.is_empty())
+    }
+
     /// A short note: series count, `no data`, or the error.
     pub fn note(&self) -> String {
         match &self.series {
@@ -84,6 +89,9 @@ pub struct TestSummary {
     pub slo_failures: Vec<String>,
     /// Metric name and what its query returned (`3 series`, `no data`).
     pub metrics: Vec<(String, String)>,
+    /// The metrics that returned nothing or failed (their notes say which).
+    #[serde(skip)]
+    pub metric_problems: Vec<String>,
     /// Replicas that exited during the test.
     pub node_exits: Vec<String>,
     /// Set when the run could not reach its store and stayed in the local spool.
@@ -132,6 +140,7 @@ impl TestSummary {
             response_p99_ms: ms(response, 99.0),
             slo_failures: Vec::new(),
             metrics: Vec::new(),
+            metric_problems: Vec::new(),
             node_exits: Vec::new(),
             storage_note: None,
             slo_set: !test.slo.is_empty(),

@@ -764,6 +764,11 @@ async fn run_test<B: Backend>(
     summary.host = host;
     summary.slo_failures = slo_failures(&test.slo, &summary, &fortio, test.qps);
     summary.metrics = metrics.iter().map(|m| (m.name.clone(), m.note())).collect();
+    summary.metric_problems = metrics
+        .iter()
+        .filter(|m| !m.has_data())
+        .map(|m| m.name.clone())
+        .collect();
     summary.node_exits = exits
         .iter()
         .map(|e| format!("{} ({})", e.pod, e.status))

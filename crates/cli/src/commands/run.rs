@@ -388,12 +388,12 @@ impl Observer for Printer {
             "meshload: {} {}: {:.1} req/s, p99 {:.2} ms, {} errors -> {}",
             s.test_name, s.status, s.actual_qps, s.response_p99_ms, s.errors, s.run_dir
         );
-        for m in s
+        for (name, note) in s
             .metrics
             .iter()
-            .filter(|(_, note)| note == "no data" || note.starts_with("error"))
+            .filter(|(name, _)| s.metric_problems.contains(name))
         {
-            eprintln!("meshload:   metric {}: {}", m.0, m.1);
+            eprintln!("meshload:   metric {name}: {note}");
         }
         for f in &s.slo_failures {
             eprintln!("meshload:   SLO missed: {f}");
