@@ -340,3 +340,24 @@ fn a_metric_whose_subqueries_cannot_finish_is_refused_with_its_path() {
     let fine = r#"{"backends_map": {"a": []}, "metrics": {"m": "max_over_time(rate(up[1m])[1h:1m]) + rate(up[5m])"}}"#;
     assert!(from_str(fine, false, "t").is_ok());
 }
+
+#[test]
+fn amplification_names_every_node_past_the_limit() {
+    let loaded = from_str(
+        r#"{"backends_map": {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}}"#,
+        false,
+        "t",
+    )
+    .expect("valid");
+    let found = crate::topology::amplification(&loaded.config.nodes, 3);
+    assert_eq!(found.refused.len(), 1, "{found:?}");
+    assert!(
+        found.refused[0].contains("node \"a\" causes 4 backend requests"),
+        "{found:?}"
+    );
+    assert!(
+        crate::topology::amplification(&loaded.config.nodes, 4)
+            .refused
+            .is_empty()
+    );
+}

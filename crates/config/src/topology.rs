@@ -147,6 +147,41 @@ pub fn leaves_first(nodes: &BTreeMap<String, NodeSpec>) -> Vec<String> {
     }
 }
 
+/// Above this many backend requests per request, a topology is warned about.
+pub const AMPLIFICATION_WARNING: u64 = 1_000;
+
+/// The nodes where one request causes too many backend requests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Amplification {
+    /// More than the limit: a request would never finish, and the nodes would be flooded.
+    pub refused: Vec<String>,
+    /// More than [`AMPLIFICATION_WARNING`], within the limit.
+    pub warnings: Vec<String>,
+}
+
+/// Every node where one request causes more than `limit` backend requests (refused), or
+/// more than [`AMPLIFICATION_WARNING`] (warned of), each named with its count.
+pub fn amplification(nodes: &BTreeMap<String, NodeSpec>, limit: u64) -> Amplification {
+    let mut out = Amplification::default();
+    for (node, &n) in &shape(nodes).backend_requests {
+        let count = if n == u64::MAX {
+            "more than 18446744073709551614".to_string()
+        } else {
+            n.to_string()
+        };
+        if n > limit {
+            out.refused.push(format!(
+                "backends_map: one request to node {node:?} causes {count} backend requests, more than --max-amplification {limit}"
+            ));
+        } else if n > AMPLIFICATION_WARNING {
+            out.warnings.push(format!(
+                "one request to node {node:?} causes {count} backend requests"
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,33 +18,18 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Above this many backend requests per request, a topology is warned about.
-const AMPLIFICATION_WARNING: u64 = 1_000;
-
 /// Refuses a topology where one request to a node causes more than `limit` backend
-/// requests (a request would never finish, and the nodes would be flooded), and warns
-/// above [`AMPLIFICATION_WARNING`]. Every such node is named.
+/// requests (exit 64, every such node named), and warns of the large ones
+/// (`topology::amplification`).
 pub fn check_amplification(config: &Config, limit: u64) -> Result<(), Exit> {
-    let shape = topology::shape(&config.nodes);
-    let mut refused = Vec::new();
-    for (node, &n) in &shape.backend_requests {
-        let count = if n == u64::MAX {
-            "more than 18446744073709551614".to_string()
-        } else {
-            n.to_string()
-        };
-        if n > limit {
-            refused.push(format!(
-                "backends_map: one request to node {node:?} causes {count} backend requests, more than --max-amplification {limit}"
-            ));
-        } else if n > AMPLIFICATION_WARNING {
-            eprintln!("warning: one request to node {node:?} causes {count} backend requests");
-        }
+    let found = topology::amplification(&config.nodes, limit);
+    for warning in &found.warnings {
+        eprintln!("warning: {warning}");
     }
-    if refused.is_empty() {
+    if found.refused.is_empty() {
         Ok(())
     } else {
-        Err(Exit::usage(refused.join("\n")))
+        Err(Exit::usage(found.refused.join("\n")))
     }
 }
 
