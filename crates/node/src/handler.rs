@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use meshload_process::error_chain;
 use serde::Serialize;
 
 use crate::behaviour::{Dice, Latency};
@@ -421,21 +422,6 @@ pub(crate) fn error_kind(err: &(dyn std::error::Error + 'static)) -> &'static st
         current = e.source();
     }
     "error"
-}
-
-/// `outer: inner: innermost`, as anyhow's `{:#}` prints.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut current = err.source();
-    while let Some(e) = current {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        current = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ pub fn load(run: &RunRef) -> Result<Run, ReportError> {
                 )),
             ),
         },
-        Err(e) => (Json::Null, Some(DisplayChain(&e).to_string())),
+        Err(e) => (Json::Null, Some(meshload_process::error_chain(&e))),
     };
     Ok(Run {
         run: run.clone(),
@@ -107,21 +107,6 @@ fn shape_problem(metadata: &Json) -> Option<String> {
     .or_else(|| expect("series", |v| v.is_object() || v.is_null(), "an object"))
     .or_else(|| expect("start_ms", Json::is_number, "a number"))
     .or_else(|| expect("end_ms", Json::is_number, "a number"))
-}
-
-/// An error and its causes on one line.
-struct DisplayChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for DisplayChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
 }
 
 impl Run {

@@ -96,15 +96,4 @@ pub enum RunError {
     Interrupted,
 }
 
-/// An error and its causes on one line (`outer: inner: innermost`), as `anyhow` prints
-/// them with `{:#}`: for figures stored as text, such as a metric's note.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use meshload_process::error_chain;

@@ -49,13 +49,7 @@ fn main() -> ExitCode {
     match meshload_node::cli::serve(cli.node) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let mut message = format!("error: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("{message}");
+            eprintln!("error: {}", meshload_process::error_chain(&err));
             ExitCode::from(meshload_node::cli::RUNTIME)
         }
     }
