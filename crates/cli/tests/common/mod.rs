@@ -235,13 +235,11 @@ pub fn json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a process a test starts: the runner's
+/// choice (below the ephemeral range, where `bind(:0)` would race the tests' own
+/// connections).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    meshload_runner::ports::free_port().unwrap().port()
 }
 
 /// A file or folder under the team's shared folder: `$MESHLOAD_SHARED` when set, otherwise
