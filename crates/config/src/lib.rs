@@ -14,7 +14,10 @@
 //! - [`query_limits`]: how long, deep and operator-heavy a PromQL query may be (the
 //!   config's metrics and every query the engine parses).
 //! - [`reader`]: path-tracking helpers and Go-style durations.
+//! - [`search`]: a test's capacity search (`search`): rates, precision, trials, PromQL
+//!   thresholds.
 //! - [`service`]: the services' names and port, and a node's behaviour as node flags.
+//! - [`slo`]: service level objectives: the keys, their parsing and checks.
 //! - [`topology`]: cycles, entry points, depth, fan-out, start order.
 
 pub mod duplicates;

@@ -10,7 +10,10 @@
 //! # Layout
 //! - [`spec`]: options and their validation into a [`LoadSpec`].
 //! - [`schedule`]: due times, staggering, jitter, exact request quotas.
-//! - [`executor`]: one connection sending one request at a time.
+//! - [`executor`]: one connection sending one request at a time, and how a failed one
+//!   is classified ([`executor::ErrorKind`]).
+//! - [`h1`]: the fast HTTP/1.1 exchange (a prepared request, a parsed answer, the body
+//!   counted, not kept).
 //! - [`tls`]: HTTPS (rustls): trust, ALPN, certificate errors in words.
 //! - [`wire`]: timestamps taken at the socket, for service times close to the wire.
 //! - [`collector`]: aggregates samples into histograms and a per-second series.

@@ -15,7 +15,12 @@
 //! - [`metrics`]: the Prometheus metrics a node exposes.
 //! - [`process`]: resource samples from `/proc` (also used to watch child nodes).
 //! - [`server`]: the listener, HTTP/1.1 and h2c on one port, graceful shutdown.
-//! - `connections`: the open connections, their timeouts, and who makes way at the limit.
+//! - [`server`] also serves meshload's own servers (`serve_guarded`: the REST API,
+//!   `results serve`, the local Prometheus exporter) with the same guards.
+//! - `connections`: the open connections, their timeouts, and who makes way at the limit
+//!   (a silent, idle or body-stalled one).
+//! - `handler`: a request's path: body read and discarded, injected latency and errors,
+//!   the calls to the backends, the answer.
 
 pub mod behaviour;
 pub mod capacity;

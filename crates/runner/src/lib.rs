@@ -14,6 +14,8 @@
 //! - [`run`]: the orchestration.
 //! - [`stop`]: the stop request every part of a run awaits.
 //! - [`http`]: the small client for health checks and scrapes.
+//! - [`search`]: the capacity search (steps, trials, the knee) over a trial runner.
+//! - [`ports`]: loopback ports for started processes, below the ephemeral range.
 
 pub mod backend;
 pub mod host;
