@@ -77,7 +77,7 @@ impl Server {
 /// Connections are bounded by the limits: a connection that has not sent a whole request
 /// head within the header-read timeout, or stays idle between requests for the idle
 /// timeout, is closed, and at the connection limit the longest-idle connection (or one
-/// stalled on a request body) makes way for a new one (see [`crate::connections`]).
+/// stalled on a request body) makes way for a new one (see the `connections` module).
 pub async fn serve_guarded<H, F, B>(
     listener: TcpListener,
     limits: &Limits,
