@@ -91,6 +91,13 @@ impl LocalBackend {
         self
     }
 
+    /// Starts replica `index` of `node`: a `meshload node` child on a port of its own
+    /// (its first stdout line says which), told its backends (through its own sidecar's
+    /// egress listener when `mesh` is given, else by address), and with a mesh its Envoy
+    /// sidecar in front of it (ingress, egress and admin ports chosen first, so that the
+    /// node can be told its egress). Long because the two starts depend on each other: the
+    /// sidecar needs the node's address, the node the sidecar's egress port. A node that
+    /// prints no address in time is killed and named.
     async fn start_replica(
         &self,
         node: &PlannedNode,

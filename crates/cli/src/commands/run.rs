@@ -38,6 +38,9 @@ struct RunRequest {
 }
 
 impl RunRequest {
+    /// Resolves and checks a run in named steps: the config (moved to `--namespace` on a
+    /// cluster), the meshes, every problem of the choices at once, then the store, the
+    /// run's settings, Envoy for local sidecars, and the cluster's settings.
     /// `flags_given` are the Kubernetes-only flags given on the command line.
     fn new(
         args: RunArgs,
@@ -52,41 +55,8 @@ impl RunRequest {
             Some(ns) if on_cluster => config.in_namespace(ns),
             _ => config,
         };
-        let mut problems = Vec::new();
-        // The flag wins; else the config's "mesh"; else none.
-        let meshes: Vec<MeshName> = if !args.deploy.mesh.is_empty() {
-            args.deploy.mesh.clone()
-        } else if !config.meshes.is_empty() {
-            config
-                .meshes
-                .iter()
-                .filter_map(|m| <MeshName as clap::ValueEnum>::from_str(m, true).ok())
-                .collect()
-        } else {
-            vec![MeshName::None]
-        };
-        for m in &meshes {
-            if !on_cluster && !matches!(m, MeshName::None | MeshName::Envoy) {
-                problems.push(format!(
-                    "--mesh {} runs on Kubernetes (--backend k8s); locally the meshes are none and envoy",
-                    format!("{m:?}").to_lowercase()
-                ));
-            }
-        }
-        if on_cluster && meshes.len() > 1 {
-            problems.push("--backend k8s runs one mesh at a time: give one --mesh".to_string());
-        }
-        if let Some(cpus) = &args.loadgen_cpus
-            && let Err(e) = meshload_runner::host::check_cpus(cpus)
-        {
-            problems.push(e);
-        }
-        if on_cluster && args.loadgen_cpus.is_some() {
-            problems.push(
-                "--loadgen-cpus pins the local load generator; on a cluster it runs in a pod"
-                    .to_string(),
-            );
-        }
+        let meshes = meshes_of(&args, &config);
+        let mut problems = choice_problems(&args, &meshes, on_cluster);
         let mesh = if on_cluster {
             super::k8s::cluster_mesh(meshes[0])?
         } else {
@@ -108,40 +78,8 @@ impl RunRequest {
         if !problems.is_empty() {
             return Err(Exit::usage(problems.join("\n")));
         }
-        let store_address = args
-            .store
-            .clone()
-            .or_else(|| config.store.clone())
-            .unwrap_or_else(|| meshload_store::DEFAULT_STORE.to_string());
-        let store = ResultStore::open(&store_address).map_err(|e| Exit::usage(e.to_string()))?;
-        let settings = RunSettings {
-            exe,
-            store,
-            sleep_between_tests: args
-                .sleep_between_tests
-                .unwrap_or(config.sleep_between_tests),
-            repeat: args.repeat,
-            loadgen_cpus: args.loadgen_cpus.clone().unwrap_or_default(),
-            saturation: meshload_runner::host::Limits {
-                busy: args.max_host_busy,
-                lag_p99_ms: args.max_schedule_lag.as_secs_f64() * 1e3,
-            },
-        };
-        let envoy = match meshes.contains(&MeshName::Envoy) && !on_cluster {
-            true => Some(
-                EnvoyMesh::find(
-                    args.envoy.as_deref(),
-                    args.sidecar_concurrency,
-                    TlsMode::of(config.tls, config.mtls),
-                )
-                .map_err(Exit::usage)?,
-            ),
-            false => None,
-        };
-        let local_meshes = meshes
-            .iter()
-            .map(|m| envoy.clone().filter(|_| *m == MeshName::Envoy))
-            .collect();
+        let settings = run_settings(&args, &config, exe)?;
+        let local_meshes = local_meshes(&args, &config, &meshes, on_cluster)?;
         let k8s = on_cluster.then(|| K8sSettings {
             render: super::k8s::render_options(
                 &args.deploy,
@@ -161,6 +99,102 @@ impl RunRequest {
             json: args.json,
         })
     }
+}
+
+/// The meshes to run under: the flag's; else the config's `"mesh"`; else none.
+fn meshes_of(args: &RunArgs, config: &Config) -> Vec<MeshName> {
+    if !args.deploy.mesh.is_empty() {
+        args.deploy.mesh.clone()
+    } else if !config.meshes.is_empty() {
+        config
+            .meshes
+            .iter()
+            .filter_map(|m| <MeshName as clap::ValueEnum>::from_str(m, true).ok())
+            .collect()
+    } else {
+        vec![MeshName::None]
+    }
+}
+
+/// What is wrong with the meshes and pinning chosen for this backend, every problem.
+fn choice_problems(args: &RunArgs, meshes: &[MeshName], on_cluster: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    for m in meshes {
+        if !on_cluster && !matches!(m, MeshName::None | MeshName::Envoy) {
+            problems.push(format!(
+                "--mesh {} runs on Kubernetes (--backend k8s); locally the meshes are none and envoy",
+                format!("{m:?}").to_lowercase()
+            ));
+        }
+    }
+    if on_cluster && meshes.len() > 1 {
+        problems.push("--backend k8s runs one mesh at a time: give one --mesh".to_string());
+    }
+    if let Some(cpus) = &args.loadgen_cpus
+        && let Err(e) = meshload_runner::host::check_cpus(cpus)
+    {
+        problems.push(e);
+    }
+    if on_cluster && args.loadgen_cpus.is_some() {
+        problems.push(
+            "--loadgen-cpus pins the local load generator; on a cluster it runs in a pod"
+                .to_string(),
+        );
+    }
+    problems
+}
+
+/// Where results go (the flag, else the config's `store`, else the default) and how the
+/// run paces itself: repeats, sleeps, pinning, when the host counts as saturated.
+fn run_settings(
+    args: &RunArgs,
+    config: &Config,
+    exe: std::path::PathBuf,
+) -> Result<RunSettings, Exit> {
+    let store_address = args
+        .store
+        .clone()
+        .or_else(|| config.store.clone())
+        .unwrap_or_else(|| meshload_store::DEFAULT_STORE.to_string());
+    let store = ResultStore::open(&store_address).map_err(|e| Exit::usage(e.to_string()))?;
+    Ok(RunSettings {
+        exe,
+        store,
+        sleep_between_tests: args
+            .sleep_between_tests
+            .unwrap_or(config.sleep_between_tests),
+        repeat: args.repeat,
+        loadgen_cpus: args.loadgen_cpus.clone().unwrap_or_default(),
+        saturation: meshload_runner::host::Limits {
+            busy: args.max_host_busy,
+            lag_p99_ms: args.max_schedule_lag.as_secs_f64() * 1e3,
+        },
+    })
+}
+
+/// Locally, per mesh in turn: `None` for no mesh, or the Envoy its sidecars run (found
+/// once, when any mesh is `envoy`).
+fn local_meshes(
+    args: &RunArgs,
+    config: &Config,
+    meshes: &[MeshName],
+    on_cluster: bool,
+) -> Result<Vec<Option<EnvoyMesh>>, Exit> {
+    let envoy = match meshes.contains(&MeshName::Envoy) && !on_cluster {
+        true => Some(
+            EnvoyMesh::find(
+                args.envoy.as_deref(),
+                args.sidecar_concurrency,
+                TlsMode::of(config.tls, config.mtls),
+            )
+            .map_err(Exit::usage)?,
+        ),
+        false => None,
+    };
+    Ok(meshes
+        .iter()
+        .map(|m| envoy.clone().filter(|_| *m == MeshName::Envoy))
+        .collect())
 }
 
 /// Runs every test of the config, on the local backend or a cluster.
