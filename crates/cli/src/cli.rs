@@ -985,32 +985,11 @@ pub const DEFAULT_IMAGE: &str = "meshload:latest";
 /// How long rollouts may take unless `--rollout-timeout` says otherwise.
 pub const DEFAULT_ROLLOUT_TIMEOUT: &str = "5m";
 
-/// A mesh as `--mesh` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum MeshName {
-    /// No mesh.
-    None,
-    /// Envoy sidecars on the local backend.
-    Envoy,
-    /// Istio (Kubernetes).
-    Istio,
-    /// Linkerd (Kubernetes).
-    Linkerd,
-    /// AWS App Mesh (Kubernetes).
-    Appmesh,
-}
-
-impl MeshName {
-    /// The Kubernetes mesh, when this is one.
-    pub fn on_cluster(self) -> Option<meshload_k8s::Mesh> {
-        match self {
-            MeshName::None => Some(meshload_k8s::Mesh::None),
-            MeshName::Envoy => None,
-            MeshName::Istio => Some(meshload_k8s::Mesh::Istio),
-            MeshName::Linkerd => Some(meshload_k8s::Mesh::Linkerd),
-            MeshName::Appmesh => Some(meshload_k8s::Mesh::AppMesh),
-        }
-    }
+/// `--mesh`: one of the mesh names (`meshload_config::Mesh`), listed in `--help`.
+fn mesh_parser() -> impl clap::builder::TypedValueParser<Value = meshload_config::Mesh> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(meshload_config::Mesh::names())
+        .map(|name| name.parse().expect("a listed mesh name parses"))
 }
 
 /// How the topology is deployed on Kubernetes (`k8s render` and `run --backend k8s`).
@@ -1028,12 +1007,12 @@ pub struct K8sDeployArgs {
     /// none, istio, linkerd or appmesh.
     #[arg(
         long,
-        value_enum,
+        value_parser = mesh_parser(),
         value_delimiter = ',',
         value_name = "MESH[,MESH]",
         help_heading = "Mesh"
     )]
-    pub mesh: Vec<MeshName>,
+    pub mesh: Vec<meshload_config::Mesh>,
     /// The meshload image for the nodes and the load generator.
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_IMAGE)]
     pub image: String,

@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`duplicates`]: keys a JSON file gives twice, named by path.
 //! - [`limits`]: the bounds of every number of a load test (flags, config, REST).
+//! - [`mesh`]: the meshes, one type for configs, flags, backends and results.
 //! - [`model`]: the validated types the rest of meshload takes.
 //! - [`parse`]: value to config, with every problem reported.
 //! - [`query_limits`]: how long, deep and operator-heavy a PromQL query may be (the
@@ -22,6 +23,7 @@
 
 pub mod duplicates;
 pub mod limits;
+pub mod mesh;
 pub mod model;
 pub mod parse;
 pub mod query_limits;
@@ -33,6 +35,7 @@ pub mod topology;
 
 use std::path::Path;
 
+pub use mesh::Mesh;
 pub use model::{Behaviour, Config, LoadTest, NodeSpec, PrometheusSetting};
 pub use reader::ConfigError;
 pub use slo::Slo;

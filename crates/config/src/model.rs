@@ -94,7 +94,7 @@ pub enum PrometheusSetting {
 pub struct Config {
     /// The meshes to run under (`"mesh"`), in order; empty: the command line's choice,
     /// else none.
-    pub meshes: Vec<String>,
+    pub meshes: Vec<crate::Mesh>,
     /// The seed's `IsTLSEnabled`.
     pub tls: bool,
     /// The seed's `IsmTLSEnabled`.

@@ -32,9 +32,6 @@ const TOP_LEVEL: [&str; 18] = [
     "repeat",
 ];
 
-/// The meshes a config may name: the local backend's (`none`, `envoy`) and a cluster's.
-pub const MESHES: [&str; 5] = ["none", "envoy", "istio", "linkerd", "appmesh"];
-
 const NODE_KEYS: [&str; 7] = [
     "latency",
     "error_rate",
@@ -626,7 +623,7 @@ pub fn node_of_url(
 }
 
 /// `"mesh": "envoy"`, `"mesh": "none,envoy"` or `"mesh": ["none", "envoy"]`.
-fn meshes(v: &Value, r: &mut Reader) -> Vec<String> {
+fn meshes(v: &Value, r: &mut Reader) -> Vec<crate::Mesh> {
     let names: Vec<(String, String)> = match v {
         Value::Array(items) => items
             .iter()
@@ -647,13 +644,8 @@ fn meshes(v: &Value, r: &mut Reader) -> Vec<String> {
     let mut out = Vec::new();
     // A mesh named twice is two arms of the same mesh (an A/A comparison).
     for (path, name) in names {
-        if MESHES.contains(&name.as_str()) {
-            out.push(name);
-        } else {
-            r.error(
-                &path,
-                format!("{name:?} is not a mesh: use {}", MESHES.join(", ")),
-            );
+        if let Some(mesh) = r.check(&path, name.parse::<crate::Mesh>()) {
+            out.push(mesh);
         }
     }
     out

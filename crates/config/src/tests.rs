@@ -188,10 +188,14 @@ fn meshes_are_read_as_a_word_a_list_or_an_array() {
             "t",
         )
     };
-    assert_eq!(read(r#""envoy""#).expect("valid").config.meshes, ["envoy"]);
+    use crate::Mesh;
+    assert_eq!(
+        read(r#""envoy""#).expect("valid").config.meshes,
+        [Mesh::Envoy]
+    );
     assert_eq!(
         read(r#""none, envoy""#).expect("valid").config.meshes,
-        ["none", "envoy"]
+        [Mesh::None, Mesh::Envoy]
     );
     // A mesh named again is another arm of it (an A/A comparison).
     assert_eq!(
@@ -199,7 +203,7 @@ fn meshes_are_read_as_a_word_a_list_or_an_array() {
             .expect("valid")
             .config
             .meshes,
-        ["none", "envoy", "none"]
+        [Mesh::None, Mesh::Envoy, Mesh::None]
     );
     let err = read(r#"["none", "cilium"]"#)
         .expect_err("cilium is not a mesh")

@@ -19,7 +19,8 @@ pub const RUN_LABEL: &str = "meshload.io/run";
 /// The load generator's name.
 pub const LOADGEN: &str = "meshload-loadgen";
 
-/// Which service mesh the topology runs in.
+/// Which service mesh the topology runs in on a cluster: [`meshload_config::Mesh`]
+/// narrowed to what a cluster runs (not the local backend's `envoy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mesh {
     /// Plain Kubernetes.
@@ -32,30 +33,35 @@ pub enum Mesh {
     AppMesh,
 }
 
-impl FromStr for Mesh {
-    type Err = String;
+impl TryFrom<meshload_config::Mesh> for Mesh {
+    type Error = String;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(Mesh::None),
-            "istio" => Ok(Mesh::Istio),
-            "linkerd" => Ok(Mesh::Linkerd),
-            "appmesh" => Ok(Mesh::AppMesh),
-            other => Err(format!(
-                "{other:?} is not a mesh: use none, istio, linkerd or appmesh"
-            )),
+    fn try_from(mesh: meshload_config::Mesh) -> Result<Mesh, String> {
+        use meshload_config::Mesh as Any;
+        match mesh {
+            Any::None => Ok(Mesh::None),
+            Any::Istio => Ok(Mesh::Istio),
+            Any::Linkerd => Ok(Mesh::Linkerd),
+            Any::AppMesh => Ok(Mesh::AppMesh),
+            Any::Envoy => Err("--mesh envoy is the local backend's mesh; on Kubernetes use appmesh (App Mesh's Envoy), istio or linkerd".to_string()),
+        }
+    }
+}
+
+impl From<Mesh> for meshload_config::Mesh {
+    fn from(mesh: Mesh) -> meshload_config::Mesh {
+        match mesh {
+            Mesh::None => meshload_config::Mesh::None,
+            Mesh::Istio => meshload_config::Mesh::Istio,
+            Mesh::Linkerd => meshload_config::Mesh::Linkerd,
+            Mesh::AppMesh => meshload_config::Mesh::AppMesh,
         }
     }
 }
 
 impl fmt::Display for Mesh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mesh::None => "none",
-            Mesh::Istio => "istio",
-            Mesh::Linkerd => "linkerd",
-            Mesh::AppMesh => "appmesh",
-        })
+        meshload_config::Mesh::from(*self).fmt(f)
     }
 }
 

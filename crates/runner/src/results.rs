@@ -66,7 +66,7 @@ pub struct TestSummary {
     /// How the test ended.
     pub status: RunStatus,
     /// The mesh it ran in (`none`, `envoy`, `appmesh`, ...), as the backend says.
-    pub mesh: String,
+    pub mesh: meshload_config::Mesh,
     /// Requested rate (`max` for as fast as possible).
     pub requested_qps: String,
     /// Achieved rate.
@@ -124,7 +124,7 @@ impl TestSummary {
             } else {
                 RunStatus::Complete
             },
-            mesh: "none".to_string(),
+            mesh: meshload_config::Mesh::None,
             requested_qps: fortio.requested_qps.clone(),
             actual_qps: fortio.actual_qps,
             requests,

@@ -76,14 +76,18 @@ pub struct Arm<'a, B> {
 impl<B: Backend> Arm<'_, B> {
     /// Arms for backends in order, named by their mesh (`#2`, `#3` for a mesh again).
     pub fn named(backends: &mut [B]) -> Vec<Arm<'_, B>> {
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: Vec<meshload_config::Mesh> = Vec::new();
         backends
             .iter_mut()
             .map(|backend| {
                 let mesh = mesh_of(backend);
-                seen.push(mesh.clone());
+                seen.push(mesh);
                 let n = seen.iter().filter(|m| **m == mesh).count();
-                let label = if n == 1 { mesh } else { format!("{mesh}#{n}") };
+                let label = if n == 1 {
+                    mesh.to_string()
+                } else {
+                    format!("{mesh}#{n}")
+                };
                 Arm { label, backend }
             })
             .collect()
@@ -91,13 +95,12 @@ impl<B: Backend> Arm<'_, B> {
 }
 
 /// The mesh a backend runs (`none` when it names none).
-fn mesh_of<B: Backend>(backend: &B) -> String {
+fn mesh_of<B: Backend>(backend: &B) -> meshload_config::Mesh {
     backend
         .facts()
         .get("mesh")
-        .and_then(|m| m.as_str())
-        .unwrap_or("none")
-        .to_string()
+        .and_then(|m| m.as_str()?.parse().ok())
+        .unwrap_or(meshload_config::Mesh::None)
 }
 
 /// The order of the arms in repeat `r` (from 0): rotated by one each repeat (A B, B A,
@@ -112,7 +115,7 @@ pub fn arm_order(r: u32, arms: usize) -> Vec<usize> {
 pub struct SearchRun {
     /// The test searched.
     pub test_name: String,
-    /// The mesh it ran in.
+    /// The arm it ran in: its mesh (`none#2` for a mesh named again).
     pub mesh: String,
     /// The search's id (the start time, as run ids are).
     pub search_id: String,
@@ -146,7 +149,7 @@ pub async fn run<B: Backend>(
     observer: &dyn Observer,
     stop: StopSignal,
 ) -> Result<RunReport, RunError> {
-    let label = mesh_of(backend);
+    let label = mesh_of(backend).to_string();
     let arm = Arm { label, backend };
     run_arms(config, &mut [arm], settings, observer, stop).await
 }

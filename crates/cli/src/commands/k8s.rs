@@ -57,13 +57,8 @@ pub fn render_options(
 }
 
 /// The Kubernetes mesh `--mesh` names; `envoy` is the local backend's.
-pub fn cluster_mesh(mesh: crate::cli::MeshName) -> Result<meshload_k8s::Mesh, crate::exit::Exit> {
-    mesh.on_cluster().ok_or_else(|| {
-        crate::exit::Exit::usage(
-            "--mesh envoy is the local backend's mesh; on Kubernetes use appmesh (App Mesh's \
-             Envoy), istio or linkerd",
-        )
-    })
+pub fn cluster_mesh(mesh: meshload_config::Mesh) -> Result<meshload_k8s::Mesh, crate::exit::Exit> {
+    meshload_k8s::Mesh::try_from(mesh).map_err(crate::exit::Exit::usage)
 }
 
 /// Deletes what meshload created on the cluster.

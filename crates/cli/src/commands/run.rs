@@ -18,10 +18,11 @@ use meshload_store::ResultStore;
 
 use meshload_runner::mesh::{EnvoyMesh, TlsMode};
 
-use crate::cli::{BackendKind, MeshName, RunArgs};
+use crate::cli::{BackendKind, RunArgs};
 use crate::exit::{Exit, INTERRUPTED, THRESHOLD};
 use crate::progress::{Progress, Total};
 use crate::table::Table;
+use meshload_config::Mesh;
 
 /// A run's settings, resolved and checked before anything starts: the config (moved to
 /// `--namespace` on a cluster), where results go, and the backend's settings. Made by
@@ -102,28 +103,23 @@ impl RunRequest {
 }
 
 /// The meshes to run under: the flag's; else the config's `"mesh"`; else none.
-fn meshes_of(args: &RunArgs, config: &Config) -> Vec<MeshName> {
+fn meshes_of(args: &RunArgs, config: &Config) -> Vec<Mesh> {
     if !args.deploy.mesh.is_empty() {
         args.deploy.mesh.clone()
     } else if !config.meshes.is_empty() {
-        config
-            .meshes
-            .iter()
-            .filter_map(|m| <MeshName as clap::ValueEnum>::from_str(m, true).ok())
-            .collect()
+        config.meshes.clone()
     } else {
-        vec![MeshName::None]
+        vec![Mesh::None]
     }
 }
 
 /// What is wrong with the meshes and pinning chosen for this backend, every problem.
-fn choice_problems(args: &RunArgs, meshes: &[MeshName], on_cluster: bool) -> Vec<String> {
+fn choice_problems(args: &RunArgs, meshes: &[Mesh], on_cluster: bool) -> Vec<String> {
     let mut problems = Vec::new();
     for m in meshes {
-        if !on_cluster && !matches!(m, MeshName::None | MeshName::Envoy) {
+        if !on_cluster && !m.runs_locally() {
             problems.push(format!(
-                "--mesh {} runs on Kubernetes (--backend k8s); locally the meshes are none and envoy",
-                format!("{m:?}").to_lowercase()
+                "--mesh {m} runs on Kubernetes (--backend k8s); locally the meshes are none and envoy"
             ));
         }
     }
@@ -177,10 +173,10 @@ fn run_settings(
 fn local_meshes(
     args: &RunArgs,
     config: &Config,
-    meshes: &[MeshName],
+    meshes: &[Mesh],
     on_cluster: bool,
 ) -> Result<Vec<Option<EnvoyMesh>>, Exit> {
-    let envoy = match meshes.contains(&MeshName::Envoy) && !on_cluster {
+    let envoy = match meshes.contains(&Mesh::Envoy) && !on_cluster {
         true => Some(
             EnvoyMesh::find(
                 args.envoy.as_deref(),
@@ -193,7 +189,7 @@ fn local_meshes(
     };
     Ok(meshes
         .iter()
-        .map(|m| envoy.clone().filter(|_| *m == MeshName::Envoy))
+        .map(|m| envoy.clone().filter(|_| *m == Mesh::Envoy))
         .collect())
 }
 
@@ -526,7 +522,7 @@ fn summary_table(tests: &[TestSummary]) -> Table {
         };
         let (arm, repeat) = match &t.series {
             Some(s) => (s.arm.clone(), format!("{}/{}", s.repeat, s.repeats)),
-            None => (t.mesh.clone(), "-".to_string()),
+            None => (t.mesh.to_string(), "-".to_string()),
         };
         table.row(vec![
             t.test_name.clone(),
