@@ -85,7 +85,7 @@ mod tests {
             assert_eq!(m.name().parse::<Mesh>(), Ok(m));
             assert_eq!(m.to_string(), m.name());
         }
-        let err = "kuma".parse::<Mesh>().unwrap_err();
+        let err = "kuma".parse::<Mesh>().expect_err("not a mesh");
         assert!(
             err.contains("none, envoy, istio, linkerd, appmesh"),
             "{err}"
