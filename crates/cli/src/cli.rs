@@ -601,7 +601,7 @@ pub struct RunArgs {
         long,
         value_name = "DURATION",
         default_value = DEFAULT_ROLLOUT_TIMEOUT,
-        value_parser = humantime::parse_duration,
+        value_parser = parse_duration,
         help_heading = K8S_HEADING
     )]
     pub rollout_timeout: Duration,
@@ -897,7 +897,7 @@ pub struct ServeArgs {
     /// While a run goes on, send a space this often ahead of its JSON result (JSON allows
     /// leading whitespace), so that idle timeouts of proxies, load balancers and
     /// port-forwards do not cut long runs.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub keepalive: Duration,
     /// Trust the CA certificates of this PEM file for https:// runs that give no `cacert`
     /// of their own. Read once at start: a request gives its CA as PEM text, never as a

@@ -159,6 +159,8 @@ fn the_cli_refuses_what_its_interval_or_memory_cannot_hold() {
         (vec!["-n", "0"], "requests"),
         (vec!["--timeout", "2h"], "timeout"),
         (vec!["--payload-file", "/dev/zero"], "--payload-file"),
+        // Durations have one grammar everywhere: Go's, as configs and Fortio write them.
+        (vec!["-t", "1min"], "is not a duration"),
     ] {
         let mut full = vec!["load"];
         full.extend(args.iter().copied());

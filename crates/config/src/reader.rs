@@ -179,6 +179,14 @@ pub fn short(v: &Value) -> String {
     }
 }
 
+/// A duration flag or parameter, in Go's form (`parse_go_duration`): the one grammar of
+/// every duration meshload reads, as Fortio and the seed write them.
+pub fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_go_duration(s).ok_or_else(|| {
+        format!("{s:?} is not a duration (such as 500ms, 3s, 1m30s or 1.5h; 0 for none)")
+    })
+}
+
 /// Go's `time.ParseDuration`: a sequence of decimal numbers with units (`ns`, `us`, `µs`,
 /// `ms`, `s`, `m`, `h`), such as `300ms`, `1.5h` or `2h45m`; `0` alone is zero.
 pub fn parse_go_duration(s: &str) -> Option<Duration> {

@@ -463,12 +463,13 @@ fn ca_pem(text: String) -> Result<crate::tls::Ca, String> {
     Ok(crate::tls::Ca::Pem(text))
 }
 
-/// `10s`, `1m30s`, `500ms`; a bare number is seconds (Fortio accepts both).
+/// `10s`, `1m30s`, `500ms` (Go's form, the one every duration takes); a bare number is
+/// seconds (Fortio accepts both).
 fn parse_fortio_duration(s: &str) -> Option<Duration> {
     if let Ok(secs) = s.parse::<f64>() {
         return Duration::try_from_secs_f64(secs).ok();
     }
-    humantime::parse_duration(s).ok()
+    meshload_config::reader::parse_go_duration(s)
 }
 
 /// Binds the listen address.

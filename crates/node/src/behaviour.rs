@@ -77,11 +77,7 @@ impl Latency {
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    humantime::parse_duration(s).ok()
+    meshload_config::reader::parse_go_duration(s)
 }
 
 impl FromStr for Latency {

@@ -35,8 +35,7 @@ pub const BUILD: &str = concat!(
 
 /// Parses a duration such as `500ms`, `3s` or `1m30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (expected a duration such as 500ms, 3s or 1m30s)"))
+    meshload_config::reader::duration_arg(s)
 }
 
 /// A comma-separated backend list (a newtype: clap would read a `Vec` as a repeated flag).

@@ -171,9 +171,7 @@ fn parse_time(s: &str, now: i64) -> Option<i64> {
         return Some(now);
     }
     if let Some(ago) = s.strip_prefix("now-") {
-        return humantime::parse_duration(ago)
-            .ok()
-            .map(|d| now - d.as_millis() as i64);
+        return meshload_config::reader::parse_go_duration(ago).map(|d| now - d.as_millis() as i64);
     }
     if let Ok(secs) = s.parse::<f64>() {
         return Some((secs * 1000.0).round() as i64);
