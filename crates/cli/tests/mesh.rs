@@ -403,10 +403,12 @@ fn none_and_envoy_run_in_turn_and_show_what_the_mesh_costs() {
         .split("What the mesh costs")
         .nth(1)
         .expect("a mesh cost table");
-    assert!(
-        table.contains("cost: envoy against none") && table.contains("1 against 1 runs"),
-        "{table}"
-    );
+    // An arm that fell behind on a busy machine is listed apart with the reason, as the
+    // run's output said above; otherwise the cost is there.
+    let costed = table.contains("cost: envoy against none") && table.contains("1 against 1 runs");
+    let apart = table.contains("Not comparable: cost, envoy against none")
+        && table.contains("To measure instead");
+    assert!(costed || apart, "{table}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
