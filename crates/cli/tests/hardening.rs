@@ -628,7 +628,6 @@ fn the_load_generator_pod_listens_on_loopback_and_probes_itself() {
 
 #[test]
 fn ctrl_c_while_the_last_tests_metrics_are_evaluated_interrupts_the_run() {
-    use std::io::BufRead as _;
     let dir = temp_dir("hardening-ctrl-c-metrics");
     // A million evaluations at each of the window's 100 ms steps: tens of seconds.
     let config = write_config(
@@ -638,23 +637,7 @@ fn ctrl_c_while_the_last_tests_metrics_are_evaluated_interrupts_the_run() {
             "load_tests": [{"test_name": "tiny", "target": "a", "qps": 20, "t": "1s", "c": 1}]}"#,
     );
     let store = dir.join("store");
-    let mut child = common::bin()
-        .args([
-            "run",
-            "--store",
-            store.to_str().unwrap(),
-            config.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("evaluating 1 metric(s)") {
-            break;
-        }
-    }
+    let (mut child, lines) = common::run_until(&config, &store, "evaluating 1 metric(s)");
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -865,7 +848,6 @@ fn a_report_covers_the_latest_runs_unless_asked_for_every_one() {
 
 #[test]
 fn a_run_that_cannot_store_its_second_test_still_prints_the_first() {
-    use std::io::BufRead as _;
     let dir = temp_dir("hardening-store-fails");
     let config = write_config(
         &dir,
@@ -874,23 +856,7 @@ fn a_run_that_cannot_store_its_second_test_still_prints_the_first() {
                            {"test_name": "second", "target": "a", "qps": 20, "t": "1s", "c": 1}]}"#,
     );
     let store = dir.join("store");
-    let mut child = common::bin()
-        .args([
-            "run",
-            "--store",
-            store.to_str().unwrap(),
-            config.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("first complete") {
-            break;
-        }
-    }
+    let (child, lines) = common::run_until(&config, &store, "first complete");
     // The second test's folder becomes a file while it runs: it cannot be stored.
     let _ = std::fs::remove_dir_all(store.join("second"));
     std::fs::write(store.join("second"), "in the way").unwrap();

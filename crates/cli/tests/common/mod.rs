@@ -328,3 +328,28 @@ pub fn report_page(store: &std::path::Path, out: &std::path::Path) -> String {
     );
     std::fs::read_to_string(out.join("index.html")).unwrap()
 }
+
+/// Starts `meshload run --store STORE CONFIG` and reads its stderr up to the first line
+/// that contains `event` (a test starting, finishing, its metrics being evaluated): the
+/// child, and the rest of its stderr. Panics if stderr ends first.
+pub fn run_until(
+    config: &std::path::Path,
+    store: &std::path::Path,
+    event: &str,
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
+    let mut child = bin()
+        .args([
+            "run",
+            "--store",
+            store.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let seen = lines.by_ref().any(|l| l.unwrap().contains(event));
+    assert!(seen, "the run ended before {event:?}");
+    (child, lines)
+}
