@@ -886,3 +886,40 @@ fn a_run_that_cannot_store_its_second_test_still_prints_the_first() {
     assert!(hidden.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_rest_run_streaming_its_answer_is_busy_not_idle() {
+    let node = NodeProc::start(&[]);
+    let server = serve(&["--max-connections", "2", "--keepalive", "100ms"]);
+    let url = encoded(&node.url());
+    let addr = server.addr;
+    // A run of 3 s: its answer streams spaces until the result.
+    let run = tokio::spawn(async move {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = http::Request::post(format!(
+            "http://{addr}/fortio/rest/run?url={url}&qps=20&t=3s&c=1"
+        ))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice::<Value>(&bytes)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A keep-alive client, idle after one request: the second connection of two.
+    let idle = tokio::task::spawn_blocking(move || {
+        let mut idle = TcpStream::connect(addr).unwrap();
+        idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let status = status_of(&mut idle);
+        (idle, status)
+    });
+    let (_idle, status) = idle.await.unwrap();
+    assert_eq!(status, Some(200));
+    // A third client: the idle one makes way for it, never the streaming run.
+    let reply = common::get(&format!("http://{addr}/health")).await;
+    assert_eq!(reply.status, 200);
+    let result = run.await.unwrap().expect("the run's whole answer");
+    assert_eq!(result["Interrupted"], false, "{result}");
+    assert!(result["RetCodes"]["200"].as_u64().unwrap() > 0, "{result}");
+}

@@ -86,7 +86,7 @@ pub async fn serve_guarded<H, F, B>(
 ) where
     H: Fn(http::Request<RequestBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = http::Response<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -97,10 +97,10 @@ pub async fn serve_guarded<H, F, B>(
     let limit = limits.max_connections.max(1);
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            () = registry.room(limit) => {}
-            () = &mut shutdown => break,
-        }
+        // A client first, then room for it: a connection makes way only when someone is
+        // waiting for its slot (made before, room would close a client that had just
+        // connected and not yet sent its request). With every connection busy, the new one
+        // waits here, accepted but not read, as it would in the backlog.
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => stream,
@@ -113,6 +113,10 @@ pub async fn serve_guarded<H, F, B>(
             },
             () = &mut shutdown => break,
         };
+        tokio::select! {
+            () = registry.room(limit) => {}
+            () = &mut shutdown => break,
+        }
         let _ = stream.set_nodelay(true);
         let conn = registry.open();
         let stream = Watched::new(stream, conn.clone());
@@ -123,8 +127,12 @@ pub async fn serve_guarded<H, F, B>(
             let req = req.map(|body| RequestBody::new(body, &served));
             let response = handle(req);
             async move {
-                let response = response.await;
-                drop(request);
+                // In flight until its body is sent, not only until its head is: a body that
+                // streams for minutes (a REST run) keeps its connection busy, never idle.
+                let response = response.await.map(|body| Answer {
+                    body,
+                    _request: request,
+                });
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
@@ -169,6 +177,33 @@ pub async fn serve_guarded<H, F, B>(
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!(timeout = ?limits.drain_timeout, "drain timed out; closing");
         }
+    }
+}
+
+/// An answer's body, holding its request in flight on the connection until it is dropped
+/// (sent whole, or the connection gone).
+struct Answer<B> {
+    body: B,
+    _request: crate::connections::RequestGuard,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Answer<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
