@@ -684,6 +684,12 @@ async fn huge_steps_and_times_answer_at_once_without_a_panic() {
     }
     let url = format!("http://{}/api/v1/query?query=up&time=1e300", server.addr);
     assert_eq!(common::get(&url).await.status / 100, 4);
+    // An `@` far out, moved further by a negative offset: no overflow, an answer.
+    let far = encoded("max_over_time(up[5m:1m] @ 100000000000000000 offset -5m)");
+    let url = format!("http://{}/api/v1/query?query={far}&time=0", server.addr);
+    let started = Instant::now();
+    assert_eq!(common::get(&url).await.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

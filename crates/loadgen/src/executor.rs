@@ -305,6 +305,11 @@ impl Connection {
         f(&mut lock_stats(&self.stats));
     }
 
+    /// Whether a socket is open (warmed up, or left by the last request).
+    pub fn is_open(&self) -> bool {
+        self.sender.is_some()
+    }
+
     /// Opens the socket ahead of the run so the first request does not pay for it;
     /// a failure here is left for the first request to report.
     pub async fn warm_up(&mut self) {

@@ -135,10 +135,20 @@ pub async fn run(
             (i, Connection::new(target, stats.clone()))
         })
         .collect();
+    // The earliest is always among them, so that a refused certificate is found before
+    // the start (below) even when jitter puts every first request later.
+    let earliest = connections
+        .iter()
+        .map(|(i, _)| first_due(schedule.as_ref(), *i))
+        .min()
+        .unwrap_or_default();
     futures_util::future::join_all(
         connections
             .iter_mut()
-            .filter(|(i, _)| first_due(schedule.as_ref(), *i) < CONNECT_AHEAD)
+            .filter(|(i, _)| {
+                let due = first_due(schedule.as_ref(), *i);
+                due < CONNECT_AHEAD || due == earliest
+            })
             .map(|(_, c)| c.warm_up()),
     )
     .await;
@@ -158,6 +168,13 @@ pub async fn run(
         stopping: AtomicBool::new(false),
         slots: (0..spec.connections).map(|_| Slots::default()).collect(),
     });
+    // Connections that were not made have finished: the pacer releases them nothing.
+    let made: std::collections::HashSet<usize> = connections.iter().map(|(i, _)| *i).collect();
+    for (i, slots) in shared.slots.iter().enumerate() {
+        if !made.contains(&i) {
+            slots.finished.store(true, Ordering::Release);
+        }
+    }
     let start_time = SystemTime::now();
     let (tx, rx) = unbounded_channel();
     let collector = tokio::spawn(Collector::new(live).run(rx));
@@ -276,19 +293,46 @@ async fn drive(
 ) {
     let slots = &shared.slots[plan.index];
     let first = first_due(plan.schedule.as_ref(), plan.index);
-    if first >= CONNECT_AHEAD {
-        // Opened late (see `run`): wait until shortly before the first slot. A stop
-        // closes the slots and notifies, so the wait ends with the run.
+    if first >= CONNECT_AHEAD && !conn.is_open() {
+        // Opened late (see `run`): wait until shortly before the first slot, then connect.
+        // A stop (or the end of the run) notifies and ends either wait; a slot the pacer
+        // released meanwhile is still sent (`wait_for_slot` looks at the count first).
         let open_at = shared.start + (first - CONNECT_AHEAD);
-        tokio::select! {
-            () = tokio::time::sleep_until(open_at.into()) => {}
-            () = slots.notify.notified() => {}
+        let ended = || {
+            shared.stopping.load(Ordering::Acquire)
+                || (slots.closed.load(Ordering::Acquire)
+                    && slots.released.load(Ordering::Acquire) == 0)
+        };
+        let until_end = async {
+            match plan.deadline {
+                Some(d) => tokio::time::sleep_until((shared.start + d).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(until_end);
+        let wait = tokio::time::sleep_until(open_at.into());
+        tokio::pin!(wait);
+        let mut connected = false;
+        let connect = conn.warm_up();
+        tokio::pin!(connect);
+        loop {
+            if ended() {
+                slots.finished.store(true, Ordering::Release);
+                return;
+            }
+            tokio::select! {
+                () = &mut wait, if !wait.is_elapsed() => {}
+                () = &mut connect, if wait.is_elapsed() && !connected => connected = true,
+                () = slots.notify.notified() => {}
+                () = &mut until_end => {
+                    slots.finished.store(true, Ordering::Release);
+                    return;
+                }
+            }
+            if connected {
+                break;
+            }
         }
-        if shared.stopping.load(Ordering::Acquire) || slots.closed.load(Ordering::Acquire) {
-            slots.finished.store(true, Ordering::Release);
-            return;
-        }
-        conn.warm_up().await;
     }
     let mut sent = 0u64;
     let mut k = 0u64;

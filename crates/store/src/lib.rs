@@ -250,10 +250,25 @@ impl FsStore {
                 continue;
             }
             let tmp_dir = test_dir.join(format!(".{id}.tmp"));
-            match std::fs::create_dir(&tmp_dir) {
+            let made = std::fs::create_dir(&tmp_dir).or_else(|e| {
+                // The test's folder went away meanwhile (another run's check removes the
+                // folders it made): make it again, once.
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    std::fs::create_dir_all(&test_dir)?;
+                    std::fs::create_dir(&tmp_dir)
+                } else {
+                    Err(e)
+                }
+            });
+            match made {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io(&tmp_dir)(e)),
+            }
+            if final_dir.exists() {
+                // Committed by another writer between the check above and the claim.
+                let _ = std::fs::remove_dir(&tmp_dir);
+                continue;
             }
             issued.insert(final_dir.clone());
             return Ok(RunWriter {
@@ -370,22 +385,41 @@ impl RunWriter {
                 Ok(self.final_dir.clone())
             }
             Err(e) => {
+                // Kept, whatever the reason: what was measured is never removed.
                 self.done = true;
-                Err(StoreError::Exists(format!(
-                    "{} ({e}; the run is kept whole in {})",
-                    self.final_dir.display(),
-                    self.tmp_dir.display()
-                )))
+                let kept = format!("the run is kept whole in {}", self.tmp_dir.display());
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Err(StoreError::Exists(format!(
+                        "{} ({kept})",
+                        self.final_dir.display()
+                    )))
+                } else {
+                    Err(StoreError::Io {
+                        path: format!("{} ({kept})", self.final_dir.display()),
+                        source: e,
+                    })
+                }
             }
         }
     }
 }
 
-/// Renames `from` to `to` unless `to` exists (`renameat2` with `RENAME_NOREPLACE`): no
-/// check-then-rename race, and no rename onto an empty folder.
+/// Renames `from` to `to` unless `to` exists (`renameat2` with `RENAME_NOREPLACE`, through
+/// rustix, which has it on glibc and musl alike): no check-then-rename race, and no rename
+/// onto an empty folder. A filesystem without it (NFS, some FUSE mounts: EINVAL) gets a
+/// check, then a plain rename.
 fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
-    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE).map_err(Into::into)
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            if to.exists() {
+                return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+            }
+            std::fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Writes a file and syncs it to disk.

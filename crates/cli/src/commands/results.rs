@@ -435,16 +435,18 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let total = runs.len();
     let mut described = store.address.clone();
     if args.latest > 0 && total > args.latest {
-        // Run ids are start times: the latest N over every test, kept in store order.
-        let mut ids: Vec<&str> = runs.iter().map(|r| r.run.id.as_str()).collect();
-        ids.sort_unstable();
-        let oldest_kept = ids[total - args.latest].to_string();
-        let mut kept = 0;
-        runs.retain(|r| {
-            let keep = r.run.id >= oldest_kept && kept < args.latest;
-            kept += usize::from(keep);
-            keep
-        });
+        // Run ids are start times: the latest N over every test (ties by test name),
+        // kept in store order.
+        let mut ranked: Vec<(&str, &str)> = runs
+            .iter()
+            .map(|r| (r.run.id.as_str(), r.run.test_name.as_str()))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.0.cmp(a.0).then(a.1.cmp(b.1)));
+        let keep: std::collections::HashSet<(String, String)> = ranked[..args.latest]
+            .iter()
+            .map(|(id, test)| (id.to_string(), test.to_string()))
+            .collect();
+        runs.retain(|r| keep.contains(&(r.run.id.clone(), r.run.test_name.clone())));
         described = format!(
             "{} (the latest {} of {total}; `meshload report --latest 0` reports every run)",
             store.address,

@@ -302,11 +302,14 @@ impl<'a> Evaluator<'a> {
             Some(AtModifier::End) => self.end,
             Some(AtModifier::At(time)) => system_time_ms(time),
         };
-        match offset {
+        let moved = match offset {
             None => base,
-            Some(Offset::Pos(d)) => base - duration_ms(d),
-            Some(Offset::Neg(d)) => base + duration_ms(d),
-        }
+            Some(Offset::Pos(d)) => base.saturating_sub(duration_ms(d)),
+            Some(Offset::Neg(d)) => base.saturating_add(duration_ms(d)),
+        };
+        // An `@` as far out as a query may name any time (±2^53 ms, as the query's own
+        // start and end): nothing after it, a range or a step, overflows.
+        moved.clamp(-super::MAX_TIME_MS, super::MAX_TIME_MS)
     }
 
     fn series_for(&self, vs: &VectorSelector) -> EvalResult<Rc<Selection>> {
