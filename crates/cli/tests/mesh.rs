@@ -50,8 +50,18 @@ fn node0_values(csv: &str) -> Vec<f64> {
         .collect()
 }
 
+/// These tests each start Envoy sidecars, nodes and a load generator: on a 2-core machine,
+/// run side by side they saturate it (an arm then lags its schedule by a second and its
+/// numbers say nothing), so they take turns.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn the_seeds_config_unchanged_has_its_envoy_metrics() {
+    let _one_at_a_time = one_at_a_time();
     let store = temp_dir("mesh-seed");
     let out = run_mesh(&shared("seed-example/config.json"), &store);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -99,6 +109,7 @@ fn the_seeds_config_unchanged_has_its_envoy_metrics() {
 
 #[test]
 fn tls_between_sidecars_shows_in_their_handshake_statistics() {
+    let _one_at_a_time = one_at_a_time();
     let dir = temp_dir("mesh-tls");
     let config = write_config(
         &dir,
@@ -176,6 +187,7 @@ fn last_values(path: &std::path::Path) -> std::collections::BTreeMap<String, f64
 
 #[test]
 fn generated_configs_pass_envoys_own_validation() {
+    let _one_at_a_time = one_at_a_time();
     // A run with mutual TLS keeps its configs in its mesh folder only while it runs, so
     // validate the bootstraps the backend writes through the library directly.
     use meshload_runner::mesh::certs::RunCa;
@@ -235,6 +247,7 @@ fn generated_configs_pass_envoys_own_validation() {
 
 #[test]
 fn without_envoy_the_run_stops_before_anything_starts() {
+    let _one_at_a_time = one_at_a_time();
     let dir = temp_dir("mesh-none");
     let config = write_config(
         &dir,
@@ -262,6 +275,7 @@ fn without_envoy_the_run_stops_before_anything_starts() {
 
 #[test]
 fn none_and_envoy_run_in_turn_and_show_what_the_mesh_costs() {
+    let _one_at_a_time = one_at_a_time();
     let dir = temp_dir("mesh-cost");
     // The meshes come from the config here (no --mesh flag).
     let config = write_config(
@@ -414,6 +428,7 @@ fn none_and_envoy_run_in_turn_and_show_what_the_mesh_costs() {
 
 #[test]
 fn mutual_tls_refuses_peers_without_a_certificate() {
+    let _one_at_a_time = one_at_a_time();
     use meshload_runner::Backend;
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_meshload"));
     let envoy =
@@ -517,6 +532,7 @@ fn mutual_tls_refuses_peers_without_a_certificate() {
 
 #[test]
 fn a_sidecar_killed_during_a_test_is_recorded_and_ctrl_c_leaves_no_envoy() {
+    let _one_at_a_time = one_at_a_time();
     let dir = temp_dir("mesh-kill");
     let config = write_config(
         &dir,
@@ -598,6 +614,7 @@ fn a_sidecar_killed_during_a_test_is_recorded_and_ctrl_c_leaves_no_envoy() {
 
 #[test]
 fn local_sidecars_and_app_mesh_manifests_share_their_names() {
+    let _one_at_a_time = one_at_a_time();
     // On a cluster App Mesh's Envoy names its clusters after the Mesh and VirtualNode
     // objects meshload renders; locally meshload names them itself. Both must agree so a
     // local run and a cluster run of one config compare.
@@ -639,6 +656,7 @@ fn local_sidecars_and_app_mesh_manifests_share_their_names() {
 
 #[test]
 fn sigkill_of_meshload_leaves_no_sidecar() {
+    let _one_at_a_time = one_at_a_time();
     let dir = temp_dir("mesh-sigkill");
     let config = write_config(
         &dir,
@@ -693,6 +711,7 @@ fn sigkill_of_meshload_leaves_no_sidecar() {
 
 #[test]
 fn a_search_under_each_mesh_says_what_the_mesh_costs_of_capacity() {
+    let _one_at_a_time = one_at_a_time();
     let dir = temp_dir("mesh-search");
     let store = dir.join("store");
     // The back node's request rate may not pass 330 req/s: under both meshes the search
