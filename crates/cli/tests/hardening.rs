@@ -275,14 +275,35 @@ fn a_node_reads_request_bodies_without_keeping_them() {
     assert!(node.wait_exit(Duration::from_secs(15)).is_some());
 }
 
+/// The node's in-flight requests, read over a connection of its own (closed after).
+fn in_flight(addr: std::net::SocketAddr) -> Option<f64> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    common::sample(&text, "meshload_node_in_flight_requests")
+}
+
 #[test]
 fn a_stalled_upload_makes_way_for_a_new_client() {
-    let node = NodeProc::start(&["--max-connections", "5"]);
-    // Five connections hold every slot, each stalled 10 bytes into a 100 MB body.
+    let node = NodeProc::start(&["--max-connections", "6"]);
+    // Five connections, each stalled 10 bytes into a 10 MB body (within what a node
+    // reads: a larger one is refused, 413, from its head)...
     let _held: Vec<TcpStream> = (0..5)
-        .map(|_| partial_upload(node.addr, 100_000_000, 10))
+        .map(|_| partial_upload(node.addr, 10_000_000, 10))
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // ...once the node has started all five requests (its in-flight gauge says so)...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_flight(node.addr) != Some(5.0) {
+        assert!(Instant::now() < deadline, "the uploads never started");
+    }
+    // ...and an idle keep-alive client hold every slot: the stalled ones make way first.
+    let mut idle = TcpStream::connect(node.addr).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(status_of(&mut idle), Some(200));
     let started = Instant::now();
     let mut s = TcpStream::connect(node.addr).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -293,6 +314,22 @@ fn a_stalled_upload_makes_way_for_a_new_client() {
         "{:?}",
         started.elapsed()
     );
+    // A stalled upload made way, not the idle client: it is still served (what follows
+    // the first answer's first 64 bytes, then the second answer).
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&text).contains("HTTP/1.1 200") {
+        let n = idle.read(&mut buf).unwrap_or(0);
+        assert!(
+            n > 0,
+            "the idle client was closed: {}",
+            String::from_utf8_lossy(&text)
+        );
+        text.extend_from_slice(&buf[..n]);
+    }
 }
 
 #[test]
@@ -911,7 +948,20 @@ async fn a_rest_run_streaming_its_answer_is_busy_not_idle() {
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         serde_json::from_slice::<Value>(&bytes)
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The run has started once its answer's head came: wait for that event.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::sample(
+        &common::get(&format!("http://{}/metrics", node.addr))
+            .await
+            .body,
+        "meshload_node_requests_total{code=\"200\"}",
+    )
+    .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "the run never started");
+        tokio::task::yield_now().await;
+    }
     // A keep-alive client, idle after one request: the second connection of two.
     let idle = tokio::task::spawn_blocking(move || {
         let mut idle = TcpStream::connect(addr).unwrap();
