@@ -749,13 +749,15 @@ fn garbage_in_a_runs_samples_is_warned_of_and_fails_a_gate_on_its_figures() {
     let samples = store.join(&b).join("samples.jsonl");
     let good = std::fs::read(&samples).unwrap();
     let store_arg = store.to_str().unwrap();
-    // The gate passes on the good runs, so what fails below is the garbage.
+    // The gate passes on the good runs, so what fails below is the garbage. Its bounds are
+    // absolute (MiB, cores): a relative one fails on a node whose CPU went from 0 to 0.01.
+    let bounds = "memory=1000,cpu=100";
     let gate = |extra: &[&str]| {
         let mut args = vec!["compare", "--store", store_arg, &a, &b];
         args.extend_from_slice(extra);
         run(&args, &[])
     };
-    let out = gate(&["--max-regression", "memory=1000%,cpu=1000%"]);
+    let out = gate(&["--max-regression", bounds]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -772,7 +774,7 @@ fn garbage_in_a_runs_samples_is_warned_of_and_fails_a_gate_on_its_figures() {
         .concat(),
     ] {
         std::fs::write(&samples, &garbage).unwrap();
-        let out = gate(&["--max-regression", "memory=1000%,cpu=1000%"]);
+        let out = gate(&["--max-regression", bounds]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains("warning:") && stderr.contains("samples.jsonl"),
