@@ -7,6 +7,7 @@
 //! and warnings for unknown keys. Nothing here does I/O beyond [`load`] reading the file.
 //!
 //! # Layout
+//! - [`behaviour`]: a node's injected latency, errors and call mode, parsed for the node.
 //! - [`duplicates`]: keys a JSON file gives twice, named by path.
 //! - [`limits`]: the bounds of every number of a load test (flags, config, REST).
 //! - [`mesh`]: the meshes, one type for configs, flags, backends and results.
@@ -21,6 +22,7 @@
 //! - [`slo`]: service level objectives: the keys, their parsing and checks.
 //! - [`topology`]: cycles, entry points, depth, fan-out, start order.
 
+pub mod behaviour;
 pub mod duplicates;
 pub mod limits;
 pub mod mesh;
@@ -35,8 +37,9 @@ pub mod topology;
 
 use std::path::Path;
 
+pub use behaviour::Behaviour;
 pub use mesh::Mesh;
-pub use model::{Behaviour, Config, LoadTest, NodeSpec, PrometheusSetting};
+pub use model::{Config, LoadTest, NodeSpec, PrometheusSetting};
 pub use reader::ConfigError;
 pub use slo::Slo;
 

@@ -3,25 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::behaviour::Behaviour;
 use crate::search::SearchSpec;
 use crate::slo::Slo;
-
-/// Injected behaviour of a node (the node service's knobs), as the config gives them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Behaviour {
-    /// Added latency specification (`10ms`, `uniform:5ms..15ms`, ...), checked by the node.
-    pub latency: Option<String>,
-    /// Fraction of requests failing with `error_code`.
-    pub error_rate: Option<f64>,
-    /// Status of injected errors.
-    pub error_code: Option<u16>,
-    /// Padded size of successful bodies in bytes.
-    pub response_size: Option<u64>,
-    /// Per backend call timeout.
-    pub timeout: Option<Duration>,
-    /// `parallel` or `sequential`.
-    pub call_mode: Option<String>,
-}
 
 /// One node of the topology.
 #[derive(Debug, Clone, PartialEq)]

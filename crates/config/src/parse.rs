@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::behaviour::{Behaviour, BehaviourError, ErrorRate};
 use crate::limits;
-use crate::model::{Behaviour, Config, LoadTest, NodeSpec, PrometheusSetting};
+use crate::model::{Config, LoadTest, NodeSpec, PrometheusSetting};
 use crate::reader::{Reader, index, join, short};
 use crate::slo::Slo;
 use crate::topology;
@@ -236,7 +237,7 @@ fn nodes(
                 continue;
             };
             let own = behaviour(&path, o, r);
-            spec.behaviour = overlay(&spec.behaviour, &own);
+            spec.behaviour = spec.behaviour.overlaid_by(&own);
             if let Some(n) = o
                 .get("replicas")
                 .and_then(|v| r.integer(&join(&path, "replicas"), v, 1, 1000))
@@ -292,22 +293,22 @@ fn check_node_name(path: &str, name: &str, r: &mut Reader) {
 fn behaviour(path: &str, o: &Map<String, Value>, r: &mut Reader) -> Behaviour {
     r.unknown_keys(path, o, &NODE_KEYS);
     let key = |k: &str| join(path, k);
+    // A specification the node parses, read here so that a bad one names its path.
+    fn spec<T: std::str::FromStr<Err = BehaviourError>>(
+        path: &str,
+        v: &Value,
+        r: &mut Reader,
+    ) -> Option<T> {
+        let s = r.string(path, v)?;
+        r.check(path, s.parse::<T>().map_err(|e| e.to_string()))
+    }
     Behaviour {
-        latency: o
-            .get("latency")
-            .and_then(|v| r.string(&key("latency"), v))
-            .map(str::to_string),
+        latency: o.get("latency").and_then(|v| spec(&key("latency"), v, r)),
         error_rate: o.get("error_rate").and_then(|v| {
             let n = r.number(&key("error_rate"), v)?;
-            if (0.0..=1.0).contains(&n) {
-                Some(n)
-            } else {
-                r.error(
-                    &key("error_rate"),
-                    format!("{v} is not a fraction from 0 to 1"),
-                );
-                None
-            }
+            let rate = ErrorRate::new(n)
+                .map_err(|_| format!("{} is not a fraction from 0 to 1", short(v)));
+            r.check(&key("error_rate"), rate)
         }),
         error_code: o
             .get("error_code")
@@ -320,29 +321,9 @@ fn behaviour(path: &str, o: &Map<String, Value>, r: &mut Reader) -> Behaviour {
             .get("timeout")
             .and_then(|v| r.duration(&key("timeout"), v))
             .and_then(|d| r.check(&key("timeout"), limits::timeout(d))),
-        call_mode: o.get("call_mode").and_then(|v| {
-            let s = r.string(&key("call_mode"), v)?;
-            if s == "parallel" || s == "sequential" {
-                Some(s.to_string())
-            } else {
-                r.error(
-                    &key("call_mode"),
-                    format!("{v} is not \"parallel\" or \"sequential\""),
-                );
-                None
-            }
-        }),
-    }
-}
-
-fn overlay(base: &Behaviour, over: &Behaviour) -> Behaviour {
-    Behaviour {
-        latency: over.latency.clone().or_else(|| base.latency.clone()),
-        error_rate: over.error_rate.or(base.error_rate),
-        error_code: over.error_code.or(base.error_code),
-        response_size: over.response_size.or(base.response_size),
-        timeout: over.timeout.or(base.timeout),
-        call_mode: over.call_mode.clone().or_else(|| base.call_mode.clone()),
+        call_mode: o
+            .get("call_mode")
+            .and_then(|v| spec(&key("call_mode"), v, r)),
     }
 }
 

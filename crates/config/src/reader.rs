@@ -226,6 +226,19 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
+/// A duration in Go's form, exactly, as one word `parse_go_duration` reads back: whole
+/// milliseconds when it has no finer part (`1500ms`), else microseconds or nanoseconds.
+pub fn format_go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos.is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else if nanos.is_multiple_of(1_000) {
+        format!("{}us", d.as_micros())
+    } else {
+        format!("{nanos}ns")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +253,20 @@ mod tests {
         for bad in ["", "10", "ten seconds", "5d", "-1s"] {
             assert_eq!(parse_go_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn formatted_durations_read_back_exactly() {
+        for nanos in [0, 1, 999, 1_000, 1_500_000, 1_000_000_000, 90_000_000_001] {
+            let d = Duration::from_nanos(nanos);
+            assert_eq!(
+                parse_go_duration(&format_go_duration(d)),
+                Some(d),
+                "{nanos}"
+            );
+        }
+        assert_eq!(format_go_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_go_duration(Duration::from_micros(1500)), "1500us");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! behaviour is passed to `meshload node`. Every backend (local processes, a cluster)
 //! and the config's own URL checks build these names here, so they cannot drift apart.
 
-use crate::model::Behaviour;
+use crate::behaviour::Behaviour;
+use crate::reader::format_go_duration;
 
 /// The port every node's service listens on (the seed's).
 pub const SERVICE_PORT: u16 = 9080;
@@ -67,23 +68,13 @@ pub fn behaviour_flags(b: &Behaviour) -> Vec<String> {
             flags.push(format!("--{name}={v}"));
         }
     };
-    flag("latency", b.latency.clone());
+    flag("latency", b.latency.map(|v| v.to_string()));
     flag("error-rate", b.error_rate.map(|v| v.to_string()));
     flag("error-code", b.error_code.map(|v| v.to_string()));
     flag("response-size", b.response_size.map(|v| v.to_string()));
-    flag("timeout", b.timeout.map(duration_flag));
-    flag("call-mode", b.call_mode.clone());
+    flag("timeout", b.timeout.map(format_go_duration));
+    flag("call-mode", b.call_mode.map(|v| v.to_string()));
     flags
-}
-
-/// A duration as one word the node's parser reads: whole milliseconds when it has no
-/// finer part (`1500ms`), microseconds otherwise.
-fn duration_flag(d: std::time::Duration) -> String {
-    if d.as_nanos().is_multiple_of(1_000_000) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}us", d.as_micros())
-    }
 }
 
 #[cfg(test)]
@@ -103,8 +94,8 @@ mod tests {
     #[test]
     fn behaviour_becomes_single_argument_flags() {
         let b = Behaviour {
-            latency: Some("uniform:5ms..15ms".into()),
-            error_rate: Some(0.01),
+            latency: Some("uniform:5ms..15ms".parse().expect("valid")),
+            error_rate: Some("0.01".parse().expect("valid")),
             timeout: Some(Duration::from_millis(1500)),
             ..Behaviour::default()
         };

@@ -103,12 +103,20 @@ frobnicate: 1
     assert_eq!(c.nodes["0"].replicas, 2);
     assert_eq!(c.nodes["1"].replicas, 3);
     assert_eq!(
-        c.nodes["2"].behaviour.latency.as_deref(),
+        c.nodes["2"]
+            .behaviour
+            .latency
+            .map(|l| l.to_string())
+            .as_deref(),
         Some("1ms"),
         "defaults apply"
     );
     assert_eq!(
-        c.nodes["1"].behaviour.latency.as_deref(),
+        c.nodes["1"]
+            .behaviour
+            .latency
+            .map(|l| l.to_string())
+            .as_deref(),
         Some("uniform:1ms..2ms"),
         "nodes override defaults"
     );
@@ -364,4 +372,26 @@ fn amplification_names_every_node_past_the_limit() {
             .refused
             .is_empty()
     );
+}
+
+#[test]
+fn node_behaviour_is_checked_where_the_config_is_read() {
+    let errors = errors_of(
+        r#"{"backends_map": {"a": ["b"], "b": []},
+            "defaults": {"latency": "fast"},
+            "nodes": {"b": {"call_mode": "both", "latency": "uniform:3ms..1ms", "error_rate": 1.5}}}"#,
+    );
+    let expect = [
+        r#"defaults.latency: invalid latency "fast""#,
+        r#"nodes.b.latency: invalid latency "uniform:3ms..1ms""#,
+        r#"nodes.b.call_mode: invalid call mode "both""#,
+        "nodes.b.error_rate: 1.5 is not a fraction from 0 to 1",
+    ];
+    for e in expect {
+        assert!(
+            errors.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
 }

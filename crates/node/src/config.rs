@@ -177,29 +177,7 @@ pub fn parse_backends(list: &str) -> Result<Vec<Backend>, BackendError> {
         .collect()
 }
 
-/// How a node calls its backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CallMode {
-    /// All backends at once (the seed's behaviour).
-    #[default]
-    Parallel,
-    /// One after the other, in the listed order; a failure does not stop the rest.
-    Sequential,
-}
-
-impl FromStr for CallMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "parallel" => Ok(CallMode::Parallel),
-            "sequential" | "sequence" => Ok(CallMode::Sequential),
-            other => Err(format!(
-                "invalid call mode {other:?}: expected parallel or sequential"
-            )),
-        }
-    }
-}
+pub use meshload_config::behaviour::CallMode;
 
 /// Default header-read timeout: hyper's own default for HTTP/1 servers is 30 s; a node
 /// answers machines, not people typing, so it gives them a third of that.
