@@ -9,7 +9,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::executor::ErrorKind;
+use meshload_process::ErrorKind;
 
 /// Largest latency the histograms hold, in nanoseconds (one hour); longer values clamp.
 const MAX_NANOS: u64 = 3_600_000_000_000;

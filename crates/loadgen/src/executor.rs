@@ -23,73 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::spec::LoadSpec;
 
-/// Why a request got no HTTP status (counted as code -1, as Fortio does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ErrorKind {
-    /// The connection was refused.
-    Refused,
-    /// Connecting failed otherwise (unreachable, no route, ...).
-    Connect,
-    /// No complete answer within the timeout.
-    Timeout,
-    /// The connection was reset (RST) before the answer was complete.
-    Reset,
-    /// The server closed the connection cleanly (end of stream) before the answer was
-    /// complete: a body cut short, or no answer at all.
-    Closed,
-    /// The peer spoke something that is not HTTP.
-    Protocol,
-    /// The TLS handshake failed (a refused certificate, or the server refused us).
-    Tls,
-    /// Anything else.
-    Other,
-}
-
-impl ErrorKind {
-    /// The name used in results and summaries.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Refused => "refused",
-            ErrorKind::Connect => "connect",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Reset => "reset",
-            ErrorKind::Closed => "closed",
-            ErrorKind::Protocol => "protocol",
-            ErrorKind::Tls => "tls",
-            ErrorKind::Other => "other",
-        }
-    }
-
-    pub(crate) fn of_io(err: &std::io::Error) -> ErrorKind {
-        use std::io::ErrorKind as Io;
-        match err.kind() {
-            Io::ConnectionRefused => ErrorKind::Refused,
-            Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe => ErrorKind::Reset,
-            Io::UnexpectedEof => ErrorKind::Closed,
-            Io::TimedOut => ErrorKind::Timeout,
-            _ => ErrorKind::Other,
-        }
-    }
-
-    fn of_hyper(err: &hyper::Error) -> ErrorKind {
-        let mut source = std::error::Error::source(err);
-        while let Some(e) = source {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                return ErrorKind::of_io(io);
-            }
-            source = e.source();
-        }
-        if err.is_incomplete_message() {
-            ErrorKind::Closed
-        } else if err.is_closed() || err.is_canceled() {
-            ErrorKind::Reset
-        } else if err.is_parse() {
-            ErrorKind::Protocol
-        } else {
-            ErrorKind::Other
-        }
-    }
-}
+use meshload_process::ErrorKind;
 
 /// What one request came to.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -457,7 +391,7 @@ impl Connection {
 async fn hyper_exchange(
     sent: impl Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
 ) -> Result<Exchange, ErrorKind> {
-    let response = sent.await.map_err(|e| ErrorKind::of_hyper(&e))?;
+    let response = sent.await.map_err(|e| ErrorKind::of_error(&e))?;
     read_response(response).await
 }
 
@@ -472,7 +406,7 @@ async fn read_response(
     let mut body = response.into_body();
     let mut body_bytes = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ErrorKind::of_hyper(&e))?;
+        let frame = frame.map_err(|e| ErrorKind::of_error(&e))?;
         if let Some(data) = frame.data_ref() {
             body_bytes += data.len() as u64;
         }
@@ -494,7 +428,7 @@ where
     if h2 {
         let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
             .await
-            .map_err(|e| ErrorKind::of_hyper(&e))?;
+            .map_err(|e| ErrorKind::of_error(&e))?;
         tokio::spawn(conn);
         Ok(Sender::H2(sender))
     } else {
@@ -506,7 +440,7 @@ where
             .writev(false)
             .handshake(io)
             .await
-            .map_err(|e| ErrorKind::of_hyper(&e))?;
+            .map_err(|e| ErrorKind::of_error(&e))?;
         tokio::spawn(conn);
         Ok(Sender::H1(sender))
     }

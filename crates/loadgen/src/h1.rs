@@ -21,7 +21,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::executor::ErrorKind;
+use meshload_process::ErrorKind;
 
 /// Most header lines accepted in one answer (hyper's default too).
 const MAX_HEADERS: usize = 100;

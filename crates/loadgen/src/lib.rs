@@ -11,7 +11,7 @@
 //! - [`spec`]: options and their validation into a [`LoadSpec`].
 //! - [`schedule`]: due times, staggering, jitter, exact request quotas.
 //! - [`executor`]: one connection sending one request at a time, and how a failed one
-//!   is classified ([`executor::ErrorKind`]).
+//!   is classified ([`ErrorKind`], shared with the nodes).
 //! - [`h1`]: the fast HTTP/1.1 exchange (a prepared request, a parsed answer, the body
 //!   counted, not kept).
 //! - [`tls`]: HTTPS (rustls): trust, ALPN, certificate errors in words.
@@ -35,6 +35,7 @@ pub mod tls;
 pub mod wire;
 
 pub use collector::{Live, LiveStats};
+pub use meshload_process::ErrorKind;
 pub use result::{FortioResult, LoadResult};
 pub use run::{LoadError, run};
 pub use spec::{LoadOptions, LoadSpec};

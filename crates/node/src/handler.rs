@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use meshload_process::error_chain;
+use meshload_process::{ErrorKind, error_chain};
 use serde::Serialize;
 
 use crate::behaviour::{Dice, Latency};
@@ -304,7 +304,7 @@ impl Node {
                 Some(format!("status {status}")),
             ),
             Ok(Err(err)) => {
-                let kind = error_kind(err.as_ref());
+                let kind = ErrorKind::of_error(err.as_ref());
                 (
                     kind.to_string(),
                     Some(format!("{kind}: {}", error_chain(err.as_ref()))),
@@ -313,7 +313,7 @@ impl Node {
             Err(_) => {
                 let after = humantime::format_duration(self.config.call_timeout);
                 (
-                    "timeout".to_string(),
+                    ErrorKind::Timeout.to_string(),
                     Some(format!("timeout after {after}")),
                 )
             }
@@ -398,32 +398,6 @@ fn forwarded(incoming: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Names the kind of a failed call from the deepest I/O error in its chain.
-pub(crate) fn error_kind(err: &(dyn std::error::Error + 'static)) -> &'static str {
-    use std::io::ErrorKind;
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                ErrorKind::ConnectionRefused => "refused",
-                ErrorKind::ConnectionReset
-                | ErrorKind::ConnectionAborted
-                | ErrorKind::BrokenPipe
-                | ErrorKind::UnexpectedEof => "reset",
-                ErrorKind::TimedOut => "timeout",
-                _ => "error",
-            };
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>()
-            && h.is_incomplete_message()
-        {
-            return "reset";
-        }
-        current = e.source();
-    }
-    "error"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,15 +428,5 @@ mod tests {
         let out = forwarded(&h);
         assert_eq!(out.len(), 3);
         assert!(out.get("cookie").is_none());
-    }
-
-    #[test]
-    fn io_errors_are_classified() {
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(error_kind(&refused), "refused");
-        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert_eq!(error_kind(&reset), "reset");
-        let other = std::fmt::Error;
-        assert_eq!(error_kind(&other), "error");
     }
 }

@@ -2,6 +2,12 @@
 //!
 //! # Layout
 //! - [`error_chain`]: an error and its causes on one line.
+//! - [`failure`]: why an HTTP exchange got no answer ([`ErrorKind`]), one vocabulary for
+//!   the load generator's results and the nodes' metrics.
+
+pub mod failure;
+
+pub use failure::ErrorKind;
 
 /// An error and its causes on one line (`outer: inner: innermost`), as `anyhow` prints
 /// them with `{:#}`; a cause whose text the line already holds is not repeated (hyper and
