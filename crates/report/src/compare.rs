@@ -104,25 +104,25 @@ fn run_values(run: &Run, warnings: &mut Vec<String>) -> Vec<(String, String, f64
         }
     };
     push(
-        "rate".into(),
+        Key::Rate.to_string(),
         "achieved req/s".into(),
         Some(run.fortio.actual_qps),
     );
     push(
-        "error_ratio".into(),
+        Key::ErrorRatio.to_string(),
         "error ratio".into(),
         Some(run.error_ratio()),
     );
     for p in [50.0, 90.0, 99.0, 99.9] {
         push(
-            format!("p{p}"),
+            Key::Response(p).to_string(),
             format!("response p{p} ms"),
             run.response_ms(p),
         );
     }
     for p in [50.0, 90.0, 99.0] {
         push(
-            format!("service_p{p}"),
+            Key::Service(p).to_string(),
             format!("service p{p} ms"),
             run.service_ms(p),
         );
@@ -137,12 +137,12 @@ fn run_values(run: &Run, warnings: &mut Vec<String>) -> Vec<(String, String, f64
         for (node, r) in resources {
             let what = of.replace("{}", &node);
             push(
-                format!("{prefix}memory:{node}"),
+                format!("{prefix}{}", Key::Memory.of_node(&node)),
                 format!("{what} max memory MiB"),
                 Some(r.max_memory_mib),
             );
             push(
-                format!("{prefix}cpu:{node}"),
+                format!("{prefix}{}", Key::Cpu.of_node(&node)),
                 format!("{what} CPU cores"),
                 Some(r.cpu_cores),
             );
@@ -510,7 +510,7 @@ fn resource_points(runs: &[&Run]) -> BTreeMap<(String, String), Vec<(f64, f64)>>
         let krps = run.fortio.actual_qps / 1000.0;
         for (key, label, v) in run_values(run, &mut Vec::new()) {
             let resource = key.strip_prefix(SIDECAR).unwrap_or(&key);
-            if resource.starts_with("memory:") || resource.starts_with("cpu:") {
+            if Key::Memory.bounds(resource) || Key::Cpu.bounds(resource) {
                 points.entry((key, label)).or_default().push((krps, v));
             }
         }
@@ -518,12 +518,88 @@ fn resource_points(runs: &[&Run]) -> BTreeMap<(String, String), Vec<(f64, f64)>>
     points
 }
 
+/// What a figure measures: the one spelling of its key, in figures and thresholds alike.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Key {
+    /// The achieved rate (`rate`): lower is worse.
+    Rate,
+    /// The ratio of errors (`error_ratio`): a percent limit on it is in points.
+    ErrorRatio,
+    /// A percentile of response time in ms (`p99`).
+    Response(f64),
+    /// A percentile of service time in ms (`service_p99`).
+    Service(f64),
+    /// A node's peak memory (`memory:<node>`): a threshold on it bounds every node.
+    Memory,
+    /// A node's CPU (`cpu:<node>`), likewise.
+    Cpu,
+}
+
+impl Key {
+    /// The key of this measure of one node (`memory:frontend`).
+    fn of_node(self, node: &str) -> String {
+        format!("{self}:{node}")
+    }
+
+    /// Whether a figure (by its name) is one this key bounds.
+    fn bounds(self, figure: &str) -> bool {
+        let key = self.to_string();
+        figure == key
+            || figure
+                .strip_prefix(&key)
+                .is_some_and(|r| r.starts_with(':'))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Rate => write!(f, "rate"),
+            Key::ErrorRatio => write!(f, "error_ratio"),
+            Key::Response(p) => write!(f, "p{p}"),
+            Key::Service(p) => write!(f, "service_p{p}"),
+            Key::Memory => write!(f, "memory"),
+            Key::Cpu => write!(f, "cpu"),
+        }
+    }
+}
+
+impl FromStr for Key {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let percentile = |p: &str| p.parse::<f64>().ok().filter(|p| (0.0..=100.0).contains(p));
+        let key = match s {
+            "rate" => Key::Rate,
+            "error_ratio" => Key::ErrorRatio,
+            "memory" => Key::Memory,
+            "cpu" => Key::Cpu,
+            _ => match s.strip_prefix("service_p").or_else(|| s.strip_prefix('p')) {
+                Some(p) => match (percentile(p), s.starts_with("service_")) {
+                    (Some(p), true) => Key::Service(p),
+                    (Some(p), false) => Key::Response(p),
+                    (None, _) => return Err(Self::unknown(s)),
+                },
+                None => return Err(Self::unknown(s)),
+            },
+        };
+        Ok(key)
+    }
+}
+
+impl Key {
+    fn unknown(key: &str) -> String {
+        format!(
+            "unknown threshold {key:?}: use p50, p90, p99, p99.9, service_p50, service_p99, rate, error_ratio, memory or cpu"
+        )
+    }
+}
+
 /// A limit on how much worse run B may be than run A.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Threshold {
-    /// The figure (`p99`, `rate`, `error_ratio`, `memory`, `cpu`, ...); `memory` and `cpu`
-    /// apply to every node.
-    pub key: String,
+    /// The figure it bounds; `memory` and `cpu` bound every node.
+    pub key: Key,
     /// The allowance.
     pub limit: Limit,
 }
@@ -559,18 +635,7 @@ impl FromStr for Threshold {
                     .map_err(|_| bad())?,
             ),
         };
-        let key = key.trim().to_string();
-        let known = ["rate", "error_ratio", "memory", "cpu"].contains(&key.as_str())
-            || key
-                .strip_prefix("service_")
-                .unwrap_or(&key)
-                .strip_prefix('p')
-                .is_some_and(|p| p.parse::<f64>().is_ok());
-        if !known {
-            return Err(format!(
-                "unknown threshold {key:?}: use p50, p90, p99, p99.9, service_p50, service_p99, rate, error_ratio, memory or cpu"
-            ));
-        }
+        let key = key.trim().parse()?;
         Ok(Threshold { key, limit })
     }
 }
@@ -590,10 +655,7 @@ impl fmt::Display for Threshold {
 pub fn regressions(figures: &[Figure], thresholds: &[Threshold]) -> Vec<String> {
     let mut out = Vec::new();
     for t in thresholds {
-        let matching: Vec<&Figure> = figures
-            .iter()
-            .filter(|f| f.name == t.key || f.name.starts_with(&format!("{}:", t.key)))
-            .collect();
+        let matching: Vec<&Figure> = figures.iter().filter(|f| t.key.bounds(&f.name)).collect();
         // A bound with nothing to check fails: a gate never passes on a missing figure.
         if matching.is_empty() {
             out.push(format!(
@@ -615,16 +677,16 @@ pub fn regressions(figures: &[Figure], thresholds: &[Threshold]) -> Vec<String> 
                 continue;
             };
             // Higher is worse for everything but the achieved rate.
-            let (worse_by, worse) = match t.key == "rate" {
-                true => (-estimate, Verdict::Lower),
-                false => (estimate, Verdict::Higher),
+            let (worse_by, worse) = match t.key {
+                Key::Rate => (-estimate, Verdict::Lower),
+                _ => (estimate, Verdict::Higher),
             };
             let maybe_noise = f.ci95.is_some() && f.verdict != worse;
             if maybe_noise {
                 continue;
             }
             let allowed = match t.limit {
-                Limit::Percent(p) if t.key == "error_ratio" => p / 100.0,
+                Limit::Percent(p) if t.key == Key::ErrorRatio => p / 100.0,
                 Limit::Percent(p) => a.abs() * p / 100.0,
                 Limit::Absolute(v) => v,
             };
@@ -670,6 +732,19 @@ mod tests {
         assert!("p99".parse::<Threshold>().is_err());
         assert!("latency=1%".parse::<Threshold>().is_err());
         assert!("p99=ten%".parse::<Threshold>().is_err());
+        for bad in ["p101=1%", "service_pfast=1%", "pp99=1%", "cpus=1%"] {
+            assert!(bad.parse::<Threshold>().is_err(), "{bad}");
+        }
+        for key in [
+            "p99.9",
+            "service_p50",
+            "rate",
+            "error_ratio",
+            "memory",
+            "cpu",
+        ] {
+            assert_eq!(key.parse::<Key>().map(|k| k.to_string()), Ok(key.into()));
+        }
     }
 
     #[test]
