@@ -4,13 +4,17 @@
 //! - [`runs`]: a run's files read back, and per-node resources from its samples.
 //! - [`compare`]: two series of runs side by side (B - A with intervals and verdicts, or
 //!   why they are not comparable), how cost grows with rate, and thresholds for CI.
+//! - [`mesh_cost`]: what each mesh costs against the first, per test and of capacity.
 //! - [`plot`]: line charts to SVG and PNG.
 //! - [`report`]: the charts of a set of runs and the HTML page.
+//! - [`serve`]: stored runs as a read-only Prometheus HTTP API (`meshload results serve`).
 
 pub mod compare;
+pub mod mesh_cost;
 pub mod plot;
 pub mod report;
 pub mod runs;
+pub mod serve;
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]

@@ -1,33 +1,18 @@
-//! What the mesh costs, after `meshload run --mesh none,envoy`: for every test, each
-//! arm's runs against the first arm's, read back from the store with the report crate
-//! (the figures `meshload compare` gives): B - A per figure with an interval and a
-//! verdict, or `not comparable` with the reason; and, over tests at several rates, how
-//! memory and CPU grow with the rate.
+//! The tables of what the mesh costs after `meshload run --mesh none,envoy`, computed by
+//! [`meshload_report::mesh_cost`] from the runs read back here: each arm against the
+//! first, each mesh's capacity against the first's, and how memory and CPU grow with the
+//! rate.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use meshload_report::compare::{self, Comparison, Scaling, fmt_value};
+use meshload_report::compare::{Scaling, fmt_value};
+use meshload_report::mesh_cost::{CapacityCost, MeshCost};
 use meshload_report::runs::{self, Run};
 use meshload_runner::TestSummary;
 use meshload_store::RunRef;
-use serde::Serialize;
 
 use crate::table::Table;
-
-/// One test under one arm, against the same test under the baseline arm.
-#[derive(Debug, Serialize)]
-pub struct MeshCost {
-    /// The test.
-    pub test_name: String,
-    /// The baseline's arm (the first one run).
-    pub baseline: String,
-    /// This arm.
-    pub mesh: String,
-    /// The comparison: method, comparable, reason, suggestion and every figure.
-    #[serde(flatten)]
-    pub comparison: Comparison,
-}
 
 fn run_ref(summary: &TestSummary) -> Option<RunRef> {
     let dir = PathBuf::from(&summary.run_dir);
@@ -50,31 +35,6 @@ pub fn load(tests: &[TestSummary]) -> Vec<Run> {
                 "meshload: cannot read {} back for its mesh cost; `meshload compare` it from its store",
                 t.run_dir
             ),
-        }
-    }
-    out
-}
-
-/// Every test's cost under each arm but the first; empty with one arm.
-pub fn costs(runs: &[Run]) -> Vec<MeshCost> {
-    let mut out = Vec::new();
-    let mut names: Vec<&str> = Vec::new();
-    for r in runs {
-        if !names.contains(&r.run.test_name.as_str()) {
-            names.push(&r.run.test_name);
-        }
-    }
-    for name in names {
-        let of_test: Vec<&Run> = runs.iter().filter(|r| r.run.test_name == name).collect();
-        let arms = compare::arms_of(&of_test);
-        let baseline = arms.first().map(|a| a.arm.clone()).unwrap_or_default();
-        for (mesh, comparison) in compare::against_baseline(&arms) {
-            out.push(MeshCost {
-                test_name: name.to_string(),
-                baseline: baseline.clone(),
-                mesh,
-                comparison,
-            });
         }
     }
     out
@@ -180,52 +140,6 @@ pub fn print_scaling(out: &mut impl Write, scaling: &[Scaling]) -> std::io::Resu
         ]);
     }
     table.write(out)
-}
-
-/// What a mesh costs of one test's capacity: its search against the first mesh's.
-#[derive(Debug, Serialize)]
-pub struct CapacityCost {
-    /// The test searched.
-    pub test_name: String,
-    /// The baseline's mesh (the first one searched).
-    pub baseline: String,
-    /// This search's mesh.
-    pub mesh: String,
-    /// The baseline's capacity, req/s.
-    pub baseline_rate: Option<f64>,
-    /// This mesh's capacity, req/s.
-    pub rate: Option<f64>,
-    /// The share of the baseline's capacity this mesh takes off, percent.
-    pub cost_percent: Option<f64>,
-}
-
-/// For every searched test, each mesh's capacity against the first mesh's; empty with
-/// one mesh.
-pub fn capacity_costs(searches: &[meshload_runner::run::SearchRun]) -> Vec<CapacityCost> {
-    let Some(first_mesh) = searches.first().map(|s| s.mesh.clone()) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for base in searches.iter().filter(|s| s.mesh == first_mesh) {
-        for other in searches
-            .iter()
-            .filter(|s| s.test_name == base.test_name && s.mesh != first_mesh)
-        {
-            let (a, b) = (base.report.max_rate, other.report.max_rate);
-            out.push(CapacityCost {
-                test_name: base.test_name.clone(),
-                baseline: first_mesh.clone(),
-                mesh: other.mesh.clone(),
-                baseline_rate: a,
-                rate: b,
-                cost_percent: a
-                    .zip(b)
-                    .filter(|(a, _)| *a > 0.0)
-                    .map(|(a, b)| (a - b) / a * 100.0),
-            });
-        }
-    }
-    out
 }
 
 /// One line per mesh and searched test: "the mesh costs N% of capacity at this SLO".

@@ -451,12 +451,21 @@ fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
         .any(|t| t.series.as_ref().is_some_and(|s| s.arms.len() > 1));
     let runs = super::mesh_cost::load(tests);
     let costs = if several {
-        super::mesh_cost::costs(&runs)
+        meshload_report::mesh_cost::costs(&runs)
     } else {
         Vec::new()
     };
     let scaling = meshload_report::compare::scaling(&runs);
-    let capacity = super::mesh_cost::capacity_costs(&report.searches);
+    let searched: Vec<meshload_report::mesh_cost::Capacity> = report
+        .searches
+        .iter()
+        .map(|s| meshload_report::mesh_cost::Capacity {
+            test_name: &s.test_name,
+            mesh: &s.mesh,
+            max_rate: s.report.max_rate,
+        })
+        .collect();
+    let capacity = meshload_report::mesh_cost::capacity_costs(&searched);
     let mut out = std::io::stdout().lock();
     if json {
         let doc = if several || !report.searches.is_empty() {
