@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, json, run, run_dir, run_ok, temp_dir, write_config};
+use common::{StderrLines, bin, json, run, run_dir, run_ok, temp_dir, write_config};
 use serde_json::Value;
 
 fn examples() -> PathBuf {
@@ -46,7 +45,7 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// Starts `meshload run` in the background and waits until its first test is running.
-fn start_run(config: &Path, store: &Path) -> Child {
+fn start_run(config: &Path, store: &Path) -> (Child, StderrLines) {
     let mut child = bin()
         .args(["run", "--sleep-between-tests", "0", "--store"])
         .arg(store)
@@ -55,15 +54,20 @@ fn start_run(config: &Path, store: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("test 1/") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    child
+    let mut lines = StderrLines::of(&mut child);
+    lines.wait_for("test 1/");
+    (child, lines)
+}
+
+/// Waits until one of `parent`'s nodes has answered `n` requests.
+fn until_a_node_served(parent: u32, n: f64) {
+    common::wait_for(&format!("a node answered {n} requests"), || {
+        children_of(parent).into_iter().any(|pid| {
+            common::listening_ports(pid)
+                .into_iter()
+                .any(|port| common::node_served(([127, 0, 0, 1], port).into()) >= n)
+        })
+    });
 }
 
 #[test]
@@ -293,10 +297,11 @@ fn ctrl_c_stores_an_interrupted_run_and_leaves_no_process() {
     let dir = temp_dir("ctrlc");
     let config = write_config(&dir, LONG_TEST);
     let store = dir.join("results");
-    let mut child = start_run(&config, &store);
+    let (mut child, _lines) = start_run(&config, &store);
     let pid = child.id();
     assert_eq!(children_of(pid).len(), 2, "two nodes run");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Under way: the target has answered its 5 connectivity checks and 55 of the load.
+    until_a_node_served(pid, 60.0);
     assert!(
         Command::new("kill")
             .args(["-INT", &pid.to_string()])
@@ -316,7 +321,7 @@ fn ctrl_c_stores_an_interrupted_run_and_leaves_no_process() {
     let requests = meta["summary"]["requests"].as_u64().unwrap();
     assert!(
         (50..=300).contains(&requests),
-        "{requests} requests in about 1.5 s at 100/s"
+        "{requests} requests, interrupted once 55 had been answered"
     );
     assert!(!store.join("never").exists(), "the next test did not start");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -326,7 +331,7 @@ fn ctrl_c_stores_an_interrupted_run_and_leaves_no_process() {
 fn killing_meshload_takes_its_nodes_with_it() {
     let dir = temp_dir("kill");
     let config = write_config(&dir, LONG_TEST);
-    let mut child = start_run(&config, &dir.join("results"));
+    let (mut child, _lines) = start_run(&config, &dir.join("results"));
     let pid = child.id();
     assert_eq!(children_of(pid).len(), 2);
     child.kill().unwrap();
@@ -349,8 +354,7 @@ fn a_node_that_dies_mid_test_is_recorded_and_the_run_goes_on() {
                            {"test_name": "after", "target": "0", "qps": 100, "t": "1s", "c": 2}]}"#,
     );
     let store = dir.join("results");
-    let mut child = start_run(&config, &store);
-    std::thread::sleep(Duration::from_millis(800));
+    let (mut child, _lines) = start_run(&config, &store);
     let leaf = children_of(child.id())
         .into_iter()
         .find(|p| {
@@ -363,6 +367,11 @@ fn a_node_that_dies_mid_test_is_recorded_and_the_run_goes_on() {
     // Local nodes run the node-only binary built beside meshload.
     let exe = std::fs::read_link(format!("/proc/{leaf}/exe")).unwrap();
     assert_eq!(exe.file_name().unwrap(), "meshload-node", "{exe:?}");
+    // Mid-test: the leaf has answered its 5 connectivity checks and 15 calls of the load.
+    let port = common::listening_ports(leaf)[0];
+    common::wait_for("node 1 answered the load", || {
+        common::node_served(([127, 0, 0, 1], port).into()) >= 20.0
+    });
     assert!(
         Command::new("kill")
             .args(["-KILL", &leaf.to_string()])
@@ -585,9 +594,10 @@ fn sigterm_during_a_slow_metric_query_stops_the_run_and_keeps_the_test() {
         .to_string(),
     );
     let store = dir.join("results");
-    let mut child = start_run(&config, &store);
+    let (mut child, mut lines) = start_run(&config, &store);
     let pid = child.id();
-    std::thread::sleep(Duration::from_millis(3500));
+    // Whether the signal lands just before the slow query or while it runs, it is cut.
+    lines.wait_for("evaluating 2 metric(s)");
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()

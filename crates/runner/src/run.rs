@@ -554,10 +554,14 @@ impl Answerer {
     }
 }
 
+/// How long a query still runs when the run was stopping before it began (an
+/// interrupted test, whose metrics are still wanted): most take milliseconds, and a slow
+/// one must not hold a user who pressed Ctrl-C for the engine's whole timeout.
+const STOPPED_QUERY_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A range query on the embedded engine, on a blocking thread so that the runtime (and
 /// with it Ctrl-C and SIGTERM) stays responsive. A stop that arrives while it evaluates
-/// ends it at its next step; one that came before (an interrupted test, whose metrics are
-/// still wanted) does not. Either way it ends within the engine's timeout.
+/// ends it at its next step; one that came before gives it [`STOPPED_QUERY_GRACE`].
 async fn embedded_range(
     store: &SharedStore,
     query: &str,
@@ -576,7 +580,13 @@ async fn embedded_range(
     });
     tokio::pin!(job);
     let joined = if stop.is_stopped() {
-        job.await
+        tokio::select! {
+            joined = &mut job => joined,
+            () = tokio::time::sleep(STOPPED_QUERY_GRACE) => {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                job.await
+            }
+        }
     } else {
         tokio::select! {
             joined = &mut job => joined,

@@ -353,3 +353,120 @@ pub fn run_until(
     assert!(seen, "the run ended before {event:?}");
     (child, lines)
 }
+
+/// The longest any test waits for an event: a deadline that fails the test, not a pace.
+pub const EVENT_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Polls `happened` until it holds, every 20 ms; panics naming `what` after
+/// [`EVENT_DEADLINE`].
+pub fn wait_for(what: &str, mut happened: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    while !happened() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One series of a node's metrics (`meshload_node_requests_total{code="200"}`), read
+/// over a connection of its own (closed after); `None` when the node does not answer or
+/// has no such series yet.
+pub fn node_metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    sample(&text, series)
+}
+
+/// The requests a node has answered with 200.
+pub fn node_served(addr: SocketAddr) -> f64 {
+    node_metric(addr, "meshload_node_requests_total{code=\"200\"}").unwrap_or(0.0)
+}
+
+/// The loopback TCP ports process `pid` listens on, from its sockets in `/proc` (a node
+/// that meshload started on port 0 says its port nowhere else).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|fd| {
+                let link = std::fs::read_link(fd.ok()?.path()).ok()?;
+                let link = link.to_string_lossy();
+                Some(
+                    link.strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_string(),
+                )
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, st (0A: listening), inode.
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (*state == "0A" && inodes.iter().any(|i| i == inode)).then_some(port)
+        })
+        .collect()
+}
+
+/// A child's stderr read on a thread, line by line (so that the child never blocks on a
+/// full pipe), for tests that wait for what it says.
+pub struct StderrLines {
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl StderrLines {
+    /// Takes `child`'s stderr, which must be piped.
+    pub fn of(child: &mut Child) -> StderrLines {
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Read to the end even when nobody listens any more.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        StderrLines {
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line that contains `event`; panics with what was said if stderr ends or
+    /// [`EVENT_DEADLINE`] passes first.
+    pub fn wait_for(&mut self, event: &str) {
+        let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(event);
+                    self.seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(e) => panic!("no line with {event:?} ({e}): {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Every line until the child closes its stderr.
+    pub fn rest(mut self) -> Vec<String> {
+        self.seen.extend(self.lines.iter());
+        self.seen
+    }
+}
