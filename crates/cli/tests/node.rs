@@ -222,7 +222,14 @@ async fn sigterm_drains_in_flight_requests() {
     let mut node = NodeProc::start(&["--latency", "600ms"]);
     let url = node.url();
     let pending = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let addr = node.addr;
+    tokio::task::spawn_blocking(move || {
+        common::wait_for("the request is in flight", || {
+            common::node_metric(addr, "meshload_node_in_flight_requests") == Some(1.0)
+        })
+    })
+    .await
+    .unwrap();
     node.terminate();
     let reply = pending.await.unwrap();
     assert_eq!(reply.status, 200, "the in-flight request finishes");

@@ -389,9 +389,9 @@ pub fn node_served(addr: SocketAddr) -> f64 {
     node_metric(addr, "meshload_node_requests_total{code=\"200\"}").unwrap_or(0.0)
 }
 
-/// The loopback TCP ports process `pid` listens on, from its sockets in `/proc` (a node
-/// that meshload started on port 0 says its port nowhere else).
-pub fn listening_ports(pid: u32) -> Vec<u16> {
+/// The TCP sockets of process `pid`, from `/proc`: (local port, remote port, state as
+/// the kernel writes it: `0A` listening, `01` established).
+pub fn tcp_sockets(pid: u32) -> Vec<(u16, u16, String)> {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|fds| {
             fds.filter_map(|fd| {
@@ -407,17 +407,43 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
         })
         .unwrap_or_default();
     let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            // local_address, st (0A: listening), inode.
-            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
-            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-            (*state == "0A" && inodes.iter().any(|i| i == inode)).then_some(port)
+            // local_address, rem_address, st, ..., inode.
+            let (local, remote, state, inode) = (
+                fields.get(1)?,
+                fields.get(2)?,
+                fields.get(3)?,
+                fields.get(9)?,
+            );
+            inodes
+                .iter()
+                .any(|i| i == inode)
+                .then(|| Some((port(local)?, port(remote)?, state.to_string())))?
         })
         .collect()
+}
+
+/// The loopback TCP ports process `pid` listens on (a node that meshload started on port
+/// 0 says its port nowhere else).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    tcp_sockets(pid)
+        .into_iter()
+        .filter(|(_, _, state)| state == "0A")
+        .map(|(port, _, _)| port)
+        .collect()
+}
+
+/// How many connections process `pid` has open to `port`.
+pub fn connections_to(pid: u32, port: u16) -> usize {
+    tcp_sockets(pid)
+        .into_iter()
+        .filter(|(_, remote, state)| *remote == port && state == "01")
+        .count()
 }
 
 /// A child's stderr read on a thread, line by line (so that the child never blocks on a
