@@ -354,7 +354,7 @@ fn wait_scraping(prometheus: &Prometheus) {
 /// The stand-ins for the cluster's pods: a node, the load generator (which reaches the
 /// node under its in-cluster name) and a Prometheus.
 struct Pods {
-    _node: NodeProc,
+    node: NodeProc,
     loadgen: NodeProc,
     prometheus: Prometheus,
 }
@@ -377,7 +377,7 @@ fn pods_in(namespace: &str) -> Pods {
     let prometheus = start_prometheus("pods", node.addr, "{pod: node-0-abcde-0}");
     wait_scraping(&prometheus);
     Pods {
-        _node: node,
+        node,
         loadgen,
         prometheus,
     }
@@ -670,7 +670,11 @@ fn ctrl_c_during_a_test_on_a_cluster_deletes_what_the_run_created() {
             seen.push(line);
         }
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Ctrl-C once the test is under way: its 20 connectivity checks and 20 requests of
+    // the load answered.
+    common::wait_for("the load reached the node", || {
+        common::node_served(pods.node.addr) >= 40.0
+    });
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
@@ -706,7 +710,7 @@ fn ctrl_c_during_a_test_on_a_cluster_deletes_what_the_run_created() {
     let requests = fortio["DurationHistogram"]["Count"].as_u64().unwrap();
     assert!(
         (20..=200).contains(&requests),
-        "about a second at 40 req/s: {requests}"
+        "interrupted once 20 were answered: {requests}"
     );
     assert!(
         cluster

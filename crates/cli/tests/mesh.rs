@@ -568,24 +568,13 @@ fn a_sidecar_killed_during_a_test_is_recorded_and_ctrl_c_leaves_no_envoy() {
             .and_then(|l| l.split_whitespace().next())
             .map(str::to_string)
     };
-    // Wait for node-1's sidecar, then kill it during the first test.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let victim = loop {
-        if let Some(p) = sidecar_of("node-1-") {
-            break p;
-        }
-        assert!(std::time::Instant::now() < deadline, "no sidecar appeared");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    let mut lines = common::StderrLines::of(&mut child);
+    // Kill node-1's sidecar once the first test is under way.
+    lines.wait_for("test 1/2 kill");
+    let victim = sidecar_of("node-1-").expect("node-1's sidecar runs");
     Command::new("kill").args(["-9", &victim]).status().unwrap();
-    // The second test runs for a minute: Ctrl-C it once it is under way.
-    let kill_dir = store.join("kill");
-    while !kill_dir.is_dir() {
-        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(30));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // The second test runs for a minute: Ctrl-C it once it has begun.
+    lines.wait_for("test 2/2 stop");
     Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()

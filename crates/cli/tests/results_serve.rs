@@ -364,9 +364,19 @@ async fn new_runs_appear_damaged_ones_are_skipped_and_nothing_outside_is_read() 
     assert_eq!(body["data"], serde_json::json!(["slow"]));
     // A run written while serving shows up.
     copy(&slow_dir, &live.join("later").join("20260101000002"));
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let (_, body) = get_json(&format!("{api}/label/test_name/values")).await;
-    assert_eq!(body["data"], serde_json::json!(["later", "slow"]));
+    let deadline = std::time::Instant::now() + common::EVENT_DEADLINE;
+    loop {
+        let (_, body) = get_json(&format!("{api}/label/test_name/values")).await;
+        if body["data"] == serde_json::json!(["later", "slow"]) {
+            break;
+        }
+        assert_eq!(body["data"], serde_json::json!(["slow"]), "nothing else");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new run never appeared"
+        );
+        tokio::time::sleep(common::POLL).await;
+    }
     // Paths and odd names read nothing: no endpoint takes a file name.
     for path in [
         "/../../../etc/passwd",

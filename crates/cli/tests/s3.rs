@@ -214,12 +214,14 @@ fn a_store_that_goes_away_mid_run_keeps_the_run_in_the_spool_until_push() {
     for (k, v) in &env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut child = cmd.spawn().unwrap();
+    // The store goes away while the test runs.
+    let mut lines = common::StderrLines::of(&mut child);
+    lines.wait_for("test 1/1");
     moto.stop();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let status = child.wait().unwrap();
+    let stderr = lines.rest().join("\n");
+    assert!(status.success(), "{stderr}");
     assert!(stderr.contains("kept in the spool"), "{stderr}");
     assert_eq!(spooled_runs(&spool), 1, "the run waits in the spool");
 
@@ -276,7 +278,15 @@ fn results_serve_reads_an_s3_store_through_its_cache_and_sees_new_runs() {
     };
     assert_eq!(runs_served(), 1);
     // A second run uploaded while serving is copied and served within the sync interval.
-    std::thread::sleep(Duration::from_millis(1_100));
+    // Its id (its start's second) must be new: an id the bucket holds is refused.
+    let second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let first_ended = second();
+    common::wait_for("the clock's next second", || second() > first_ended);
     let out = run_env(&["run", "--store", store, config.to_str().unwrap()], &env);
     assert!(
         out.status.success(),

@@ -25,7 +25,7 @@ async fn until_served(node: &NodeProc, n: f64) {
             std::time::Instant::now() < deadline,
             "{n} requests never came"
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(common::POLL).await;
     }
 }
 

@@ -357,7 +357,10 @@ pub fn run_until(
 /// The longest any test waits for an event: a deadline that fails the test, not a pace.
 pub const EVENT_DEADLINE: Duration = Duration::from_secs(90);
 
-/// Polls `happened` until it holds, every 20 ms; panics naming `what` after
+/// How often a wait for an event looks again.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `happened` until it holds, every [`POLL`]; panics naming `what` after
 /// [`EVENT_DEADLINE`].
 pub fn wait_for(what: &str, mut happened: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + EVENT_DEADLINE;
@@ -366,7 +369,7 @@ pub fn wait_for(what: &str, mut happened: impl FnMut() -> bool) {
             std::time::Instant::now() < deadline,
             "never happened: {what}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL);
     }
 }
 
