@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 /// A usage or configuration error: the command could not start.
-pub const USAGE: u8 = meshload_node::cli::USAGE;
+pub const USAGE: u8 = meshload_process::exit::USAGE;
 /// A runtime error.
-pub const RUNTIME: u8 = meshload_node::cli::RUNTIME;
+pub const RUNTIME: u8 = meshload_process::exit::RUNTIME;
 /// A run finished but a threshold (SLO) was missed.
 pub const THRESHOLD: u8 = 1;
 /// Stopped by Ctrl-C (128 + SIGINT), as shells report it.
@@ -35,7 +35,7 @@ impl Exit {
 /// Reports a command-line parse error: help and version go to stdout with exit 0;
 /// anything else is one line on stderr and exit 64.
 pub fn usage(err: &clap::Error) -> ExitCode {
-    meshload_node::cli::usage_error(err)
+    meshload_process::exit::usage_error(err)
 }
 
 /// Reports a failed command with its whole context chain and picks the exit code.

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(err) => return exit::usage(&err),
     };
-    meshload_node::cli::init_tracing(cli.verbose, cli.quiet);
+    meshload_process::logging::init_tracing(cli.verbose, cli.quiet);
     match commands::run(cli.command, &matches) {
         Ok(code) => code,
         Err(err) => exit::report(&err),

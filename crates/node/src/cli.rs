@@ -1,6 +1,6 @@
 //! A node as a process: `meshload node`'s flags (shared by the `meshload-node` binary),
-//! and what every meshload process does around its work: stop on SIGINT or SIGTERM, stop
-//! when the parent that started it is gone, log to stderr, report bad arguments.
+//! and [`serve`], which runs one until SIGINT, SIGTERM or its parent's end (the plumbing
+//! every meshload process shares is `meshload_process`'s).
 //!
 //! The flags live here rather than in the `meshload` binary so that `meshload-node`, the
 //! node alone (a binary without the Kubernetes, S3, plotting and PromQL code, so a node's
@@ -8,20 +8,14 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use clap::error::ErrorKind;
+use meshload_process::lifecycle::{orphaned, runtime, shutdown_signal};
 
 use crate::behaviour::{Behaviour, ErrorRate, Latency};
 use crate::config::{self, Backend, CallMode};
 use crate::{Limits, NodeConfig, Server};
-
-/// Exit code of a usage error (as `meshload` uses it).
-pub const USAGE: u8 = 64;
-/// Exit code of a runtime error.
-pub const RUNTIME: u8 = 2;
 
 /// Build identity of the node code: the crate version and a hash of the node crate's
 /// sources (from `build.rs`). `meshload` starts nodes with a `meshload-node` found beside
@@ -266,7 +260,7 @@ pub enum RunError {
 }
 
 /// Runs a node until SIGINT, SIGTERM, or the death of the parent named in
-/// [`crate::PARENT_PID_ENV`]: the whole of `meshload node` and of `meshload-node`.
+/// [`meshload_process::lifecycle::PARENT_PID_ENV`]: the whole of `meshload node` and of `meshload-node`.
 pub fn serve(args: NodeArgs) -> Result<(), RunError> {
     let config = args.into_config();
     let runtime = runtime().map_err(RunError::Runtime)?;
@@ -314,110 +308,5 @@ fn exit_after(limit: Duration) {
         });
     if let Err(e) = watchdog {
         tracing::warn!(error = %e, "cannot start the stop watchdog");
-    }
-}
-
-/// A multi-threaded Tokio runtime for the commands that serve or send traffic.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-}
-
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot watch SIGTERM; only Ctrl-C stops");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-/// A command for `program` that the kernel kills (SIGKILL) when the process starting it
-/// dies, even by SIGKILL: it runs under util-linux's `setpriv --pdeathsig KILL`, since
-/// setting the signal between fork and exec ourselves would take `unsafe`. For helpers
-/// that cannot watch meshload themselves (Envoy, Prometheus).
-pub fn dies_with_parent(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("setpriv");
-    cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
-    cmd
-}
-
-/// Completes when the parent named in [`crate::PARENT_PID_ENV`] is gone (this process was
-/// re-parented); never when the variable is unset.
-pub async fn orphaned() {
-    let parent: Option<u32> = std::env::var(crate::PARENT_PID_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let Some(parent) = parent else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if std::os::unix::process::parent_id() != parent {
-            tracing::warn!(parent, "parent process is gone; stopping");
-            return;
-        }
-    }
-}
-
-/// Logs go to stderr; `RUST_LOG` overrides the level that `-v`/`-q` choose.
-pub fn init_tracing(verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        (false, _) => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-}
-
-/// Reports a command-line parse error: help and version go to stdout with exit 0;
-/// anything else is one line on stderr and exit 64.
-pub fn usage_error(err: &clap::Error) -> ExitCode {
-    match err.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = err.print();
-            ExitCode::SUCCESS
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = err.print();
-            ExitCode::from(USAGE)
-        }
-        _ => {
-            // One line: clap's message up to its first blank line (a list of missing
-            // arguments continues on the next lines), without usage and tips.
-            let rendered = err.render().to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            let message = if message.is_empty() {
-                "error: invalid arguments".to_string()
-            } else {
-                message.join(" ")
-            };
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("{message} (see --help)");
-            }
-            ExitCode::from(USAGE)
-        }
     }
 }

@@ -9,11 +9,11 @@
 //! # Layout
 //! - [`config`]: the node's settings, backend addresses and limits.
 //! - [`behaviour`]: injected latency and errors, drawn from a seeded stream.
-//! - [`cli`]: the node's flags and the process around it (signals, logs, usage errors).
+//! - [`cli`]: the node's flags, and `meshload node` as a process (its signals, logs and
+//!   usage errors come from `meshload_process`).
 //! - [`capacity`]: a known capacity (`--capacity`), rejecting or queueing beyond it.
 //! - [`delays`]: injected latency, to a fraction of a millisecond.
 //! - [`metrics`]: the Prometheus metrics a node exposes.
-//! - [`process`]: resource samples from `/proc` (also used to watch child nodes).
 //! - [`server`]: the listener, HTTP/1.1 and h2c on one port, graceful shutdown.
 //! - [`server`] also serves meshload's own servers (`serve_guarded`: the REST API,
 //!   `results serve`, the local Prometheus exporter) with the same guards.
@@ -30,13 +30,8 @@ pub(crate) mod connections;
 pub mod delays;
 mod handler;
 pub mod metrics;
-pub mod process;
 pub mod server;
 
 pub use config::{Backend, CallMode, Limits, NodeConfig, Resolve};
 pub use handler::CHECK_HEADER;
 pub use server::{NodeError, Server};
-
-/// The environment variable through which a parent process (the local backend) asks a
-/// node to exit when the parent dies: the node watches its parent's process id.
-pub const PARENT_PID_ENV: &str = "MESHLOAD_PARENT_PID";

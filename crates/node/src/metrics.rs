@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::process::ProcessCollector;
+use meshload_process::resources::ProcessCollector;
 
 /// Content type of [`NodeMetrics::encode`]'s output.
 pub const OPENMETRICS_CONTENT_TYPE: &str =

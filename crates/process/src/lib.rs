@@ -1,11 +1,30 @@
-//! Plumbing every meshload binary and library shares, in one place.
+//! Plumbing every meshload binary and library shares, in one place: `meshload`, the
+//! node-only `meshload-node`, and the crates under them.
+//!
+//! The light parts (an error chain, why an exchange failed) are always here; what only a
+//! running process needs comes with the `process` feature (exit codes and usage errors,
+//! the runtime and signals, logs, `/proc` resource samples), so that the load generator
+//! and the fuzz targets build without it.
 //!
 //! # Layout
 //! - [`error_chain`]: an error and its causes on one line.
 //! - [`failure`]: why an HTTP exchange got no answer ([`ErrorKind`]), one vocabulary for
 //!   the load generator's results and the nodes' metrics.
+//! - `exit`: exit codes (64 usage, 2 runtime) and one-line usage errors.
+//! - `lifecycle`: the async runtime, SIGINT/SIGTERM, dying with the parent.
+//! - `logging`: logs to stderr at the level `-v`/`-q` choose.
+//! - `resources`: a process's CPU, memory and descriptors from `/proc`, and the standard
+//!   `process_*` metrics.
 
+#[cfg(feature = "process")]
+pub mod exit;
 pub mod failure;
+#[cfg(feature = "process")]
+pub mod lifecycle;
+#[cfg(feature = "process")]
+pub mod logging;
+#[cfg(feature = "process")]
+pub mod resources;
 
 pub use failure::ErrorKind;
 

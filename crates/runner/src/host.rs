@@ -83,7 +83,7 @@ impl HostMark {
     pub fn now() -> HostMark {
         HostMark {
             idle: idle_ticks(),
-            own_cpu_seconds: meshload_node::process::sample_self().map(|s| s.cpu_seconds),
+            own_cpu_seconds: meshload_process::resources::sample_self().map(|s| s.cpu_seconds),
             at: Instant::now(),
         }
     }
@@ -99,7 +99,7 @@ impl HostMark {
             let idle = b.checked_sub(a)? as f64;
             (available > 0.0).then(|| (1.0 - idle / available).clamp(0.0, 1.0))
         });
-        let own = meshload_node::process::sample_self().map(|s| s.cpu_seconds);
+        let own = meshload_process::resources::sample_self().map(|s| s.cpu_seconds);
         let loadgen_cpu_cores = match (loadgen_here, self.own_cpu_seconds, own) {
             (true, Some(a), Some(b)) if seconds > 0.0 => Some((b - a).max(0.0) / seconds),
             _ => None,

@@ -124,7 +124,7 @@ impl LocalBackend {
         cmd.args(["--listen", "127.0.0.1:0", "--name", &node.name]);
         cmd.args(node_args(node, index, plan, deployment, egress));
         cmd.env(
-            meshload_node::PARENT_PID_ENV,
+            meshload_process::lifecycle::PARENT_PID_ENV,
             std::process::id().to_string(),
         );
         cmd.env_remove("BACKENDS");

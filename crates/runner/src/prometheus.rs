@@ -68,7 +68,7 @@ impl SpawnedPrometheus {
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .env(
-                meshload_node::PARENT_PID_ENV,
+                meshload_process::lifecycle::PARENT_PID_ENV,
                 std::process::id().to_string(),
             )
             .stdin(Stdio::null())
@@ -230,7 +230,7 @@ fn exposition(containers: &[Container]) -> String {
     let mut memory = String::from("# TYPE container_memory_working_set_bytes gauge\n");
     let mut cpu = String::from("# TYPE container_cpu_usage_seconds_total counter\n");
     for c in containers {
-        let Some(sample) = meshload_node::process::sample(c.pid as i32) else {
+        let Some(sample) = meshload_process::resources::sample(c.pid as i32) else {
             continue;
         };
         let labels = format!(

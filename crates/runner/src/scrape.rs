@@ -212,7 +212,7 @@ fn record_scrape(
 /// Appends the cAdvisor-like samples of a local container's process.
 fn record_process(store: &mut Store, sampled: &mut Sampled, now: i64) {
     let c = &sampled.container;
-    let Some(sample) = meshload_node::process::sample(c.pid as i32) else {
+    let Some(sample) = meshload_process::resources::sample(c.pid as i32) else {
         for id in std::mem::take(&mut sampled.series) {
             store.append_to(id, now, stale_nan());
         }

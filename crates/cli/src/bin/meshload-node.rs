@@ -43,14 +43,14 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => return meshload_node::cli::usage_error(&err),
+        Err(err) => return meshload_process::exit::usage_error(&err),
     };
-    meshload_node::cli::init_tracing(cli.verbose, cli.quiet);
+    meshload_process::logging::init_tracing(cli.verbose, cli.quiet);
     match meshload_node::cli::serve(cli.node) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", meshload_process::error_chain(&err));
-            ExitCode::from(meshload_node::cli::RUNTIME)
+            ExitCode::from(meshload_process::exit::RUNTIME)
         }
     }
 }

@@ -16,7 +16,7 @@ mod validate;
 
 use std::process::ExitCode;
 
-use meshload_node::cli::{orphaned, shutdown_signal};
+use meshload_process::lifecycle::{orphaned, shutdown_signal};
 
 use crate::cli::Command;
 
@@ -54,7 +54,7 @@ pub fn run(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<ExitC
 /// A multi-threaded Tokio runtime for the commands that serve or send traffic.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context as _;
-    meshload_node::cli::runtime().context("cannot start the async runtime")
+    meshload_process::lifecycle::runtime().context("cannot start the async runtime")
 }
 
 /// The connection guards of meshload's own servers (the REST API and `results serve`): a

@@ -15,10 +15,10 @@ pub fn run(args: &SuperviseArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let (program, rest) = args.command.split_first().expect("clap requires a command");
         // Killed with the supervisor, even a SIGKILLed one (which could not stop it).
-        let mut command = meshload_node::cli::dies_with_parent(program);
+        let mut command = meshload_process::lifecycle::dies_with_parent(program);
         command
             .args(rest)
-            .env_remove(meshload_node::PARENT_PID_ENV)
+            .env_remove(meshload_process::lifecycle::PARENT_PID_ENV)
             .kill_on_drop(true);
         let mut child = command
             .spawn()

@@ -17,7 +17,7 @@ use super::envoy::{Sidecar, bootstrap};
 pub fn start(mesh: &EnvoyMesh, sidecar: &Sidecar, dir: &Path) -> std::io::Result<Child> {
     let config = dir.join(format!("{}.json", sidecar.pod));
     std::fs::write(&config, bootstrap(sidecar).to_string())?;
-    let mut cmd = meshload_node::cli::dies_with_parent(&mesh.envoy);
+    let mut cmd = meshload_process::lifecycle::dies_with_parent(&mesh.envoy);
     cmd.arg("-c")
         .arg(&config)
         // Two Envoys on one host collide on the hot-restart socket without it.
