@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{Limits, NodeConfig};
@@ -119,55 +119,14 @@ pub async fn serve_guarded<H, F, B>(
         }
         let _ = stream.set_nodelay(true);
         let conn = registry.open();
-        let stream = Watched::new(stream, conn.clone());
-        let handle = handle.clone();
-        let served = conn.clone();
-        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let request = served.start_request();
-            let req = req.map(|body| RequestBody::new(body, &served));
-            let response = handle(req);
-            async move {
-                // In flight until its body is sent, not only until its head is: a body that
-                // streams for minutes (a REST run) keeps its connection busy, never idle.
-                let response = response.await.map(|body| Answer {
-                    body,
-                    _request: request,
-                });
-                Ok::<_, std::convert::Infallible>(response)
-            }
-        });
-        let http = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let limits = limits.clone();
-        let mut stopping = stopping.subscribe();
-        tokio::spawn(async move {
-            tokio::pin!(http);
-            let reason = loop {
-                match watch_connection(&conn, &limits, &mut stopping, http.as_mut()).await {
-                    Watch::Ended(result) => {
-                        if let Err(err) = result {
-                            tracing::debug!(error = %err, "connection ended with an error");
-                        }
-                        return;
-                    }
-                    Watch::Close(reason) => break reason,
-                    Watch::Continue => {}
-                }
-            };
-            tracing::debug!(?reason, "closing connection");
-            if reason != Close::Stop && (!conn.may_be_answering() || conn.is_stalled()) {
-                // Silent, part of a head, or stalled on a body: nothing to finish.
-                return;
-            }
-            http.as_mut().graceful_shutdown();
-            let grace = if reason == Close::Stop {
-                limits.drain_timeout
-            } else {
-                CLOSE_GRACE
-            };
-            let _ = tokio::time::timeout(grace, http).await;
-        });
+        tokio::spawn(serve_connection(
+            stream,
+            conn,
+            &builder,
+            handle.clone(),
+            limits.clone(),
+            stopping.subscribe(),
+        ));
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
@@ -177,6 +136,72 @@ pub async fn serve_guarded<H, F, B>(
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!(timeout = ?limits.drain_timeout, "drain timed out; closing");
         }
+    }
+}
+
+/// Serves one accepted connection with `handle` until it ends, or until its guards or the
+/// server's stop close it: a connection closed by a stop gets the drain timeout to finish
+/// what it is answering, one closed by a guard a short grace, and one with nothing to
+/// finish (silent, part of a head, stalled on a body) none.
+fn serve_connection<H, F, B>(
+    stream: TcpStream,
+    conn: Arc<Conn>,
+    builder: &auto::Builder<TokioExecutor>,
+    handle: H,
+    limits: Limits,
+    mut stopping: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    H: Fn(http::Request<RequestBody>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = http::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = Watched::new(stream, conn.clone());
+    let served = conn.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let request = served.start_request();
+        let req = req.map(|body| RequestBody::new(body, &served));
+        let response = handle(req);
+        async move {
+            // In flight until its body is sent, not only until its head is: a body that
+            // streams for minutes (a REST run) keeps its connection busy, never idle.
+            let response = response.await.map(|body| Answer {
+                body,
+                _request: request,
+            });
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let http = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    async move {
+        tokio::pin!(http);
+        let reason = loop {
+            match watch_connection(&conn, &limits, &mut stopping, http.as_mut()).await {
+                Watch::Ended(result) => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "connection ended with an error");
+                    }
+                    return;
+                }
+                Watch::Close(reason) => break reason,
+                Watch::Continue => {}
+            }
+        };
+        tracing::debug!(?reason, "closing connection");
+        if reason != Close::Stop && (!conn.may_be_answering() || conn.is_stalled()) {
+            return;
+        }
+        http.as_mut().graceful_shutdown();
+        let grace = if reason == Close::Stop {
+            limits.drain_timeout
+        } else {
+            CLOSE_GRACE
+        };
+        let _ = tokio::time::timeout(grace, http).await;
     }
 }
 

@@ -464,7 +464,37 @@ pub fn write_document(
     Ok(path)
 }
 
-/// Runs the search with `runner`; `progress` gets one line per event.
+/// The trials of one step (`plan` is its first), each reported to `progress`; `None` when
+/// the search was stopped meanwhile.
+async fn run_trials(
+    spec: &SearchSpec,
+    plan: TrialPlan,
+    runner: &mut impl TrialRunner,
+    stop: &StopSignal,
+    progress: &dyn Fn(&str),
+) -> Result<Option<Vec<Trial>>, crate::BoxError> {
+    let mut trials = Vec::new();
+    for trial in 1..=spec.trials {
+        match runner.run_trial(TrialPlan { trial, ..plan }).await? {
+            Some(t) if !t.interrupted && !stop.is_stopped() => {
+                progress(&format!(
+                    "  trial {trial}/{}: {:.1} req/s achieved, p99 {} ms, errors {:.4}",
+                    spec.trials,
+                    t.achieved_qps,
+                    t.percentile(Latency::Response, 99.0)
+                        .map_or("-".to_string(), |v| format!("{v:.3}")),
+                    t.error_ratio
+                ));
+                trials.push(t);
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(trials))
+}
+
+/// Runs the search with `runner`: a rate per step, from the search's bracketing, decided
+/// by its trials; `progress` gets one line per event.
 pub async fn run(
     spec: &SearchSpec,
     runner: &mut impl TrialRunner,
@@ -475,7 +505,7 @@ pub async fn run(
     let mut steps: Vec<Step> = Vec::new();
     let mut service_p90: Option<Duration> = None;
     let mut interrupted = false;
-    'steps: while let Some(qps) = search.next_rate() {
+    while let Some(qps) = search.next_rate() {
         let index = steps.len() as u32 + 1;
         let connections = connections_for(qps, spec.connections, service_p90);
         let (pass, fail) = search.interval();
@@ -485,34 +515,18 @@ pub async fn run(
             shown(pass),
             shown(fail)
         ));
-        let mut trials = Vec::new();
-        for trial in 1..=spec.trials {
-            let plan = TrialPlan {
-                step: index,
-                trial,
-                qps,
-                connections,
-                warmup: spec.warmup,
-                duration: spec.trial_duration,
-            };
-            match runner.run_trial(plan).await? {
-                Some(t) if !t.interrupted && !stop.is_stopped() => {
-                    progress(&format!(
-                        "  trial {trial}/{}: {:.1} req/s achieved, p99 {} ms, errors {:.4}",
-                        spec.trials,
-                        t.achieved_qps,
-                        t.percentile(Latency::Response, 99.0)
-                            .map_or("-".to_string(), |v| format!("{v:.3}")),
-                        t.error_ratio
-                    ));
-                    trials.push(t);
-                }
-                _ => {
-                    interrupted = true;
-                    break 'steps;
-                }
-            }
-        }
+        let plan = TrialPlan {
+            step: index,
+            trial: 1,
+            qps,
+            connections,
+            warmup: spec.warmup,
+            duration: spec.trial_duration,
+        };
+        let Some(trials) = run_trials(spec, plan, runner, stop, progress).await? else {
+            interrupted = true;
+            break;
+        };
         let step = Step::decide(index, qps, trials, spec);
         service_p90 = median(
             step.trials
