@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use meshload_node::cli::{NodeArgs, parse_duration};
+use meshload_config::reader::duration_arg;
+use meshload_node::cli::NodeArgs;
 
 /// meshload: what does your service mesh cost under load?
 ///
@@ -175,7 +176,7 @@ pub struct QueryArgs {
     #[arg(long, value_name = "TIME")]
     pub end: Option<String>,
     /// Step of a range query.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration_arg)]
     pub step: Duration,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
@@ -190,7 +191,7 @@ pub struct QueryArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
     /// Give up an evaluation over a stored run after this long (Prometheus's default).
-    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = duration_arg)]
     pub timeout: Duration,
 }
 
@@ -277,7 +278,7 @@ pub struct SearchArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub trials: u32,
     /// Length of each measured trial (at least 1s).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration_arg)]
     pub trial_duration: Duration,
     /// Discarded load before each trial.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration_or_zero)]
@@ -286,7 +287,7 @@ pub struct SearchArgs {
     #[arg(short = 'c', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_CONNECTIONS))]
     pub connections: Option<u32>,
     /// Per-request timeout.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = duration_arg)]
     pub timeout: Duration,
     /// Extra request header, `Name: value` (repeatable).
     #[arg(short = 'H', value_name = "HEADER")]
@@ -385,7 +386,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "PATH")]
     pub payload_file: Option<std::path::PathBuf>,
     /// Timeout of one request.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = duration_arg)]
     pub timeout: Duration,
     /// Free-form labels stored in the result.
     #[arg(long, value_name = "TEXT", default_value = "")]
@@ -423,7 +424,7 @@ fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         Ok(Duration::ZERO)
     } else {
-        parse_duration(s)
+        duration_arg(s)
     }
 }
 
@@ -575,7 +576,7 @@ pub struct RunArgs {
     pub max_host_busy: f64,
     /// A run whose load generator lagged its schedule by more than this at p99 is flagged
     /// `host saturated`, and not compared.
-    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = duration_arg)]
     pub max_schedule_lag: Duration,
     /// Refuse topologies where one request causes more backend requests than this.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_AMPLIFICATION)]
@@ -601,7 +602,7 @@ pub struct RunArgs {
         long,
         value_name = "DURATION",
         default_value = DEFAULT_ROLLOUT_TIMEOUT,
-        value_parser = parse_duration,
+        value_parser = duration_arg,
         help_heading = K8S_HEADING
     )]
     pub rollout_timeout: Duration,
@@ -897,7 +898,7 @@ pub struct ServeArgs {
     /// While a run goes on, send a space this often ahead of its JSON result (JSON allows
     /// leading whitespace), so that idle timeouts of proxies, load balancers and
     /// port-forwards do not cut long runs.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration_arg)]
     pub keepalive: Duration,
     /// Trust the CA certificates of this PEM file for https:// runs that give no `cacert`
     /// of their own. Read once at start: a request gives its CA as PEM text, never as a

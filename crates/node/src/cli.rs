@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use meshload_config::reader::duration_arg;
 use meshload_process::lifecycle::{orphaned, runtime, shutdown_signal};
 
 use crate::behaviour::{Behaviour, ErrorRate, Latency};
@@ -26,11 +27,6 @@ pub const BUILD: &str = concat!(
     env!("MESHLOAD_NODE_SOURCES"),
     ")"
 );
-
-/// Parses a duration such as `500ms`, `3s` or `1m30s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    meshload_config::reader::duration_arg(s)
-}
 
 /// A comma-separated backend list (a newtype: clap would read a `Vec` as a repeated flag).
 #[derive(Debug, Clone)]
@@ -124,7 +120,7 @@ pub struct NodeArgs {
     #[arg(long, env = "MESHLOAD_SEED")]
     pub seed: Option<u64>,
     /// Timeout of each backend call (connect, response and body).
-    #[arg(long, value_name = "DURATION", env = "MESHLOAD_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "MESHLOAD_TIMEOUT", default_value = "3s", value_parser = duration_arg)]
     pub timeout: Duration,
     /// How backends are called: parallel or sequential.
     #[arg(
@@ -143,18 +139,18 @@ pub struct NodeArgs {
     #[arg(long, value_name = "BYTES", env = "MESHLOAD_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
     /// Longest time one request may take, backend calls included, before a 504.
-    #[arg(long, value_name = "DURATION", env = "MESHLOAD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "MESHLOAD_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration_arg)]
     pub request_timeout: Duration,
     /// Time a new connection has to send a whole request head; a silent or slow client is
     /// disconnected after it.
-    #[arg(long, value_name = "DURATION", env = "MESHLOAD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "MESHLOAD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
     pub header_read_timeout: Duration,
     /// Time a keep-alive connection may stay idle between requests. At --max-connections,
     /// the longest-idle connection is closed at once to make way for a new client.
-    #[arg(long, value_name = "DURATION", env = "MESHLOAD_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "MESHLOAD_IDLE_TIMEOUT", default_value = "5m", value_parser = duration_arg)]
     pub idle_timeout: Duration,
     /// Time a client has to send a request body once its head arrived, before a 408.
-    #[arg(long, value_name = "DURATION", env = "MESHLOAD_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "MESHLOAD_BODY_READ_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
     pub body_read_timeout: Duration,
     /// Pin a backend's HOST:PORT to addresses (its replicas), called round-robin with the
     /// name kept as Host, like a Kubernetes Service: HOST:PORT=ADDR[,ADDR...] (repeatable;
@@ -167,7 +163,7 @@ pub struct NodeArgs {
     )]
     pub resolve: Vec<crate::Resolve>,
     /// Longest wait for in-flight requests when stopping.
-    #[arg(long, value_name = "DURATION", env = "MESHLOAD_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "MESHLOAD_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
     pub drain_timeout: Duration,
     /// Serve at most this many requests per second (a target of known capacity, for
     /// `meshload search` to find); beyond it see --capacity-mode.
