@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 fn main() {
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let mut files = vec![root.join("build.rs")];
-    for krate in [root.clone(), root.join("../config"), root.join("../process")] {
+    for krate in [
+        root.clone(),
+        root.join("../config"),
+        root.join("../process"),
+    ] {
         files.push(krate.join("Cargo.toml"));
         collect(&krate.join("src"), &mut files);
     }
@@ -24,7 +28,11 @@ fn main() {
         hash.write(&std::fs::read(file).unwrap_or_default());
         println!("cargo:rerun-if-changed={}", file.display());
     }
-    for krate in [root.clone(), root.join("../config"), root.join("../process")] {
+    for krate in [
+        root.clone(),
+        root.join("../config"),
+        root.join("../process"),
+    ] {
         println!("cargo:rerun-if-changed={}", krate.join("src").display());
     }
     println!(
