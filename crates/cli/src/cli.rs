@@ -506,8 +506,8 @@ window and the run is stored as <store>/<test_name>/<YYYYMMDDHHMMSS>/ (config.js
 <metric>.csv, metadata.json, per_second.csv, samples.jsonl). Nodes are always stopped at the end.
 
 With --backend k8s the same config runs on the kubeconfig's cluster (kube-rs, no kubectl): the \
-manifests of `meshload k8s render` are server-side applied (with --mesh none, istio, linkerd or \
-appmesh), every rollout is awaited (--rollout-timeout; on timeout the pods not ready and their \
+manifests of `meshload k8s render` are server-side applied (with --mesh none, istio, \
+istio-ambient, linkerd or appmesh), every rollout is awaited (--rollout-timeout; on timeout the pods not ready and their \
 last events are named), the load generator in the cluster is port-forwarded and runs the \
 connectivity check and each test through its Fortio REST API, metric queries go to the \
 cluster's Prometheus through a port-forward (--prometheus-service), metadata.json records the \
@@ -1005,7 +1005,8 @@ pub struct K8sDeployArgs {
     /// as IsTLSEnabled/IsmTLSEnabled say); `run` takes a list, `none,envoy`, brings each
     /// arm up, runs every test under each (interleaved with --repeat), then shows what the
     /// mesh costs; a mesh named twice (`none,none`) is an A/A check. On Kubernetes: one of
-    /// none, istio, linkerd or appmesh.
+    /// none, istio (sidecars), istio-ambient (ztunnel; with --waypoint a waypoint too),
+    /// linkerd or appmesh.
     #[arg(
         long,
         value_parser = mesh_parser(),
@@ -1032,4 +1033,12 @@ pub struct K8sDeployArgs {
     /// Memory limit of each node container.
     #[arg(long, value_name = "QUANTITY")]
     pub memory_limit: Option<String>,
+    /// With --mesh istio-ambient: a waypoint (Istio's L7 proxy, a Gateway of class
+    /// istio-waypoint) that every call to the namespace's services passes.
+    #[arg(long)]
+    pub waypoint: bool,
+    /// With --mesh linkerd: Linkerd's proxy as a classic sidecar container (default: a
+    /// native sidecar, an init container that keeps running; Kubernetes 1.29 and later).
+    #[arg(long)]
+    pub linkerd_classic_sidecar: bool,
 }

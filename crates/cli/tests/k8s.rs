@@ -1,6 +1,7 @@
 //! `meshload k8s render`: golden files per mesh, core objects checked by
-//! kubernetes-validate --strict (PyPI, offline schemas, installed by scripts/test), App Mesh
-//! objects checked against the openAPIV3Schema of their CRDs (../shared/k8s).
+//! kubernetes-validate --strict (PyPI, offline schemas, installed by scripts/test), App Mesh,
+//! Istio and Gateway API objects checked against the openAPIV3Schema of their CRDs
+//! (../shared/k8s).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use common::run;
 use serde_json::Value;
 
-const MESHES: [&str; 4] = ["none", "istio", "linkerd", "appmesh"];
+const MESHES: [&str; 5] = ["none", "istio", "istio-ambient", "linkerd", "appmesh"];
 const CONFIGS: [&str; 2] = ["seed", "quickstart"];
 
 fn repo() -> PathBuf {
@@ -86,10 +87,21 @@ fn every_object_is_labelled_and_meshes_get_their_injection() {
         assert_eq!(ns["kind"], "Namespace");
         match mesh {
             "istio" => assert_eq!(ns["metadata"]["labels"]["istio-injection"], "enabled"),
-            "linkerd" => assert_eq!(
-                ns["metadata"]["annotations"]["linkerd.io/inject"],
-                "enabled"
-            ),
+            "istio-ambient" => {
+                assert_eq!(
+                    ns["metadata"]["labels"]["istio.io/dataplane-mode"],
+                    "ambient"
+                );
+                assert!(ns["metadata"]["labels"]["istio.io/use-waypoint"].is_null());
+            }
+            "linkerd" => {
+                let annotations = &ns["metadata"]["annotations"];
+                assert_eq!(annotations["linkerd.io/inject"], "enabled");
+                assert_eq!(
+                    annotations["config.alpha.linkerd.io/proxy-enable-native-sidecar"],
+                    "true"
+                );
+            }
             "appmesh" => assert_eq!(
                 ns["metadata"]["labels"]["appmesh.k8s.aws/sidecarInjectorWebhook"],
                 "enabled"
@@ -156,38 +168,61 @@ fn core_objects_pass_kubernetes_validate_strict() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn app_mesh_objects_validate_against_their_crds() {
-    let crds = std::fs::read_to_string(common::shared("k8s/appmesh-crds.yaml")).unwrap();
+/// The openAPIV3Schema of every version of every CRD in `file` (../shared/k8s), by
+/// (apiVersion, kind).
+fn crd_schemas(file: &str) -> std::collections::HashMap<(String, String), Value> {
+    let crds = std::fs::read_to_string(common::shared(file)).unwrap();
     let mut schemas = std::collections::HashMap::new();
     for doc in crds
         .split("\n---")
         .filter(|d| d.contains("kind: CustomResourceDefinition"))
     {
         let crd: Value = serde_saphyr::from_str(doc).unwrap();
-        let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_string();
-        schemas.insert(
-            kind,
-            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone(),
-        );
+        let (group, kind) = (&crd["spec"]["group"], &crd["spec"]["names"]["kind"]);
+        for version in crd["spec"]["versions"].as_array().unwrap() {
+            let api_version = format!(
+                "{}/{}",
+                group.as_str().unwrap(),
+                version["name"].as_str().unwrap()
+            );
+            schemas.insert(
+                (api_version, kind.as_str().unwrap().to_string()),
+                version["schema"]["openAPIV3Schema"].clone(),
+            );
+        }
     }
+    schemas
+}
+
+/// The schema errors of `doc` (none when its kind has no schema in `schemas`), and
+/// whether it had one.
+fn schema_errors(
+    schemas: &std::collections::HashMap<(String, String), Value>,
+    doc: &Value,
+) -> Option<Vec<String>> {
+    let key = (
+        doc["apiVersion"].as_str().unwrap().to_string(),
+        doc["kind"].as_str().unwrap().to_string(),
+    );
+    let validator = jsonschema::validator_for(schemas.get(&key)?).unwrap();
+    Some(
+        validator
+            .iter_errors(doc)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect(),
+    )
+}
+
+#[test]
+fn app_mesh_objects_validate_against_their_crds() {
+    let schemas = crd_schemas("k8s/appmesh-crds.yaml");
     let mut checked = 0;
     for config in CONFIGS {
         for doc in documents(&render(config, "appmesh")) {
-            let kind = doc["kind"].as_str().unwrap();
-            let Some(schema) = schemas.get(kind) else {
+            let Some(errors) = schema_errors(&schemas, &doc) else {
                 continue;
             };
-            let validator = jsonschema::validator_for(schema).unwrap();
-            let errors: Vec<String> = validator
-                .iter_errors(&doc)
-                .map(|e| format!("{e} at {}", e.instance_path()))
-                .collect();
-            assert!(
-                errors.is_empty(),
-                "{kind} {}: {errors:#?}",
-                doc["metadata"]["name"]
-            );
+            assert!(errors.is_empty(), "{doc}: {errors:#?}");
             checked += 1;
         }
     }
@@ -200,11 +235,123 @@ fn app_mesh_objects_validate_against_their_crds() {
         .find(|d| d["kind"] == "VirtualNode")
         .unwrap();
     bad["spec"]["listeners"][0]["portMapping"] = serde_json::json!({"protocol": "http"});
-    assert!(
-        !jsonschema::validator_for(&schemas["VirtualNode"])
-            .unwrap()
-            .is_valid(&bad)
+    assert!(!schema_errors(&schemas, &bad).unwrap().is_empty());
+}
+
+#[test]
+fn istio_and_gateway_api_objects_validate_against_their_crds() {
+    let mut schemas = crd_schemas("k8s/istio-crds.yaml");
+    schemas.extend(crd_schemas("k8s/gateway-api-crds.yaml"));
+    let dir = common::temp_dir("k8s-istio");
+    // IsmTLSEnabled: Istio refuses plain text between the workloads.
+    let config = common::write_config(
+        &dir,
+        r#"{"IsTLSEnabled": "true", "IsmTLSEnabled": "true", "backends_map": {"a": ["b"], "b": []}}"#,
     );
+    let rendered = |flags: &[&str]| {
+        let mut args = vec!["k8s", "render", config.to_str().unwrap(), "--run-id", "r1"];
+        args.extend_from_slice(flags);
+        let out = run(&args, &[]);
+        assert!(
+            out.status.success(),
+            "{flags:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        documents(&String::from_utf8_lossy(&out.stdout))
+    };
+    let kinds = |docs: &[Value]| -> Vec<String> {
+        docs.iter()
+            .filter(|d| schema_errors(&schemas, d).is_some())
+            .map(|d| d["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (flags, expected) in [
+        (&["--mesh", "istio"][..], &["PeerAuthentication"][..]),
+        (&["--mesh", "istio-ambient"], &["PeerAuthentication"]),
+        (
+            &["--mesh", "istio-ambient", "--waypoint"],
+            &["PeerAuthentication", "Gateway"],
+        ),
+        (&["--mesh", "linkerd"], &[]),
+    ] {
+        let docs = rendered(flags);
+        assert_eq!(kinds(&docs), expected, "{flags:?}");
+        for doc in &docs {
+            if let Some(errors) = schema_errors(&schemas, doc) {
+                assert!(errors.is_empty(), "{flags:?} {doc}: {errors:#?}");
+            }
+        }
+        let ns = &docs[0];
+        if flags.contains(&"--waypoint") {
+            assert_eq!(
+                ns["metadata"]["labels"]["istio.io/use-waypoint"],
+                "waypoint"
+            );
+            let gateway = docs.iter().find(|d| d["kind"] == "Gateway").unwrap();
+            assert_eq!(gateway["metadata"]["name"], "waypoint");
+            assert_eq!(gateway["spec"]["gatewayClassName"], "istio-waypoint");
+            assert_eq!(
+                gateway["metadata"]["labels"]["istio.io/waypoint-for"],
+                "service"
+            );
+            assert_eq!(
+                gateway["spec"]["listeners"],
+                serde_json::json!([{"name": "mesh", "port": 15008, "protocol": "HBONE"}])
+            );
+        }
+    }
+    let strict = rendered(&["--mesh", "istio"])
+        .into_iter()
+        .find(|d| d["kind"] == "PeerAuthentication")
+        .unwrap();
+    assert_eq!(strict["spec"]["mtls"]["mode"], "STRICT");
+    assert_eq!(strict["metadata"]["namespace"], "tls-e2e");
+    // The schemas do catch mistakes: an unknown mode, a listener without a port.
+    let mut bad = strict.clone();
+    bad["spec"]["mtls"]["mode"] = "SOMETIMES".into();
+    assert!(!schema_errors(&schemas, &bad).unwrap().is_empty());
+    let mut bad = rendered(&["--mesh", "istio-ambient", "--waypoint"])
+        .into_iter()
+        .find(|d| d["kind"] == "Gateway")
+        .unwrap();
+    bad["spec"]["listeners"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("port");
+    assert!(!schema_errors(&schemas, &bad).unwrap().is_empty());
+    // Without IsmTLSEnabled, no PeerAuthentication: Istio's default stands.
+    let plain = common::write_config(&dir, r#"{"backends_map": {"a": []}}"#);
+    let out = run(
+        &["k8s", "render", plain.to_str().unwrap(), "--mesh", "istio"],
+        &[],
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PeerAuthentication"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn mesh_flags_that_do_not_fit_the_mesh_are_usage_errors() {
+    let config = repo().join("examples/seed.json");
+    let config = config.to_str().unwrap();
+    for (flags, says) in [
+        (
+            &["k8s", "render", config, "--mesh", "istio", "--waypoint"][..],
+            "--waypoint applies to --mesh istio-ambient, not istio",
+        ),
+        (
+            &["k8s", "render", config, "--linkerd-classic-sidecar"],
+            "--linkerd-classic-sidecar applies to --mesh linkerd, not none",
+        ),
+        (
+            &["run", config, "--mesh", "istio-ambient", "--waypoint"],
+            "--waypoint only applies with --backend k8s",
+        ),
+    ] {
+        let out = run(flags, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
 }
 
 /// Needs a cluster: `KUBECONFIG=... cargo test -p meshload --test k8s -- --ignored`, with a

@@ -12,8 +12,10 @@ pub enum Mesh {
     None,
     /// Envoy sidecars on the local backend.
     Envoy,
-    /// Istio (Kubernetes).
+    /// Istio with sidecars (Kubernetes).
     Istio,
+    /// Istio's ambient mode (Kubernetes): a ztunnel per node, waypoints with `--waypoint`.
+    IstioAmbient,
     /// Linkerd (Kubernetes).
     Linkerd,
     /// AWS App Mesh (Kubernetes).
@@ -22,10 +24,11 @@ pub enum Mesh {
 
 impl Mesh {
     /// Every mesh, in the order help lists them.
-    pub const ALL: [Mesh; 5] = [
+    pub const ALL: [Mesh; 6] = [
         Mesh::None,
         Mesh::Envoy,
         Mesh::Istio,
+        Mesh::IstioAmbient,
         Mesh::Linkerd,
         Mesh::AppMesh,
     ];
@@ -36,6 +39,7 @@ impl Mesh {
             Mesh::None => "none",
             Mesh::Envoy => "envoy",
             Mesh::Istio => "istio",
+            Mesh::IstioAmbient => "istio-ambient",
             Mesh::Linkerd => "linkerd",
             Mesh::AppMesh => "appmesh",
         }
@@ -87,7 +91,7 @@ mod tests {
         }
         let err = "kuma".parse::<Mesh>().expect_err("not a mesh");
         assert!(
-            err.contains("none, envoy, istio, linkerd, appmesh"),
+            err.contains("none, envoy, istio, istio-ambient, linkerd, appmesh"),
             "{err}"
         );
     }

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, K8sError, Restarts, ServiceRef};
 use crate::forward::Forward;
-use crate::render::{LOADGEN, LOADGEN_PORT, LoadGen, RenderOptions, deployment_name, render};
+use crate::render::{LOADGEN, LOADGEN_PORT, LoadGen, Mesh, RenderOptions, deployment_name, render};
 
 /// How long a stopped load generator may take to answer with its partial result.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -445,6 +445,17 @@ impl Backend for K8sBackend {
             self.version.clone().unwrap_or_default().into(),
         );
         facts.insert("mesh".into(), r.mesh.to_string().into());
+        if r.mesh == Mesh::IstioAmbient {
+            facts.insert("waypoint".into(), r.waypoint.into());
+        }
+        if r.mesh == Mesh::Linkerd {
+            let sidecar = if r.linkerd_native_sidecar {
+                "native"
+            } else {
+                "classic"
+            };
+            facts.insert("linkerd_sidecar".into(), sidecar.into());
+        }
         facts.insert("namespace".into(), r.namespace.clone().into());
         facts.insert("image".into(), r.image.clone().into());
         facts.insert(

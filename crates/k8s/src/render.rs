@@ -1,8 +1,9 @@
-//! The Kubernetes objects of a config, for no mesh, Istio, Linkerd or App Mesh: what the
-//! seed's controller test created (per node a Deployment `node-<name>`, Services
-//! `node-<name>` and `service-<name>` on 9080, and for App Mesh a Mesh, VirtualNode and
-//! VirtualService), plus the load generator. Every object carries
-//! `app.kubernetes.io/managed-by: meshload` and the run's id.
+//! The Kubernetes objects of a config, for no mesh, Istio (sidecars or ambient), Linkerd or
+//! App Mesh: what the seed's controller test created (per node a Deployment `node-<name>`,
+//! Services `node-<name>` and `service-<name>` on 9080, and for App Mesh a Mesh,
+//! VirtualNode and VirtualService), plus the load generator; for Istio with
+//! `IsmTLSEnabled` a STRICT PeerAuthentication, and for ambient with a waypoint its
+//! Gateway. Every object carries `app.kubernetes.io/managed-by: meshload` and the run's id.
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,6 +28,9 @@ pub enum Mesh {
     None,
     /// Istio (sidecar injection by namespace label).
     Istio,
+    /// Istio's ambient mode (the namespace labelled for ambient; a waypoint with
+    /// [`RenderOptions::waypoint`]).
+    IstioAmbient,
     /// Linkerd (injection by namespace annotation).
     Linkerd,
     /// AWS App Mesh (Mesh, VirtualNodes, VirtualServices; injection by namespace labels).
@@ -41,9 +45,10 @@ impl TryFrom<meshload_config::Mesh> for Mesh {
         match mesh {
             Any::None => Ok(Mesh::None),
             Any::Istio => Ok(Mesh::Istio),
+            Any::IstioAmbient => Ok(Mesh::IstioAmbient),
             Any::Linkerd => Ok(Mesh::Linkerd),
             Any::AppMesh => Ok(Mesh::AppMesh),
-            Any::Envoy => Err("--mesh envoy is the local backend's mesh; on Kubernetes use appmesh (App Mesh's Envoy), istio or linkerd".to_string()),
+            Any::Envoy => Err("--mesh envoy is the local backend's mesh; on Kubernetes use appmesh (App Mesh's Envoy), istio, istio-ambient or linkerd".to_string()),
         }
     }
 }
@@ -53,6 +58,7 @@ impl From<Mesh> for meshload_config::Mesh {
         match mesh {
             Mesh::None => meshload_config::Mesh::None,
             Mesh::Istio => meshload_config::Mesh::Istio,
+            Mesh::IstioAmbient => meshload_config::Mesh::IstioAmbient,
             Mesh::Linkerd => meshload_config::Mesh::Linkerd,
             Mesh::AppMesh => meshload_config::Mesh::AppMesh,
         }
@@ -116,7 +122,38 @@ pub struct RenderOptions {
     pub run_id: String,
     /// Node container resources.
     pub resources: Resources,
+    /// With [`Mesh::IstioAmbient`]: a waypoint (an L7 proxy) for the namespace's services.
+    pub waypoint: bool,
+    /// With [`Mesh::Linkerd`]: Linkerd's proxy as a native sidecar (an init container
+    /// that keeps running, Kubernetes 1.29 and later), else as a classic one.
+    pub linkerd_native_sidecar: bool,
 }
+
+impl RenderOptions {
+    /// Options that do not fit the mesh, in words.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.waypoint && self.mesh != Mesh::IstioAmbient {
+            out.push(format!(
+                "--waypoint applies to --mesh istio-ambient, not {}",
+                self.mesh
+            ));
+        }
+        if !self.linkerd_native_sidecar && self.mesh != Mesh::Linkerd {
+            out.push(format!(
+                "--linkerd-classic-sidecar applies to --mesh linkerd, not {}",
+                self.mesh
+            ));
+        }
+        out
+    }
+}
+
+/// The waypoint's name (`istioctl waypoint apply`'s default), as the namespace's
+/// `istio.io/use-waypoint` names it.
+pub const WAYPOINT: &str = "waypoint";
+/// Istio's port for HBONE, the waypoint's one listener.
+pub const HBONE_PORT: u16 = 15008;
 
 /// The Fortio image used with `--loadgen fortio`.
 pub const FORTIO_IMAGE: &str = "fortio/fortio:latest";
@@ -148,6 +185,28 @@ pub fn mesh_name(opts: &RenderOptions) -> String {
 /// Every object, in apply order (namespace and mesh first).
 pub fn render(config: &Config, opts: &RenderOptions) -> Vec<Value> {
     let mut out = vec![namespace(opts)];
+    let istio = matches!(opts.mesh, Mesh::Istio | Mesh::IstioAmbient);
+    if istio && config.mtls {
+        // IsmTLSEnabled: plain text refused between the workloads (Istio's default,
+        // PERMISSIVE, takes both).
+        out.push(json!({
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": meta("default", opts, &[]),
+            "spec": {"mtls": {"mode": "STRICT"}},
+        }));
+    }
+    if opts.mesh == Mesh::IstioAmbient && opts.waypoint {
+        out.push(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": meta(WAYPOINT, opts, &[("istio.io/waypoint-for", "service")]),
+            "spec": {
+                "gatewayClassName": "istio-waypoint",
+                "listeners": [{"name": "mesh", "port": HBONE_PORT, "protocol": "HBONE"}],
+            },
+        }));
+    }
     if opts.mesh == Mesh::AppMesh {
         out.push(json!({
             "apiVersion": "appmesh.k8s.aws/v1beta2",
@@ -193,8 +252,18 @@ fn namespace(opts: &RenderOptions) -> Value {
         Mesh::Istio => {
             metadata["labels"]["istio-injection"] = "enabled".into();
         }
+        Mesh::IstioAmbient => {
+            metadata["labels"]["istio.io/dataplane-mode"] = "ambient".into();
+            if opts.waypoint {
+                metadata["labels"]["istio.io/use-waypoint"] = WAYPOINT.into();
+            }
+        }
         Mesh::Linkerd => {
             metadata["annotations"] = json!({"linkerd.io/inject": "enabled"});
+            if opts.linkerd_native_sidecar {
+                metadata["annotations"]["config.alpha.linkerd.io/proxy-enable-native-sidecar"] =
+                    "true".into();
+            }
         }
         Mesh::AppMesh => {
             metadata["labels"]["mesh"] = mesh_name(opts).into();

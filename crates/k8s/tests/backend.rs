@@ -149,6 +149,8 @@ fn settings(timeout: Duration) -> K8sSettings {
             loadgen: LoadGen::Meshload,
             run_id: "r1".into(),
             resources: Default::default(),
+            waypoint: false,
+            linkerd_native_sidecar: true,
         },
         rollout_timeout: timeout,
         prometheus: None,

@@ -45,6 +45,8 @@ fn objects() -> Vec<Value> {
         loadgen: meshload_k8s::LoadGen::Meshload,
         run_id: "r1".into(),
         resources: Default::default(),
+        waypoint: false,
+        linkerd_native_sidecar: true,
     };
     meshload_k8s::render(&config, &opts)
 }

@@ -27,6 +27,10 @@ pub fn render(args: &K8sRenderArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| meshload_store::run_id(std::time::SystemTime::now())),
     );
+    let problems = opts.problems();
+    if !problems.is_empty() {
+        return Err(Exit::usage(problems.join("\n")).into());
+    }
     let objects = meshload_k8s::render(&config, &opts);
     let yaml =
         meshload_k8s::to_yaml(&objects).map_err(|e| anyhow::anyhow!("cannot write YAML: {e}"))?;
@@ -53,6 +57,8 @@ pub fn render_options(
             cpu_limit: deploy.cpu_limit.clone(),
             memory_limit: deploy.memory_limit.clone(),
         },
+        waypoint: deploy.waypoint,
+        linkerd_native_sidecar: !deploy.linkerd_classic_sidecar,
     }
 }
 

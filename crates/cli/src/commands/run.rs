@@ -76,18 +76,18 @@ impl RunRequest {
                 None
             }
         };
+        let render =
+            super::k8s::render_options(&args.deploy, mesh, config.namespace.clone(), run_id);
+        if on_cluster {
+            problems.extend(render.problems());
+        }
         if !problems.is_empty() {
             return Err(Exit::usage(problems.join("\n")));
         }
         let settings = run_settings(&args, &config, exe)?;
         let local_meshes = local_meshes(&args, &config, &meshes, on_cluster)?;
-        let k8s = on_cluster.then(|| K8sSettings {
-            render: super::k8s::render_options(
-                &args.deploy,
-                mesh,
-                config.namespace.clone(),
-                run_id,
-            ),
+        let k8s = on_cluster.then_some(K8sSettings {
+            render,
             rollout_timeout: args.rollout_timeout,
             prometheus,
         });
