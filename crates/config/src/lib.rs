@@ -13,6 +13,8 @@
 //! - [`mesh`]: the meshes, one type for configs, flags, backends and results.
 //! - [`model`]: the validated types the rest of meshload takes.
 //! - [`parse`]: value to config, with every problem reported.
+//! - [`proxies`]: where each mesh's proxies run (their containers' series), the presets
+//!   a run measures proxies by.
 //! - [`query_limits`]: how long, deep and operator-heavy a PromQL query may be (the
 //!   config's metrics and every query the engine parses).
 //! - [`reader`]: path-tracking helpers and Go-style durations.
@@ -28,6 +30,7 @@ pub mod limits;
 pub mod mesh;
 pub mod model;
 pub mod parse;
+pub mod proxies;
 pub mod query_limits;
 pub mod reader;
 pub mod search;

@@ -15,6 +15,8 @@ use crate::runs::Run;
 
 /// The key prefix of a sidecar's figures (a node's Envoys).
 const SIDECAR: &str = "envoy_";
+/// The prefix of a shared proxy's figures (`shared_cpu:ztunnel`).
+const SHARED: &str = "shared_";
 
 /// One compared figure: the contract of `run --json` (`mesh_cost[].figures[]`) and
 /// `compare --json` (`figures[]`).
@@ -133,6 +135,7 @@ fn run_values(run: &Run, warnings: &mut Vec<String>) -> Vec<(String, String, f64
     for (prefix, of, resources) in [
         ("", "node {}", resources.nodes),
         (SIDECAR, "node {}'s sidecars", resources.sidecars),
+        (SHARED, "the {} proxies (shared)", resources.shared),
     ] {
         for (node, r) in resources {
             let what = of.replace("{}", &node);
@@ -231,7 +234,9 @@ pub fn compare(a: &[Run], b: &[Run], paired: bool) -> Comparison {
             // A sidecar that only one arm has costs nothing in the other.
             let absent = |v: &BTreeMap<String, Vec<f64>>, runs: &[Run]| match v.get(&key) {
                 Some(v) => v.clone(),
-                None if key.starts_with(SIDECAR) => vec![0.0; runs.len()],
+                None if key.starts_with(SIDECAR) || key.starts_with(SHARED) => {
+                    vec![0.0; runs.len()]
+                }
                 None => vec![f64::NAN; runs.len()],
             };
             let (xa, xb) = (absent(&va, a), absent(&vb, b));
@@ -509,7 +514,10 @@ fn resource_points(runs: &[&Run]) -> BTreeMap<(String, String), Vec<(f64, f64)>>
     for run in runs {
         let krps = run.fortio.actual_qps / 1000.0;
         for (key, label, v) in run_values(run, &mut Vec::new()) {
-            let resource = key.strip_prefix(SIDECAR).unwrap_or(&key);
+            let resource = key
+                .strip_prefix(SIDECAR)
+                .or_else(|| key.strip_prefix(SHARED))
+                .unwrap_or(&key);
             if Key::Memory.bounds(resource) || Key::Cpu.bounds(resource) {
                 points.entry((key, label)).or_default().push((krps, v));
             }

@@ -17,7 +17,7 @@ pub use envoy::TlsMode;
 /// The `job` label of the sidecars' `/stats/prometheus`, as the seed's Prometheus had it.
 pub const ENVOY_JOB: &str = "appmesh-envoy";
 /// The container name of a sidecar, as App Mesh's injector names it.
-pub const ENVOY_CONTAINER: &str = "envoy";
+pub const ENVOY_CONTAINER: &str = meshload_config::proxies::ENVOY_SIDECAR;
 
 /// How the local backend's mesh of Envoy sidecars is set up.
 #[derive(Debug, Clone)]
