@@ -89,7 +89,23 @@ impl RunCa {
     /// A certificate for `dns_name` (server and client use), as `<stem>.pem` and
     /// `<stem>-key.pem`.
     pub fn issue(&self, stem: &str, dns_name: &str) -> Result<TlsFiles, CertError> {
+        self.issue_for(stem, dns_name, &[])
+    }
+
+    /// The same, naming the workloads it speaks for too (`spiffe://...` URIs, as Istio's
+    /// identities are): a node proxy's.
+    pub fn issue_for(
+        &self,
+        stem: &str,
+        dns_name: &str,
+        uris: &[String],
+    ) -> Result<TlsFiles, CertError> {
         let mut params = CertificateParams::new(vec![dns_name.to_string()])?;
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(uri.as_str().try_into()?));
+        }
         params.distinguished_name.push(DnType::CommonName, dns_name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,

@@ -117,11 +117,13 @@ pub fn virtual_node(node: &str) -> String {
     meshload_config::service::workload_name(node)
 }
 
-fn socket(addr: SocketAddr) -> Value {
+/// An Envoy socket address.
+pub(crate) fn socket(addr: SocketAddr) -> Value {
     json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
 }
 
-fn static_cluster(name: &str, endpoints: &[SocketAddr], tls: Option<Value>) -> Value {
+/// A statically addressed cluster, round-robin, with circuit breakers out of the way.
+pub(crate) fn static_cluster(name: &str, endpoints: &[SocketAddr], tls: Option<Value>) -> Value {
     let lb_endpoints: Vec<Value> = endpoints
         .iter()
         .map(|a| json!({"endpoint": {"address": socket(*a)}}))
@@ -150,12 +152,17 @@ fn http_manager(stat_prefix: &str, virtual_hosts: Vec<Value>) -> Value {
             "stat_prefix": stat_prefix,
             "codec_type": "AUTO",
             "route_config": {"name": stat_prefix, "virtual_hosts": virtual_hosts},
-            "http_filters": [{
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-            }],
+            "http_filters": http_filters(),
         },
     })
+}
+
+/// The HTTP filters of every connection manager: the router alone.
+pub(crate) fn http_filters() -> Value {
+    json!([{
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }])
 }
 
 fn route_all(name: &str, domains: Vec<String>, cluster: &str) -> Value {
@@ -166,7 +173,8 @@ fn route_all(name: &str, domains: Vec<String>, cluster: &str) -> Value {
     })
 }
 
-fn certificate(files: &TlsFiles) -> Value {
+/// The certificate and key a TLS context presents.
+pub(crate) fn certificate(files: &TlsFiles) -> Value {
     json!([{
         "certificate_chain": {"filename": files.cert.display().to_string()},
         "private_key": {"filename": files.key.display().to_string()},

@@ -1,11 +1,14 @@
 //! Meshes on the local backend: a real Envoy sidecar beside every replica and the load
-//! generator, with TLS between sidecars from a CA made for the run.
+//! generator, with TLS between sidecars from a CA made for the run; and ambient's
+//! architecture, with Envoy as the node proxy.
 //!
 //! # Layout
+//! - [`ambient`]: a host's node proxy (HBONE tunnels out and in), named as ztunnel.
 //! - [`envoy`]: finding Envoy, and each sidecar's bootstrap (App Mesh's names).
 //! - [`certs`]: the run's CA and per-service certificates.
 //! - [`sidecar`]: starting one sidecar process and waiting until it is ready.
 
+pub mod ambient;
 pub mod certs;
 pub mod envoy;
 pub mod sidecar;

@@ -15,8 +15,26 @@ use super::envoy::{Sidecar, bootstrap};
 
 /// Writes the sidecar's bootstrap to `dir/<pod>.json` and starts Envoy on it.
 pub fn start(mesh: &EnvoyMesh, sidecar: &Sidecar, dir: &Path) -> std::io::Result<Child> {
-    let config = dir.join(format!("{}.json", sidecar.pod));
-    std::fs::write(&config, bootstrap(sidecar).to_string())?;
+    start_envoy(
+        mesh,
+        &sidecar.pod,
+        &sidecar.virtual_node,
+        &bootstrap(sidecar),
+        dir,
+    )
+}
+
+/// Writes `bootstrap` to `dir/<pod>.json` and starts Envoy on it as `pod` of `cluster`:
+/// a sidecar, or ambient's node proxy.
+pub fn start_envoy(
+    mesh: &EnvoyMesh,
+    pod: &str,
+    cluster: &str,
+    bootstrap: &serde_json::Value,
+    dir: &Path,
+) -> std::io::Result<Child> {
+    let config = dir.join(format!("{pod}.json"));
+    std::fs::write(&config, bootstrap.to_string())?;
     let mut cmd = meshload_process::lifecycle::dies_with_parent(&mesh.envoy);
     cmd.arg("-c")
         .arg(&config)
@@ -24,12 +42,7 @@ pub fn start(mesh: &EnvoyMesh, sidecar: &Sidecar, dir: &Path) -> std::io::Result
         .arg("--disable-hot-restart")
         .args(["--concurrency", &mesh.concurrency.to_string()])
         .args(["--log-level", "error"])
-        .args([
-            "--service-node",
-            &sidecar.pod,
-            "--service-cluster",
-            &sidecar.virtual_node,
-        ])
+        .args(["--service-node", pod, "--service-cluster", cluster])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
