@@ -12,6 +12,9 @@ pub enum Mesh {
     None,
     /// Envoy sidecars on the local backend.
     Envoy,
+    /// Ambient's architecture on the local backend: one shared node proxy per simulated
+    /// host (Envoy in ztunnel's place), calls tunnelled between hosts in HBONE.
+    Ambient,
     /// Istio with sidecars (Kubernetes).
     Istio,
     /// Istio's ambient mode (Kubernetes): a ztunnel per node, waypoints with `--waypoint`.
@@ -24,9 +27,10 @@ pub enum Mesh {
 
 impl Mesh {
     /// Every mesh, in the order help lists them.
-    pub const ALL: [Mesh; 6] = [
+    pub const ALL: [Mesh; 7] = [
         Mesh::None,
         Mesh::Envoy,
+        Mesh::Ambient,
         Mesh::Istio,
         Mesh::IstioAmbient,
         Mesh::Linkerd,
@@ -38,6 +42,7 @@ impl Mesh {
         match self {
             Mesh::None => "none",
             Mesh::Envoy => "envoy",
+            Mesh::Ambient => "ambient",
             Mesh::Istio => "istio",
             Mesh::IstioAmbient => "istio-ambient",
             Mesh::Linkerd => "linkerd",
@@ -50,9 +55,20 @@ impl Mesh {
         Mesh::ALL.iter().map(|m| m.name()).collect()
     }
 
-    /// Whether the local backend runs it (no mesh, or its own Envoy sidecars).
+    /// Whether the local backend runs it (no mesh, its own Envoy sidecars, or ambient
+    /// with Envoy as the node proxy).
     pub fn runs_locally(self) -> bool {
-        matches!(self, Mesh::None | Mesh::Envoy)
+        matches!(self, Mesh::None | Mesh::Envoy | Mesh::Ambient)
+    }
+
+    /// What it is, in words for output and results: the local ambient is not ztunnel.
+    pub fn description(self) -> &'static str {
+        match self {
+            Mesh::Ambient => "ambient (Envoy as the node proxy)",
+            Mesh::Envoy => "Envoy sidecars",
+            Mesh::IstioAmbient => "Istio ambient",
+            other => other.name(),
+        }
     }
 }
 
@@ -91,7 +107,7 @@ mod tests {
         }
         let err = "kuma".parse::<Mesh>().expect_err("not a mesh");
         assert!(
-            err.contains("none, envoy, istio, istio-ambient, linkerd, appmesh"),
+            err.contains("none, envoy, ambient, istio, istio-ambient, linkerd, appmesh"),
             "{err}"
         );
     }

@@ -62,7 +62,7 @@ impl Mesh {
             Mesh::Envoy | Mesh::AppMesh => sidecar(ENVOY_SIDECAR),
             Mesh::Istio => sidecar(ISTIO_PROXY),
             Mesh::Linkerd => sidecar(LINKERD_PROXY),
-            Mesh::IstioAmbient => Proxies {
+            Mesh::Ambient | Mesh::IstioAmbient => Proxies {
                 sidecar: None,
                 shared: &AMBIENT,
             },

@@ -7,7 +7,9 @@
 //! With a mesh ([`EnvoyMesh`]), every replica gets an Envoy sidecar: callers reach the
 //! replica through its sidecar's ingress, the replica's backend calls go out through its
 //! sidecar's egress (`--resolve` points every backend at it), and the load generator
-//! reaches the entry node through a sidecar of its own (see [`crate::mesh`]).
+//! reaches the entry node through a sidecar of its own (see [`crate::mesh`]). With ambient's
+//! layout, replicas are spread over simulated hosts, each with one shared node proxy
+//! (`ambient`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,7 +24,9 @@ use std::collections::BTreeMap;
 use crate::RunError;
 use crate::backend::{Backend, Container, Deployment, Facts, Replica, ReplicaExit, ScrapeTarget};
 use crate::mesh::envoy::{Sidecar, TlsFiles, Upstream, virtual_node};
-use crate::mesh::{ENVOY_CONTAINER, ENVOY_JOB, EnvoyMesh, TlsMode, certs::RunCa, sidecar};
+use crate::mesh::{ENVOY_CONTAINER, ENVOY_JOB, EnvoyMesh, Layout, TlsMode, certs::RunCa, sidecar};
+
+mod ambient;
 use crate::node_program::NodeProgram;
 use crate::plan::{Plan, PlannedNode};
 
@@ -105,6 +109,7 @@ impl LocalBackend {
         plan: &Plan,
         deployment: &Deployment,
         mesh: Option<&MeshRun>,
+        via: Option<&BTreeMap<String, Vec<SocketAddr>>>,
     ) -> Result<Started, RunError> {
         let pod = node.pod(index);
         let fail = |reason: String| RunError::Start {
@@ -118,11 +123,15 @@ impl LocalBackend {
             }
             None => None,
         };
-        let egress = ports.map(|(_, egress, _)| egress);
+        let route = match (via, ports) {
+            (Some(via), _) => Route::Via(via),
+            (None, Some((_, egress, _))) => Route::Egress(egress),
+            (None, None) => Route::Direct,
+        };
         let mut cmd = Command::new(&self.node.exe);
         cmd.arg("-q").args(&self.node.prefix);
         cmd.args(["--listen", "127.0.0.1:0", "--name", &node.name]);
-        cmd.args(node_args(node, index, plan, deployment, egress));
+        cmd.args(node_args(node, index, plan, deployment, &route));
         cmd.env(
             meshload_process::lifecycle::PARENT_PID_ENV,
             std::process::id().to_string(),
@@ -185,14 +194,23 @@ impl LocalBackend {
     }
 }
 
-/// The `meshload node` flags of one replica; with a sidecar, every backend resolves to
-/// the sidecar's `egress` listener.
+/// Where a replica's backend calls go.
+enum Route<'a> {
+    /// To the backends' replicas themselves.
+    Direct,
+    /// To its sidecar's egress listener, for every backend.
+    Egress(SocketAddr),
+    /// To these addresses per backend (its host's node proxy's outbound listeners).
+    Via(&'a BTreeMap<String, Vec<SocketAddr>>),
+}
+
+/// The `meshload node` flags of one replica; its backends resolve as `route` says.
 fn node_args(
     node: &PlannedNode,
     index: u32,
     plan: &Plan,
     deployment: &Deployment,
-    egress: Option<SocketAddr>,
+    route: &Route<'_>,
 ) -> Vec<String> {
     let mut args = Vec::new();
     let backends: Vec<String> = node
@@ -205,9 +223,15 @@ fn node_args(
         args.push(format!("--backends={}", backends.join(",")));
     }
     for b in &node.spec.backends {
-        let addrs: Vec<String> = match egress {
-            Some(egress) => vec![egress.to_string()],
-            None => deployment
+        let addrs: Vec<String> = match route {
+            Route::Egress(egress) => vec![egress.to_string()],
+            Route::Via(via) => via
+                .get(b)
+                .into_iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect(),
+            Route::Direct => deployment
                 .endpoints(b)
                 .iter()
                 .map(ToString::to_string)
@@ -234,6 +258,11 @@ impl Backend for LocalBackend {
     }
 
     async fn up(&mut self, plan: &Plan) -> Result<Deployment, RunError> {
+        if let Some(envoy) = self.mesh.clone()
+            && let Layout::Ambient { hosts } = envoy.layout
+        {
+            return self.up_ambient(envoy, hosts, plan).await;
+        }
         let mut mesh = match self.mesh.clone() {
             Some(m) => Some(self.prepare_mesh(m, plan)?),
             None => None,
@@ -243,7 +272,7 @@ impl Backend for LocalBackend {
         for node in &plan.nodes {
             // The replicas of a node start together; its backends are all up already.
             let starts = (0..node.spec.replicas)
-                .map(|i| self.start_replica(node, i, plan, &deployment, mesh.as_ref()));
+                .map(|i| self.start_replica(node, i, plan, &deployment, mesh.as_ref(), None));
             let started = futures_util::future::join_all(starts).await;
             let mut failure = None;
             for s in started {
@@ -304,6 +333,7 @@ impl Backend for LocalBackend {
         let mut facts = Facts::new();
         match &self.mesh {
             None => {}
+            Some(m) if m.layout != Layout::Sidecars => ambient::facts(m, &mut facts),
             Some(m) => {
                 facts.insert("mesh".into(), "envoy".into());
                 facts.insert("envoy_version".into(), m.version.clone().into());

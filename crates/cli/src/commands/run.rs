@@ -16,7 +16,7 @@ use meshload_runner::{
 };
 use meshload_store::ResultStore;
 
-use meshload_runner::mesh::{EnvoyMesh, TlsMode};
+use meshload_runner::mesh::{EnvoyMesh, Layout, TlsMode};
 
 use crate::cli::{BackendKind, RunArgs};
 use crate::exit::{Exit, INTERRUPTED, THRESHOLD};
@@ -119,7 +119,7 @@ fn choice_problems(args: &RunArgs, meshes: &[Mesh], on_cluster: bool) -> Vec<Str
     for m in meshes {
         if !on_cluster && !m.runs_locally() {
             problems.push(format!(
-                "--mesh {m} runs on Kubernetes (--backend k8s); locally the meshes are none and envoy"
+                "--mesh {m} runs on Kubernetes (--backend k8s); locally the meshes are none, envoy and ambient"
             ));
         }
     }
@@ -176,7 +176,10 @@ fn local_meshes(
     meshes: &[Mesh],
     on_cluster: bool,
 ) -> Result<Vec<Option<EnvoyMesh>>, Exit> {
-    let envoy = match meshes.contains(&Mesh::Envoy) && !on_cluster {
+    let wants_envoy = meshes
+        .iter()
+        .any(|m| matches!(m, Mesh::Envoy | Mesh::Ambient));
+    let envoy = match wants_envoy && !on_cluster {
         true => Some(
             EnvoyMesh::find(
                 args.envoy.as_deref(),
@@ -189,7 +192,13 @@ fn local_meshes(
     };
     Ok(meshes
         .iter()
-        .map(|m| envoy.clone().filter(|_| *m == Mesh::Envoy))
+        .map(|m| match m {
+            Mesh::Envoy => envoy.clone(),
+            Mesh::Ambient => envoy
+                .clone()
+                .map(|e| e.ambient(meshload_runner::mesh::DEFAULT_HOSTS)),
+            _ => None,
+        })
         .collect())
 }
 
@@ -288,14 +297,22 @@ async fn run_locally(request: &RunRequest, observer: &Printer) -> Result<RunRepo
             None => backend,
         });
     }
-    if let Some(envoy) = request.local_meshes.iter().flatten().next() {
-        observer.phase(&format!(
-            "mesh envoy {} ({}, {} workers per sidecar, {} between sidecars)",
-            envoy.version,
-            envoy.envoy.display(),
-            envoy.concurrency,
-            envoy.tls.as_str()
-        ));
+    for envoy in request.local_meshes.iter().flatten() {
+        observer.phase(&match envoy.layout {
+            Layout::Sidecars => format!(
+                "mesh envoy {} ({}, {} workers per sidecar, {} between sidecars)",
+                envoy.version,
+                envoy.envoy.display(),
+                envoy.concurrency,
+                envoy.tls.as_str()
+            ),
+            Layout::Ambient { hosts } => format!(
+                "mesh {} on {hosts} hosts: Envoy {} as each host's node proxy ({} workers), calls tunnelled in HBONE over mutual TLS",
+                Mesh::Ambient.description(),
+                envoy.version,
+                envoy.concurrency
+            ),
+        });
     }
     let mut arms = Arm::named(&mut backends);
     if arms.len() > 1 {

@@ -34,6 +34,10 @@ pub fn pod(host: &str) -> String {
 /// `CONNECT` streams a node proxy terminated.
 pub const HBONE_STATS: &str = "hbone_inbound";
 
+/// The outbound tunnels' stat prefix, shared by every outbound listener of a proxy:
+/// `tcp.<prefix>.downstream_cx_total` counts the connections it tunnelled.
+pub const OUTBOUND_STATS: &str = "outbound";
+
 /// One destination replica a host's pods call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outbound {
@@ -164,7 +168,7 @@ fn outbound_listener(o: &Outbound) -> Value {
             "name": "envoy.filters.network.tcp_proxy",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                "stat_prefix": name,
+                "stat_prefix": OUTBOUND_STATS,
                 "cluster": hbone_cluster(&o.host),
                 "tunneling_config": {"hostname": o.replica.to_string()},
             },

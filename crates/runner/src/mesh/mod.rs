@@ -33,6 +33,35 @@ pub struct EnvoyMesh {
     pub concurrency: u32,
     /// TLS between sidecars.
     pub tls: TlsMode,
+    /// Sidecars, or ambient's node proxies.
+    pub layout: Layout,
+}
+
+/// Where the local mesh's Envoys sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One sidecar beside every replica and the load generator.
+    Sidecars,
+    /// One node proxy per simulated host, shared by the host's replicas ([`ambient`]).
+    Ambient {
+        /// How many hosts the replicas are spread over.
+        hosts: u32,
+    },
+}
+
+/// The hosts the local ambient mesh spreads replicas over, unless a config says.
+pub const DEFAULT_HOSTS: u32 = 2;
+
+impl EnvoyMesh {
+    /// The same Envoy as ambient's node proxy on `hosts` hosts (HBONE is always mutual
+    /// TLS).
+    pub fn ambient(mut self, hosts: u32) -> EnvoyMesh {
+        self.layout = Layout::Ambient {
+            hosts: hosts.max(1),
+        };
+        self.tls = TlsMode::Mutual;
+        self
+    }
 }
 
 impl EnvoyMesh {
@@ -68,6 +97,7 @@ impl EnvoyMesh {
             version,
             concurrency: concurrency.max(1),
             tls,
+            layout: Layout::Sidecars,
         })
     }
 }
