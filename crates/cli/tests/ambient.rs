@@ -80,10 +80,13 @@ fn one_node_proxy_per_host_tunnels_every_connection_and_nothing_is_left() {
     let pid = child.id();
     let mut lines = StderrLines::of(&mut child);
     lines.wait_for("test 1/1 tree");
-    // Exactly one node proxy per host, and no sidecar.
+    // Exactly one node proxy per host (and the load generator's host's), and no sidecar.
     let mut envoys = envoys_of(pid);
     envoys.sort();
-    assert_eq!(envoys, ["ztunnel-host-1", "ztunnel-host-2"]);
+    assert_eq!(
+        envoys,
+        ["ztunnel-host-1", "ztunnel-host-2", "ztunnel-loadgen"]
+    );
     let status = child.wait().unwrap();
     let said = lines.rest().join("\n");
     assert!(status.success(), "{said}");
@@ -116,13 +119,22 @@ fn one_node_proxy_per_host_tunnels_every_connection_and_nothing_is_left() {
         (terminated - tunnelled).abs() <= tunnelled * 0.01,
         "{terminated} tunnels for {tunnelled} connections"
     );
-    // Both hosts carried calls, each through its own proxy, named as Istio's.
+    // Both hosts carried calls, each through its own proxy, named as Istio's; the load
+    // generator's proxy is its pod's (not the mesh's shared cost, as its sidecar is not).
     for host in ["ztunnel-host-1", "ztunnel-host-2"] {
         let query = format!(
             r#"sum(envoy_http_downstream_cx_upgrades_total{{namespace="istio-system", pod="{host}", envoy_http_conn_manager_prefix="hbone_inbound"}})"#
         );
         assert!(last(&run, &query) > 0.0, "{host} terminated no tunnel");
     }
+    let loadgen = last(
+        &run,
+        r#"count(container_memory_working_set_bytes{namespace="istio-system", pod="ztunnel-loadgen"}) or vector(0)"#,
+    );
+    assert_eq!(
+        loadgen, 0.0,
+        "the load generator's proxy is not in istio-system"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -181,11 +193,65 @@ fn a_killed_meshload_takes_its_node_proxies_with_it() {
     let pid = child.id();
     let mut lines = StderrLines::of(&mut child);
     lines.wait_for("test 1/1 tree");
-    assert_eq!(envoys_of(pid).len(), 2);
+    assert_eq!(envoys_of(pid).len(), 3);
     child.kill().unwrap();
     child.wait().unwrap();
     common::wait_for("the node proxies to die with meshload", || {
         envoys_of(pid).is_empty()
     });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_config_sets_the_hosts_and_pins_a_node_to_one() {
+    let dir = temp_dir("ambient-hosts");
+    let pinned = TREE.replace(
+        r#""nodes": {"db": {"replicas": 2}}"#,
+        r#""hosts": 3, "nodes": {"db": {"replicas": 2, "host": "storage"}}"#,
+    );
+    let config = write_config(&dir, &pinned);
+    let store = dir.join("store");
+    let mut child = bin()
+        .args([
+            "run",
+            "--mesh",
+            "ambient",
+            "--store",
+            store.to_str().unwrap(),
+        ])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = StderrLines::of(&mut child);
+    lines.wait_for("test 1/1 tree");
+    let mut envoys = envoys_of(pid);
+    envoys.sort();
+    assert_eq!(
+        envoys,
+        [
+            "ztunnel-host-1",
+            "ztunnel-host-2",
+            "ztunnel-host-3",
+            "ztunnel-loadgen",
+            "ztunnel-storage"
+        ]
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", lines.rest().join("\n"));
+    let run = run_dir(&store, "tree");
+    assert_eq!(
+        json(&run.join("metadata.json"))["backend_facts"]["hosts"],
+        3
+    );
+    // Both db replicas are on the storage host: every call to db ends there.
+    let ended = last(
+        &run,
+        r#"sum(envoy_http_downstream_cx_upgrades_total{pod="ztunnel-storage", envoy_http_conn_manager_prefix="hbone_inbound"})"#,
+    );
+    assert!(ended > 0.0, "no tunnel ended on the storage host");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -267,11 +267,9 @@ fn istio_and_gateway_api_objects_validate_against_their_crds() {
     };
     for (flags, expected) in [
         (&["--mesh", "istio"][..], &["PeerAuthentication"][..]),
-        (&["--mesh", "istio-ambient"], &["PeerAuthentication"]),
-        (
-            &["--mesh", "istio-ambient", "--waypoint"],
-            &["PeerAuthentication", "Gateway"],
-        ),
+        // Ambient: ztunnel's mutual TLS, and no STRICT to shut out Prometheus.
+        (&["--mesh", "istio-ambient"], &[]),
+        (&["--mesh", "istio-ambient", "--waypoint"], &["Gateway"]),
         (&["--mesh", "linkerd"], &[]),
     ] {
         let docs = rendered(flags);

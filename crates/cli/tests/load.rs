@@ -356,8 +356,8 @@ fn ctrl_c_keeps_what_was_measured_and_exits_130() {
     assert_eq!(r["Interrupted"], true);
     let count = code(&r, "200");
     assert!(
-        (50..=160).contains(&count),
-        "{count} requests, interrupted once 50 were answered"
+        (40..=160).contains(&count),
+        "{count} requests, interrupted once the node had answered 50 (some in flight)"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

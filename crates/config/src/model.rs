@@ -16,6 +16,9 @@ pub struct NodeSpec {
     pub replicas: u32,
     /// Injected behaviour.
     pub behaviour: Behaviour,
+    /// With `--mesh ambient`, the simulated host its replicas run on (`"host"`; `None`:
+    /// spread over the hosts in turn).
+    pub host: Option<String>,
 }
 
 /// Where a load test sends its load.
@@ -79,6 +82,9 @@ pub struct Config {
     /// The meshes to run under (`"mesh"`), in order; empty: the command line's choice,
     /// else none.
     pub meshes: Vec<crate::Mesh>,
+    /// With `--mesh ambient`, how many simulated hosts the replicas spread over
+    /// (`"hosts"`; `None`: the default).
+    pub hosts: Option<u32>,
     /// The seed's `IsTLSEnabled`.
     pub tls: bool,
     /// The seed's `IsmTLSEnabled`.

@@ -12,7 +12,7 @@ use crate::reader::{Reader, index, join, short};
 use crate::slo::Slo;
 use crate::topology;
 
-const TOP_LEVEL: [&str; 18] = [
+const TOP_LEVEL: [&str; 19] = [
     "IsTLSEnabled",
     "IsmTLSEnabled",
     "ReplicasPerVirtualNode",
@@ -31,9 +31,10 @@ const TOP_LEVEL: [&str; 18] = [
     "namespace",
     "mesh",
     "repeat",
+    "hosts",
 ];
 
-const NODE_KEYS: [&str; 7] = [
+const NODE_KEYS: [&str; 8] = [
     "latency",
     "error_rate",
     "error_code",
@@ -41,6 +42,7 @@ const NODE_KEYS: [&str; 7] = [
     "timeout",
     "call_mode",
     "replicas",
+    "host",
 ];
 
 /// Fortio load options meshload understands in a test.
@@ -158,8 +160,12 @@ pub fn config(raw: &Value, r: &mut Reader) -> Option<Config> {
         },
     };
     let meshes = field("mesh").map(|v| meshes(v, r)).unwrap_or_default();
+    let hosts = field("hosts")
+        .and_then(|v| r.integer("hosts", v, 1, u64::from(MAX_HOSTS)))
+        .map(|n| n as u32);
     Some(Config {
         meshes,
+        hosts,
         tls,
         mtls,
         connectivity_checks,
@@ -244,6 +250,9 @@ fn nodes(
             {
                 spec.replicas = n as u32;
             }
+            if let Some(v) = o.get("host") {
+                spec.host = host(&join(&path, "host"), v, r);
+            }
         }
     }
     if let Some(cycle) = topology::find_cycle(&nodes) {
@@ -260,6 +269,34 @@ fn node(replicas: u32, behaviour: &Behaviour) -> NodeSpec {
         backends: Vec::new(),
         replicas,
         behaviour: behaviour.clone(),
+        host: None,
+    }
+}
+
+/// The most simulated hosts of `--mesh ambient`.
+pub const MAX_HOSTS: u32 = 64;
+
+/// A node's simulated host: a DNS label (it names the host's node proxy, `ztunnel-<host>`).
+fn host(path: &str, v: &Value, r: &mut Reader) -> Option<String> {
+    let name = r.string(path, v)?;
+    let label = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if label {
+        Some(name.to_string())
+    } else {
+        r.error(
+            path,
+            format!(
+                "{} is not a valid host name: lower-case letters, digits and '-' (not first or last), at most 40",
+                short(v)
+            ),
+        );
+        None
     }
 }
 

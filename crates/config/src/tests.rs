@@ -141,6 +141,7 @@ fn urls_map_to_nodes() {
                     backends: vec![],
                     replicas: 1,
                     behaviour: Default::default(),
+                    host: None,
                 },
             )
         })
@@ -386,6 +387,28 @@ fn node_behaviour_is_checked_where_the_config_is_read() {
         r#"nodes.b.latency: invalid latency "uniform:3ms..1ms""#,
         r#"nodes.b.call_mode: invalid call mode "both""#,
         "nodes.b.error_rate: 1.5 is not a fraction from 0 to 1",
+    ];
+    for e in expect {
+        assert!(
+            errors.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+}
+
+#[test]
+fn ambient_hosts_are_a_count_and_a_name_per_node() {
+    let text = r#"{"backends_map": {"a": ["b"], "b": []}, "hosts": 3, "nodes": {"b": {"host": "edge-1"}}}"#;
+    let c = from_str(text, false, "t.json").expect("valid").config;
+    assert_eq!(c.hosts, Some(3));
+    assert_eq!(c.nodes["b"].host.as_deref(), Some("edge-1"));
+    assert_eq!(c.nodes["a"].host, None);
+    let errors =
+        errors_of(r#"{"backends_map": {"a": []}, "hosts": 0, "nodes": {"a": {"host": "Edge_1"}}}"#);
+    let expect = [
+        "hosts: 0 is not a whole number from 1 to 64",
+        r#"nodes.a.host: "Edge_1" is not a valid host name"#,
     ];
     for e in expect {
         assert!(

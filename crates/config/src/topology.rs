@@ -194,6 +194,7 @@ mod tests {
                     backends: vec![],
                     replicas: 1,
                     behaviour: Default::default(),
+                    host: None,
                 });
             }
             nodes.insert(
@@ -202,6 +203,7 @@ mod tests {
                     backends: bs.iter().map(|s| s.to_string()).collect(),
                     replicas: 1,
                     behaviour: Default::default(),
+                    host: None,
                 },
             );
         }

@@ -141,12 +141,16 @@ impl K8sBackend {
         &self.settings.render.run_id
     }
 
-    /// The Deployments to wait for: every node's of the plan and the load generator's.
-    pub fn deployments(plan: &Plan) -> Vec<String> {
+    /// The Deployments to wait for: every node's of the plan and the load generator's,
+    /// and with a waypoint the one istiod makes for it (calls go through it).
+    pub fn deployments(plan: &Plan, render: &RenderOptions) -> Vec<String> {
+        let waypoint = (render.mesh == Mesh::IstioAmbient && render.waypoint)
+            .then(|| crate::render::WAYPOINT.to_string());
         plan.nodes
             .iter()
             .map(|n| deployment_name(&n.name))
             .chain([LOADGEN.to_string()])
+            .chain(waypoint)
             .collect()
     }
 
@@ -169,7 +173,7 @@ impl K8sBackend {
         ));
         self.applied = true;
         self.cluster.apply(&objects).await?;
-        let deployments = Self::deployments(plan);
+        let deployments = Self::deployments(plan, &self.settings.render);
         (self.phase)(&format!(
             "waiting for {} rollouts (at most {})",
             deployments.len(),

@@ -247,7 +247,7 @@ impl Cluster {
         }
     }
 
-    /// The restarts of every container of the run's pods.
+    /// The restarts of every container of the run's pods (native sidecars included).
     pub async fn restarts(&self, namespace: &str, run: &str) -> Result<Restarts, K8sError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let list = pods
@@ -257,9 +257,15 @@ impl Cluster {
         let mut out = Restarts::new();
         for pod in list.items {
             let name = pod.metadata.name.clone().unwrap_or_default();
+            // Native sidecars (Linkerd's proxy by default) are init containers that keep
+            // running: their restarts count too.
             let statuses = pod
                 .status
-                .and_then(|s| s.container_statuses)
+                .map(|s| {
+                    let mut all = s.container_statuses.unwrap_or_default();
+                    all.extend(s.init_container_statuses.unwrap_or_default());
+                    all
+                })
                 .unwrap_or_default();
             for c in statuses {
                 let last = c.last_state.and_then(|s| s.terminated).map_or_else(

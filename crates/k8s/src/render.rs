@@ -1,7 +1,7 @@
 //! The Kubernetes objects of a config, for no mesh, Istio (sidecars or ambient), Linkerd or
 //! App Mesh: what the seed's controller test created (per node a Deployment `node-<name>`,
 //! Services `node-<name>` and `service-<name>` on 9080, and for App Mesh a Mesh,
-//! VirtualNode and VirtualService), plus the load generator; for Istio with
+//! VirtualNode and VirtualService), plus the load generator; for Istio's sidecars with
 //! `IsmTLSEnabled` a STRICT PeerAuthentication, and for ambient with a waypoint its
 //! Gateway. Every object carries `app.kubernetes.io/managed-by: meshload` and the run's id.
 
@@ -186,10 +186,11 @@ pub fn mesh_name(opts: &RenderOptions) -> String {
 /// Every object, in apply order (namespace and mesh first).
 pub fn render(config: &Config, opts: &RenderOptions) -> Vec<Value> {
     let mut out = vec![namespace(opts)];
-    let istio = matches!(opts.mesh, Mesh::Istio | Mesh::IstioAmbient);
-    if istio && config.mtls {
+    if opts.mesh == Mesh::Istio && config.mtls {
         // IsmTLSEnabled: plain text refused between the workloads (Istio's default,
-        // PERMISSIVE, takes both).
+        // PERMISSIVE, takes both). Not in ambient: ztunnel carries every call of the mesh
+        // in mutual TLS anyway, and STRICT would only shut out what is outside the mesh,
+        // the cluster's Prometheus scraping the nodes among it.
         out.push(json!({
             "apiVersion": "security.istio.io/v1",
             "kind": "PeerAuthentication",

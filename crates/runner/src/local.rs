@@ -294,7 +294,7 @@ impl Backend for LocalBackend {
                                 .entry(r.node.clone())
                                 .or_default()
                                 .push(ingress);
-                            sidecars.push((r.pod.clone(), admin));
+                            sidecars.push((format!("{}/{ENVOY_CONTAINER}", r.pod), admin));
                             self.children
                                 .push((format!("{}/{ENVOY_CONTAINER}", r.pod), child));
                         }
@@ -468,7 +468,7 @@ impl LocalBackend {
             addr: egress,
         };
         observe_sidecar(deployment, &replica, child.id(), admin, &plan.namespace);
-        sidecars.push((pod.clone(), admin));
+        sidecars.push((format!("{pod}/{ENVOY_CONTAINER}"), admin));
         self.children
             .push((format!("{pod}/{ENVOY_CONTAINER}"), child));
         Ok(egress)
@@ -562,7 +562,8 @@ fn observe_container(
     }
 }
 
-/// Waits until every sidecar is ready, naming those that are not.
+/// Waits until every Envoy (`<pod>/<container>`, admin) is ready, naming those that are
+/// not.
 async fn wait_sidecars(sidecars: &[(String, SocketAddr)]) -> Result<(), RunError> {
     let checks = sidecars
         .iter()
@@ -572,7 +573,7 @@ async fn wait_sidecars(sidecars: &[(String, SocketAddr)]) -> Result<(), RunError
         .iter()
         .zip(ready)
         .filter(|(_, ok)| !ok)
-        .map(|((pod, _), _)| format!("{pod}/{ENVOY_CONTAINER}"))
+        .map(|((name, _), _)| name.clone())
         .collect();
     if pending.is_empty() {
         Ok(())

@@ -196,7 +196,7 @@ fn local_meshes(
             Mesh::Envoy => envoy.clone(),
             Mesh::Ambient => envoy
                 .clone()
-                .map(|e| e.ambient(meshload_runner::mesh::DEFAULT_HOSTS)),
+                .map(|e| e.ambient(config.hosts.unwrap_or(meshload_runner::mesh::DEFAULT_HOSTS))),
             _ => None,
         })
         .collect())

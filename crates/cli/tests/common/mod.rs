@@ -493,9 +493,16 @@ impl StderrLines {
         }
     }
 
-    /// Every line until the child closes its stderr.
+    /// Every line until the child (and whatever inherited its stderr) closes it, or
+    /// [`EVENT_DEADLINE`] passes.
     pub fn rest(mut self) -> Vec<String> {
-        self.seen.extend(self.lines.iter());
-        self.seen
+        let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => return self.seen,
+            }
+        }
     }
 }

@@ -1,10 +1,13 @@
 //! Ambient on the local backend: replicas spread over simulated hosts (`host-1`,
-//! `host-2`, ... in turn, in start order), no sidecars, and per host one node proxy
+//! `host-2`, ... in turn, in start order, or the host a node's `"host"` names), no
+//! sidecars, and per host one node proxy
 //! (Envoy in ztunnel's place, [`crate::mesh::ambient`]) that every call from or to the
 //! host's pods passes: a replica resolves each backend to its own host's outbound
 //! listeners, one per backend replica, and the proxy tunnels each connection in HBONE to
-//! the destination host's proxy. The load generator sits on the first host, in the mesh
-//! as it is with sidecars.
+//! the destination host's proxy. The load generator sits in the mesh as it does with
+//! sidecars: on a host of its own (`loadgen`), whose proxy counts as the load generator's
+//! (container `istio-proxy` of its pod), not as the mesh's shared cost, as its sidecar
+//! does not count as a node's.
 //!
 //! The proxies start once every replica is up (their tunnels need the replicas'
 //! addresses); the replicas call nothing before the health checks, which go to them
@@ -26,6 +29,9 @@ use crate::plan::Plan;
 /// The `job` label of the node proxies' `/stats/prometheus`.
 pub const ZTUNNEL_JOB: &str = "ztunnel";
 
+/// The load generator's own host.
+const LOADGEN_HOST: &str = "loadgen";
+
 /// `host-<n>` (1-based).
 fn host_name(n: u32) -> String {
     format!("host-{n}")
@@ -33,6 +39,9 @@ fn host_name(n: u32) -> String {
 
 /// What is known of the hosts while the replicas start.
 struct Hosts {
+    /// Every host: `host-1` .. `host-<n>`, then those nodes name.
+    names: Vec<String>,
+    /// The hosts replicas are spread over in turn.
     count: u32,
     /// Each started replica: its host and address, by pod.
     placed: BTreeMap<String, (String, SocketAddr)>,
@@ -43,7 +52,14 @@ struct Hosts {
 }
 
 impl Hosts {
-    fn place(&mut self) -> String {
+    /// The host of the next replica of a node that names `host`, or of none.
+    fn place(&mut self, named: Option<&str>) -> String {
+        if let Some(host) = named {
+            if !self.names.iter().any(|n| n == host) {
+                self.names.push(host.to_string());
+            }
+            return host.to_string();
+        }
         let host = host_name(self.next % self.count + 1);
         self.next += 1;
         host
@@ -115,8 +131,10 @@ impl LocalBackend {
             reason,
         };
         let mut deployment = Deployment::default();
+        let count = hosts.max(1);
         let mut at = Hosts {
-            count: hosts.max(1),
+            names: (1..=count).map(host_name).collect(),
+            count,
             placed: BTreeMap::new(),
             outbound: BTreeMap::new(),
             next: 0,
@@ -124,7 +142,7 @@ impl LocalBackend {
         for node in &plan.nodes {
             let mut placed = Vec::new();
             for i in 0..node.spec.replicas {
-                let host = at.place();
+                let host = at.place(node.spec.host.as_deref());
                 let routes = at
                     .routes(&host, &node.spec.backends, &deployment)
                     .map_err(|e| fail(&node.pod(i), e.to_string()))?;
@@ -151,23 +169,25 @@ impl LocalBackend {
                 return Err(e);
             }
         }
-        // The load generator, on the first host, reaches every node through its proxy.
+        // The load generator, on its own host, reaches every node through its proxy.
         let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
         let loadgen_routes = at
-            .routes(&host_name(1), &names, &deployment)
+            .routes(LOADGEN_HOST, &names, &deployment)
             .map_err(|e| fail(&plan.loadgen_pod(), e.to_string()))?;
         deployment.entries.extend(loadgen_routes);
-        let proxies = self.start_node_proxies(&run, &at, &mut deployment)?;
+        let proxies = self.start_node_proxies(&run, &at, plan, &mut deployment)?;
         wait_healthy(&deployment).await?;
         wait_sidecars(&proxies).await?;
         Ok(deployment)
     }
 
-    /// One node proxy per host, with every outbound listener its pods were given.
+    /// One node proxy per host (and the load generator's), with every outbound listener
+    /// its pods were given. Returns each one's name and admin listener.
     fn start_node_proxies(
         &mut self,
         run: &super::MeshRun,
         at: &Hosts,
+        plan: &Plan,
         deployment: &mut Deployment,
     ) -> Result<Vec<(String, SocketAddr)>, RunError> {
         let ca = run.ca.as_ref().ok_or_else(|| RunError::Start {
@@ -175,8 +195,7 @@ impl LocalBackend {
             reason: "ambient needs the run's CA".into(),
         })?;
         let mut hbone = BTreeMap::new();
-        for n in 1..=at.count {
-            let host = host_name(n);
+        for host in at.names.iter().cloned().chain([LOADGEN_HOST.to_string()]) {
             let addr = crate::ports::free_port().map_err(|e| RunError::Start {
                 pod: ambient::pod(&host),
                 reason: e.to_string(),
@@ -196,9 +215,14 @@ impl LocalBackend {
                 .filter(|(_, (h, _))| h == host)
                 .map(|(pod, (_, addr))| (pod, *addr))
                 .collect();
+            // Istio's identities: a workload's service account in its namespace.
             let workloads: Vec<String> = local
                 .iter()
-                .map(|(pod, _)| format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{pod}"))
+                .filter_map(|(pod, _)| deployment.replicas.iter().find(|r| &r.pod == *pod))
+                .map(|r| {
+                    let account = meshload_config::service::workload_name(&r.node);
+                    format!("spiffe://cluster.local/ns/{}/sa/{account}", plan.namespace)
+                })
                 .collect();
             let files = ca
                 .issue_for(&pod, &pod, &workloads)
@@ -230,10 +254,19 @@ impl LocalBackend {
                 &run.dir,
             )
             .map_err(|e| fail(format!("envoy did not start: {e}")))?;
+            // The load generator's proxy is its pod's, in the run's namespace.
+            let (node, observed_pod, namespace) = match host == LOADGEN_HOST {
+                true => (
+                    crate::plan::LOADGEN,
+                    plan.loadgen_pod(),
+                    plan.namespace.as_str(),
+                ),
+                false => (ZTUNNEL_JOB, pod.clone(), NAMESPACE),
+            };
             let replica = Replica {
-                node: ZTUNNEL_JOB.to_string(),
+                node: node.to_string(),
                 index: index as u32,
-                pod: pod.clone(),
+                pod: observed_pod.clone(),
                 addr: admin,
             };
             observe_container(
@@ -241,10 +274,11 @@ impl LocalBackend {
                 &replica,
                 (admin, "/stats/prometheus", ZTUNNEL_JOB),
                 (child.id(), ISTIO_PROXY),
-                NAMESPACE,
+                namespace,
             );
-            self.children.push((format!("{pod}/{ISTIO_PROXY}"), child));
-            ready.push((pod, admin));
+            let name = format!("{observed_pod}/{ISTIO_PROXY}");
+            self.children.push((name.clone(), child));
+            ready.push((name, admin));
         }
         Ok(ready)
     }

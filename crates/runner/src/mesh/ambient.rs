@@ -148,6 +148,9 @@ fn hbone_listener(p: &NodeProxy) -> Value {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                     "stat_prefix": HBONE_STATS,
                     "codec_type": "HTTP2",
+                    // A tunnel lives as long as its connection, idle or not (Envoy's
+                    // default would reset it after 5 idle minutes; ztunnel does not).
+                    "stream_idle_timeout": "0s",
                     "http2_protocol_options": {"allow_connect": true},
                     "upgrade_configs": [{"upgrade_type": "CONNECT"}],
                     "route_config": {"name": "hbone", "virtual_hosts": virtual_hosts},
