@@ -34,6 +34,28 @@ fn envoys_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Starts `meshload run --mesh ambient` and waits for its test to start: the child, its
+/// stderr, and the Envoys it runs by pod (sorted).
+fn run_until_the_test(
+    config: &Path,
+    store: &Path,
+) -> (std::process::Child, StderrLines, Vec<String>) {
+    let mut child = bin()
+        .args(["run", "--mesh", "ambient", "--store"])
+        .arg(store)
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = StderrLines::of(&mut child);
+    lines.wait_for("test 1/1 tree");
+    let mut envoys = envoys_of(child.id());
+    envoys.sort();
+    (child, lines, envoys)
+}
+
 /// The value of a query at the end of a stored run (its last step of 200 ms).
 fn last(run_dir: &Path, query: &str) -> f64 {
     let out = run(
@@ -63,26 +85,9 @@ fn one_node_proxy_per_host_tunnels_every_connection_and_nothing_is_left() {
     let dir = temp_dir("ambient-tree");
     let config = write_config(&dir, TREE);
     let store = dir.join("store");
-    let mut child = bin()
-        .args([
-            "run",
-            "--mesh",
-            "ambient",
-            "--store",
-            store.to_str().unwrap(),
-        ])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, lines, envoys) = run_until_the_test(&config, &store);
     let pid = child.id();
-    let mut lines = StderrLines::of(&mut child);
-    lines.wait_for("test 1/1 tree");
     // Exactly one node proxy per host (and the load generator's host's), and no sidecar.
-    let mut envoys = envoys_of(pid);
-    envoys.sort();
     assert_eq!(
         envoys,
         ["ztunnel-host-1", "ztunnel-host-2", "ztunnel-loadgen"]
@@ -181,19 +186,9 @@ fn ambient_is_an_arm_beside_no_mesh_with_its_shared_proxies_costed() {
 fn a_killed_meshload_takes_its_node_proxies_with_it() {
     let dir = temp_dir("ambient-kill");
     let config = write_config(&dir, &TREE.replace("\"2s\"", "\"60s\""));
-    let mut child = bin()
-        .args(["run", "--mesh", "ambient", "--store"])
-        .arg(dir.join("store"))
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, _lines, envoys) = run_until_the_test(&config, &dir.join("store"));
     let pid = child.id();
-    let mut lines = StderrLines::of(&mut child);
-    lines.wait_for("test 1/1 tree");
-    assert_eq!(envoys_of(pid).len(), 3);
+    assert_eq!(envoys.len(), 3);
     child.kill().unwrap();
     child.wait().unwrap();
     common::wait_for("the node proxies to die with meshload", || {
@@ -211,25 +206,7 @@ fn the_config_sets_the_hosts_and_pins_a_node_to_one() {
     );
     let config = write_config(&dir, &pinned);
     let store = dir.join("store");
-    let mut child = bin()
-        .args([
-            "run",
-            "--mesh",
-            "ambient",
-            "--store",
-            store.to_str().unwrap(),
-        ])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut lines = StderrLines::of(&mut child);
-    lines.wait_for("test 1/1 tree");
-    let mut envoys = envoys_of(pid);
-    envoys.sort();
+    let (mut child, lines, envoys) = run_until_the_test(&config, &store);
     assert_eq!(
         envoys,
         [
