@@ -40,17 +40,7 @@ fn run_until_the_test(
     config: &Path,
     store: &Path,
 ) -> (std::process::Child, StderrLines, Vec<String>) {
-    let mut child = bin()
-        .args(["run", "--mesh", "ambient", "--store"])
-        .arg(store)
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = StderrLines::of(&mut child);
-    lines.wait_for("test 1/1 tree");
+    let (child, lines) = common::run_until(config, store, &["--mesh", "ambient"], "test 1/1 tree");
     let mut envoys = envoys_of(child.id());
     envoys.sort();
     (child, lines, envoys)

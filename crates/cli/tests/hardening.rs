@@ -275,15 +275,9 @@ fn a_node_reads_request_bodies_without_keeping_them() {
     assert!(node.wait_exit(Duration::from_secs(15)).is_some());
 }
 
-/// The node's in-flight requests, read over a connection of its own (closed after).
+/// The node's in-flight requests.
 fn in_flight(addr: std::net::SocketAddr) -> Option<f64> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    common::sample(&text, "meshload_node_in_flight_requests")
+    common::node_metric(addr, "meshload_node_in_flight_requests")
 }
 
 #[test]
@@ -674,13 +668,13 @@ fn ctrl_c_while_the_last_tests_metrics_are_evaluated_interrupts_the_run() {
             "load_tests": [{"test_name": "tiny", "target": "a", "qps": 20, "t": "1s", "c": 1}]}"#,
     );
     let store = dir.join("store");
-    let (mut child, lines) = common::run_until(&config, &store, "evaluating 1 metric(s)");
+    let (mut child, lines) = common::run_until(&config, &store, &[], "evaluating 1 metric(s)");
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
     let status = child.wait().unwrap();
+    let rest = lines.rest();
     assert_eq!(status.code(), Some(130), "{rest:?}");
     let metadata = common::json(&common::run_dir(&store, "tiny").join("metadata.json"));
     assert_eq!(metadata["status"], "interrupted");
@@ -901,11 +895,11 @@ fn a_run_that_cannot_store_its_second_test_still_prints_the_first() {
                            {"test_name": "second", "target": "a", "qps": 20, "t": "1s", "c": 1}]}"#,
     );
     let store = dir.join("store");
-    let (child, lines) = common::run_until(&config, &store, "first complete");
+    let (child, lines) = common::run_until(&config, &store, &[], "first complete");
     // The second test's folder becomes a file while it runs: it cannot be stored.
     let _ = std::fs::remove_dir_all(store.join("second"));
     std::fs::write(store.join("second"), "in the way").unwrap();
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let rest = lines.rest();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{rest:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);

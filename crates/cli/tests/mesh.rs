@@ -541,21 +541,10 @@ fn a_sidecar_killed_during_a_test_is_recorded_and_ctrl_c_leaves_no_envoy() {
                            {"test_name": "stop", "target": "0", "qps": 100, "t": "60s", "c": 2}]}"#,
     );
     let store = dir.join("results");
-    // The flag wins over the config's "mesh": "none".
-    let mut child = common::bin()
-        .args([
-            "run",
-            "--mesh",
-            "envoy",
-            "--store",
-            store.to_str().unwrap(),
-            config.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // The flag wins over the config's "mesh": "none". Node-1's sidecar is killed once the
+    // first test is under way.
+    let (mut child, mut lines) =
+        common::run_until(&config, &store, &["--mesh", "envoy"], "test 1/2 kill");
     let pid = child.id();
     let sidecar_of = |pod_prefix: &str| -> Option<String> {
         let out = Command::new("pgrep")
@@ -568,9 +557,6 @@ fn a_sidecar_killed_during_a_test_is_recorded_and_ctrl_c_leaves_no_envoy() {
             .and_then(|l| l.split_whitespace().next())
             .map(str::to_string)
     };
-    let mut lines = common::StderrLines::of(&mut child);
-    // Kill node-1's sidecar once the first test is under way.
-    lines.wait_for("test 1/2 kill");
     let victim = sidecar_of("node-1-").expect("node-1's sidecar runs");
     Command::new("kill").args(["-9", &victim]).status().unwrap();
     // The second test runs for a minute: Ctrl-C it once it has begun.

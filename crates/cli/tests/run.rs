@@ -46,17 +46,7 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// Starts `meshload run` in the background and waits until its first test is running.
 fn start_run(config: &Path, store: &Path) -> (Child, StderrLines) {
-    let mut child = bin()
-        .args(["run", "--sleep-between-tests", "0", "--store"])
-        .arg(store)
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = StderrLines::of(&mut child);
-    lines.wait_for("test 1/");
-    (child, lines)
+    common::run_until(config, store, &["--sleep-between-tests", "0"], "test 1/")
 }
 
 /// Waits until one of `parent`'s nodes has answered `n` requests.

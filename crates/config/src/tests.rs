@@ -14,6 +14,17 @@ fn errors_of(text: &str) -> Vec<String> {
     }
 }
 
+/// `errors` are exactly `expect`, each given by how its message starts.
+fn assert_problems(errors: &[String], expect: &[&str]) {
+    for e in expect {
+        assert!(
+            errors.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+}
+
 #[test]
 fn the_seed_config_parses_unchanged() {
     let loaded = from_str(&seed_text(), false, "seed.json").expect("the seed's config is valid");
@@ -60,13 +71,7 @@ fn every_problem_is_reported_with_its_path() {
         r#"metrics.bad: "sum(rate(x[5m]) by (" does not parse"#,
         "slo.error_ratio: 2 is out of range",
     ];
-    for e in expect {
-        assert!(
-            errors.iter().any(|x| x.starts_with(e)),
-            "missing {e:?} in {errors:#?}"
-        );
-    }
-    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    assert_problems(&errors, &expect);
 }
 
 #[test]
@@ -388,13 +393,7 @@ fn node_behaviour_is_checked_where_the_config_is_read() {
         r#"nodes.b.call_mode: invalid call mode "both""#,
         "nodes.b.error_rate: 1.5 is not a fraction from 0 to 1",
     ];
-    for e in expect {
-        assert!(
-            errors.iter().any(|x| x.starts_with(e)),
-            "missing {e:?} in {errors:#?}"
-        );
-    }
-    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    assert_problems(&errors, &expect);
 }
 
 #[test]
@@ -410,11 +409,5 @@ fn ambient_hosts_are_a_count_and_a_name_per_node() {
         "hosts: 0 is not a whole number from 1 to 64",
         r#"nodes.a.host: "Edge_1" is not a valid host name"#,
     ];
-    for e in expect {
-        assert!(
-            errors.iter().any(|x| x.starts_with(e)),
-            "missing {e:?} in {errors:#?}"
-        );
-    }
-    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    assert_problems(&errors, &expect);
 }

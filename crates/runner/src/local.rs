@@ -333,7 +333,9 @@ impl Backend for LocalBackend {
         let mut facts = Facts::new();
         match &self.mesh {
             None => {}
-            Some(m) if m.layout != Layout::Sidecars => ambient::facts(m, &mut facts),
+            Some(m) if let Layout::Ambient { hosts } = m.layout => {
+                ambient::facts(m, hosts, &mut facts)
+            }
             Some(m) => {
                 facts.insert("mesh".into(), "envoy".into());
                 facts.insert("envoy_version".into(), m.version.clone().into());

@@ -329,28 +329,28 @@ pub fn report_page(store: &std::path::Path, out: &std::path::Path) -> String {
     std::fs::read_to_string(out.join("index.html")).unwrap()
 }
 
-/// Starts `meshload run --store STORE CONFIG` and reads its stderr up to the first line
-/// that contains `event` (a test starting, finishing, its metrics being evaluated): the
-/// child, and the rest of its stderr. Panics if stderr ends first.
+/// Starts `meshload run FLAGS --store STORE CONFIG` and waits for the first line of its
+/// stderr that contains `event` (a test starting, finishing, its metrics being
+/// evaluated): the child, and its stderr. Panics if stderr ends first.
 pub fn run_until(
     config: &std::path::Path,
     store: &std::path::Path,
+    flags: &[&str],
     event: &str,
-) -> (Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
+) -> (Child, StderrLines) {
     let mut child = bin()
-        .args([
-            "run",
-            "--store",
-            store.to_str().unwrap(),
-            config.to_str().unwrap(),
-        ])
+        .arg("run")
+        .args(flags)
+        .arg("--store")
+        .arg(store)
+        .arg(config)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let seen = lines.by_ref().any(|l| l.unwrap().contains(event));
-    assert!(seen, "the run ended before {event:?}");
+    let mut lines = StderrLines::of(&mut child);
+    lines.wait_for(event);
     (child, lines)
 }
 
@@ -373,18 +373,26 @@ pub fn wait_for(what: &str, mut happened: impl FnMut() -> bool) {
     }
 }
 
-/// One series of a node's metrics (`meshload_node_requests_total{code="200"}`), read
-/// over a connection of its own (closed after); `None` when the node does not answer or
-/// has no such series yet.
-pub fn node_metric(addr: SocketAddr, series: &str) -> Option<f64> {
+/// The body of `GET path` from `addr`, over a connection of its own (closed after);
+/// `None` when nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::Write as _;
     let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
-    sample(&text, series)
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// One series of a node's metrics (`meshload_node_requests_total{code="200"}`); `None`
+/// when the node does not answer or has no such series yet.
+pub fn node_metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    sample(&http_get(addr, "/metrics")?, series)
 }
 
 /// The requests a node has answered with 200.

@@ -102,11 +102,7 @@ impl Hosts {
 }
 
 /// The facts of an ambient run.
-pub(super) fn facts(mesh: &EnvoyMesh, facts: &mut Facts) {
-    let hosts = match mesh.layout {
-        crate::mesh::Layout::Ambient { hosts } => hosts,
-        crate::mesh::Layout::Sidecars => 0,
-    };
+pub(super) fn facts(mesh: &EnvoyMesh, hosts: u32, facts: &mut Facts) {
     let ambient = meshload_config::Mesh::Ambient;
     facts.insert("mesh".into(), ambient.name().into());
     facts.insert("mesh_description".into(), ambient.description().into());
