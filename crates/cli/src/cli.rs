@@ -1003,8 +1003,9 @@ pub struct K8sDeployArgs {
     /// The service mesh (default: the config's "mesh", else none). Locally: none, envoy
     /// (a real Envoy sidecar beside every replica and the load generator, TLS between them
     /// as IsTLSEnabled/IsmTLSEnabled say), or ambient (replicas on two simulated hosts,
-    /// each with one Envoy as its node proxy, calls tunnelled in HBONE over mutual TLS);
-    /// `run` takes a list, `none,envoy,ambient`, brings each
+    /// each with one Envoy as its node proxy, calls tunnelled in HBONE over mutual TLS), or
+    /// ambient-waypoint (the same, and an Envoy waypoint per service that balances each
+    /// request); `run` takes a list, `none,envoy,ambient,ambient-waypoint`, brings each
     /// arm up, runs every test under each (interleaved with --repeat), then shows what the
     /// mesh costs; a mesh named twice (`none,none`) is an A/A check. On Kubernetes: one of
     /// none, istio (sidecars), istio-ambient (ztunnel; with --waypoint a waypoint too),

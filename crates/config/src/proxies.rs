@@ -62,7 +62,7 @@ impl Mesh {
             Mesh::Envoy | Mesh::AppMesh => sidecar(ENVOY_SIDECAR),
             Mesh::Istio => sidecar(ISTIO_PROXY),
             Mesh::Linkerd => sidecar(LINKERD_PROXY),
-            Mesh::Ambient | Mesh::IstioAmbient => Proxies {
+            Mesh::Ambient | Mesh::AmbientWaypoint | Mesh::IstioAmbient => Proxies {
                 sidecar: None,
                 shared: &AMBIENT,
             },

@@ -49,6 +49,7 @@ impl TryFrom<meshload_config::Mesh> for Mesh {
             Any::Linkerd => Ok(Mesh::Linkerd),
             Any::AppMesh => Ok(Mesh::AppMesh),
             Any::Ambient => Err("--mesh ambient is the local backend's (Envoy as the node proxy); on Kubernetes use istio-ambient".to_string()),
+            Any::AmbientWaypoint => Err("--mesh ambient-waypoint is the local backend's (Envoy as the node proxy and waypoint); on Kubernetes use istio-ambient --waypoint".to_string()),
             Any::Envoy => Err("--mesh envoy is the local backend's mesh; on Kubernetes use appmesh (App Mesh's Envoy), istio, istio-ambient or linkerd".to_string()),
         }
     }

@@ -259,9 +259,9 @@ impl Backend for LocalBackend {
 
     async fn up(&mut self, plan: &Plan) -> Result<Deployment, RunError> {
         if let Some(envoy) = self.mesh.clone()
-            && let Layout::Ambient { hosts } = envoy.layout
+            && let Layout::Ambient { hosts, waypoints } = envoy.layout
         {
-            return self.up_ambient(envoy, hosts, plan).await;
+            return self.up_ambient(envoy, (hosts, waypoints), plan).await;
         }
         let mut mesh = match self.mesh.clone() {
             Some(m) => Some(self.prepare_mesh(m, plan)?),
@@ -333,7 +333,7 @@ impl Backend for LocalBackend {
         let mut facts = Facts::new();
         match &self.mesh {
             None => {}
-            Some(m) if let Layout::Ambient { hosts } = m.layout => {
+            Some(m) if let Layout::Ambient { hosts, .. } = m.layout => {
                 ambient::facts(m, hosts, &mut facts)
             }
             Some(m) => {
@@ -540,19 +540,24 @@ fn observe_sidecar(
         replica,
         target,
         (pid, ENVOY_CONTAINER),
-        namespace,
+        (namespace, &[]),
     );
 }
 
-/// Adds one container of a pod: its scrape target (address, path, job) and its process.
+/// Adds one container of a pod in `namespace` with the pod's `labels` (as Prometheus's
+/// Kubernetes discovery maps them): its scrape target (address, path, job) and its
+/// process.
 fn observe_container(
     deployment: &mut Deployment,
     replica: &Replica,
     (addr, path, job): (SocketAddr, &str, &str),
     (pid, container): (Option<u32>, &str),
-    namespace: &str,
+    (namespace, labels): (&str, &[(&str, &str)]),
 ) {
-    let target = ScrapeTarget::of_pod(addr, path, job, namespace, replica);
+    let mut target = ScrapeTarget::of_pod(addr, path, job, namespace, replica);
+    target
+        .labels
+        .extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     deployment.scrape_targets.push(target);
     if let Some(pid) = pid {
         deployment.containers.push(Container {
@@ -590,7 +595,13 @@ async fn wait_sidecars(sidecars: &[(String, SocketAddr)]) -> Result<(), RunError
 /// Adds what is collected of a started replica: its `/metrics` and its process.
 fn observe(deployment: &mut Deployment, replica: &Replica, pid: Option<u32>, namespace: &str) {
     let target = (replica.addr, "/metrics", NODE_JOB);
-    observe_container(deployment, replica, target, (pid, APP_CONTAINER), namespace);
+    observe_container(
+        deployment,
+        replica,
+        target,
+        (pid, APP_CONTAINER),
+        (namespace, &[]),
+    );
 }
 
 /// Waits until every replica answers `/health` (at most [`HEALTH_TIMEOUT`]), naming those

@@ -178,7 +178,7 @@ fn local_meshes(
 ) -> Result<Vec<Option<EnvoyMesh>>, Exit> {
     let wants_envoy = meshes
         .iter()
-        .any(|m| matches!(m, Mesh::Envoy | Mesh::Ambient));
+        .any(|m| matches!(m, Mesh::Envoy | Mesh::Ambient | Mesh::AmbientWaypoint));
     let envoy = match wants_envoy && !on_cluster {
         true => Some(
             EnvoyMesh::find(
@@ -194,9 +194,12 @@ fn local_meshes(
         .iter()
         .map(|m| match m {
             Mesh::Envoy => envoy.clone(),
-            Mesh::Ambient => envoy
-                .clone()
-                .map(|e| e.ambient(config.hosts.unwrap_or(meshload_runner::mesh::DEFAULT_HOSTS))),
+            Mesh::Ambient | Mesh::AmbientWaypoint => envoy.clone().map(|e| {
+                e.ambient(
+                    config.hosts.unwrap_or(meshload_runner::mesh::DEFAULT_HOSTS),
+                    *m == Mesh::AmbientWaypoint,
+                )
+            }),
             _ => None,
         })
         .collect())
@@ -306,10 +309,15 @@ async fn run_locally(request: &RunRequest, observer: &Printer) -> Result<RunRepo
                 envoy.concurrency,
                 envoy.tls.as_str()
             ),
-            Layout::Ambient { hosts } => format!(
-                "mesh {} on {hosts} hosts: Envoy {} as each host's node proxy ({} workers), calls tunnelled in HBONE over mutual TLS",
-                Mesh::Ambient.description(),
+            Layout::Ambient { hosts, waypoints } => format!(
+                "mesh {} on {hosts} hosts: Envoy {} as each host's node proxy{} ({} workers), calls tunnelled in HBONE over mutual TLS",
+                envoy.layout.mesh().description(),
                 envoy.version,
+                if waypoints {
+                    " and each service's waypoint"
+                } else {
+                    ""
+                },
                 envoy.concurrency
             ),
         });

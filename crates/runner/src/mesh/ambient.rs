@@ -11,10 +11,15 @@
 //!   from the run's CA, an HTTP/2 connection manager that accepts `CONNECT` and routes
 //!   by `:authority` to the local replica named (an unknown one gets 404).
 //!
+//! With waypoints, a service's callers tunnel to its *waypoint* instead ([`Waypoint`]):
+//! an L7 Envoy that balances each request over the replicas and tunnels on to their
+//! hosts' node proxies, HBONE on both legs.
+//!
 //! Named as Istio names them, so that queries written for a cluster answer locally: pod
-//! `ztunnel-<host>`, container `istio-proxy`, namespace `istio-system`. Each proxy's
-//! certificate names its host's proxy (`ztunnel-<host>`, checked by the callers) and the
-//! workloads it speaks for (SPIFFE URIs, as Istio's identities are).
+//! `ztunnel-<host>`, container `istio-proxy`, namespace `istio-system`; waypoints pods
+//! `waypoint-<service>-0` of the Gateway `waypoint-<service>`. Each proxy's certificate
+//! names its pod (checked by the callers) and the workloads it speaks for (SPIFFE URIs,
+//! as Istio's identities are).
 
 use std::net::SocketAddr;
 
@@ -38,17 +43,26 @@ pub const HBONE_STATS: &str = "hbone_inbound";
 /// `tcp.<prefix>.downstream_cx_total` counts the connections it tunnelled.
 pub const OUTBOUND_STATS: &str = "outbound";
 
-/// One destination replica a host's pods call.
+/// A tunnel's far end: the proxy that terminates it and what it asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tunnel {
+    /// The `CONNECT` authority: a replica's `IP:port`, or a service's name and port (to
+    /// its waypoint).
+    pub authority: String,
+    /// The terminating proxy's pod (`ztunnel-<host>`, `waypoint-<service>-0`): its
+    /// certificate must name it.
+    pub peer: String,
+    /// The terminating proxy's HBONE listener.
+    pub hbone: SocketAddr,
+}
+
+/// One destination a host's pods call: a replica (or, with waypoints, a service).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outbound {
-    /// Where the host's pods connect for it (the stand-in for its pod IP).
+    /// Where the host's pods connect for it (the stand-in for its pod IP or service VIP).
     pub listen: SocketAddr,
-    /// The replica's own address: the tunnel's `:authority`.
-    pub replica: SocketAddr,
-    /// The destination host's name.
-    pub host: String,
-    /// The destination host's node proxy's HBONE listener.
-    pub hbone: SocketAddr,
+    /// Where each connection is tunnelled.
+    pub tunnel: Tunnel,
 }
 
 /// Everything one node proxy's bootstrap needs.
@@ -68,19 +82,57 @@ pub struct NodeProxy {
     pub files: TlsFiles,
 }
 
-fn hbone_cluster(host: &str) -> String {
-    format!("hbone_{host}")
+/// A service's waypoint: an L7 proxy (Envoy, as Istio's is) that every call to the
+/// service crosses. It terminates the callers' tunnels for the service's authority, hands
+/// the stream to an internal listener that parses HTTP and balances each request over
+/// the replicas, and carries each upstream connection in a tunnel of its own to the
+/// replica's host's node proxy: HBONE on both legs.
+#[derive(Debug, Clone)]
+pub struct Waypoint {
+    /// The service (a node's name): its pod is `waypoint-<service>-0`.
+    pub service: String,
+    /// The service's authority that callers' tunnels name.
+    pub authority: String,
+    /// Its admin listener.
+    pub admin: SocketAddr,
+    /// Its HBONE listener.
+    pub hbone: SocketAddr,
+    /// One tunnel per replica of the service, to the replica's host's node proxy.
+    pub replicas: Vec<Tunnel>,
+    /// Its identity from the run's CA.
+    pub files: TlsFiles,
+}
+
+/// `waypoint-<service>`: a service's waypoint, as its Gateway is named (the pods'
+/// `gateway.networking.k8s.io/gateway-name` label).
+pub fn waypoint_gateway(service: &str) -> String {
+    format!("waypoint-{service}")
+}
+
+/// `waypoint-<service>-0`: the waypoint's pod (and Envoy node id).
+pub fn waypoint_pod(service: &str) -> String {
+    format!("{}-0", waypoint_gateway(service))
+}
+
+/// The waypoints' HTTP stat prefix: `http.<prefix>.downstream_rq_total` counts the
+/// requests a waypoint routed.
+pub const WAYPOINT_STATS: &str = "waypoint";
+
+/// The internal listener between a waypoint's tunnels and its HTTP routing.
+const MAIN_INTERNAL: &str = "main_internal";
+
+fn tunnel_cluster_name(peer: &str) -> String {
+    format!("hbone_{peer}")
 }
 
 fn local_cluster(replica: SocketAddr) -> String {
     format!("inbound_{replica}")
 }
 
-/// The client side of a tunnel: HTTP/2 over TLS, the destination proxy's certificate
-/// checked for its name, this proxy's own presented.
-fn tunnel_cluster(host: &str, hbone: SocketAddr, files: &TlsFiles) -> Value {
-    let name = pod(host);
-    let mut cluster = static_cluster(&hbone_cluster(host), &[hbone], None);
+/// The client side of tunnels to `peer`: HTTP/2 over TLS, the peer's certificate checked
+/// for its name, this proxy's own presented.
+fn tunnel_cluster(peer: &str, hbone: SocketAddr, files: &TlsFiles) -> Value {
+    let mut cluster = static_cluster(&tunnel_cluster_name(peer), &[hbone], None);
     cluster["typed_extension_protocol_options"] = json!({
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -91,13 +143,13 @@ fn tunnel_cluster(host: &str, hbone: SocketAddr, files: &TlsFiles) -> Value {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": name,
+            "sni": peer,
             "common_tls_context": {
                 "alpn_protocols": ["h2"],
                 "tls_certificates": certificate(files),
                 "validation_context": {
                     "trusted_ca": {"filename": files.ca.display().to_string()},
-                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": name}}],
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": peer}}],
                 },
             },
         },
@@ -105,30 +157,39 @@ fn tunnel_cluster(host: &str, hbone: SocketAddr, files: &TlsFiles) -> Value {
     cluster
 }
 
-/// The HBONE listener: mutual TLS, then `CONNECT` routed by `:authority` to a local
-/// replica.
-fn hbone_listener(p: &NodeProxy) -> Value {
-    let virtual_hosts: Vec<Value> = p
-        .local
-        .iter()
-        .map(|replica| {
-            json!({
-                "name": replica.to_string(),
-                "domains": [replica.to_string()],
-                "routes": [{
-                    "match": {"connect_matcher": {}},
-                    "route": {
-                        "cluster": local_cluster(*replica),
-                        "timeout": "0s",
-                        "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}],
-                    },
-                }],
-            })
-        })
-        .collect();
+/// One tunnel cluster per peer the tunnels go to.
+fn tunnel_clusters<'a>(tunnels: impl Iterator<Item = &'a Tunnel>, files: &TlsFiles) -> Vec<Value> {
+    let mut peers: Vec<(&str, SocketAddr)> = tunnels.map(|t| (t.peer.as_str(), t.hbone)).collect();
+    peers.sort();
+    peers.dedup();
+    peers
+        .into_iter()
+        .map(|(peer, hbone)| tunnel_cluster(peer, hbone, files))
+        .collect()
+}
+
+/// A virtual host that accepts `CONNECT` for `authority` and hands the stream to
+/// `cluster`.
+fn connect_route(authority: &str, cluster: &str) -> Value {
+    json!({
+        "name": authority,
+        "domains": [authority],
+        "routes": [{
+            "match": {"connect_matcher": {}},
+            "route": {
+                "cluster": cluster,
+                "timeout": "0s",
+                "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}],
+            },
+        }],
+    })
+}
+
+/// An HBONE listener: mutual TLS, then `CONNECT` routed by `:authority`.
+fn hbone_listener(addr: SocketAddr, files: &TlsFiles, virtual_hosts: Vec<Value>) -> Value {
     json!({
         "name": "hbone",
-        "address": socket(p.hbone),
+        "address": socket(addr),
         "filter_chains": [{
             "transport_socket": {
                 "name": "envoy.transport_sockets.tls",
@@ -137,8 +198,8 @@ fn hbone_listener(p: &NodeProxy) -> Value {
                     "require_client_certificate": true,
                     "common_tls_context": {
                         "alpn_protocols": ["h2"],
-                        "tls_certificates": certificate(&p.files),
-                        "validation_context": {"trusted_ca": {"filename": p.files.ca.display().to_string()}},
+                        "tls_certificates": certificate(files),
+                        "validation_context": {"trusted_ca": {"filename": files.ca.display().to_string()}},
                     },
                 },
             },
@@ -161,48 +222,115 @@ fn hbone_listener(p: &NodeProxy) -> Value {
     })
 }
 
-/// An outbound listener: every connection becomes one tunnel to the replica.
+/// A `tcp_proxy` that carries each connection in a tunnel.
+fn tunnel_filter(tunnel: &Tunnel) -> Value {
+    json!({"filters": [{
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": OUTBOUND_STATS,
+            "cluster": tunnel_cluster_name(&tunnel.peer),
+            "tunneling_config": {"hostname": tunnel.authority},
+        },
+    }]})
+}
+
+/// An outbound listener: every connection becomes one tunnel.
 fn outbound_listener(o: &Outbound) -> Value {
-    let name = format!("outbound_{}", o.replica);
     json!({
-        "name": name,
+        "name": format!("outbound_{}", o.tunnel.authority),
         "address": socket(o.listen),
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.tcp_proxy",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                "stat_prefix": OUTBOUND_STATS,
-                "cluster": hbone_cluster(&o.host),
-                "tunneling_config": {"hostname": o.replica.to_string()},
-            },
-        }]}],
+        "filter_chains": [tunnel_filter(&o.tunnel)],
     })
 }
 
 /// The node proxy's static bootstrap.
 pub fn bootstrap(p: &NodeProxy) -> Value {
-    let mut listeners = vec![hbone_listener(p)];
+    let routes = p
+        .local
+        .iter()
+        .map(|replica| connect_route(&replica.to_string(), &local_cluster(*replica)))
+        .collect();
+    let mut listeners = vec![hbone_listener(p.hbone, &p.files, routes)];
     listeners.extend(p.outbound.iter().map(outbound_listener));
     let mut clusters: Vec<Value> = p
         .local
         .iter()
         .map(|replica| static_cluster(&local_cluster(*replica), &[*replica], None))
         .collect();
-    let mut hosts: Vec<(&str, SocketAddr)> = p
-        .outbound
-        .iter()
-        .map(|o| (o.host.as_str(), o.hbone))
-        .collect();
-    hosts.sort();
-    hosts.dedup();
-    clusters.extend(
-        hosts
-            .into_iter()
-            .map(|(host, hbone)| tunnel_cluster(host, hbone, &p.files)),
-    );
+    clusters.extend(tunnel_clusters(
+        p.outbound.iter().map(|o| &o.tunnel),
+        &p.files,
+    ));
     json!({
         "node": {"id": pod(&p.host), "cluster": "ztunnel"},
         "admin": {"address": socket(p.admin)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    })
+}
+
+/// A cluster whose endpoints are internal listeners of the same Envoy.
+fn internal_cluster(name: &str, listeners: &[String]) -> Value {
+    let lb_endpoints: Vec<Value> = listeners
+        .iter()
+        .map(|l| json!({"endpoint": {"address": {"envoy_internal_address": {"server_listener_name": l}}}}))
+        .collect();
+    let mut cluster = static_cluster(name, &[], None);
+    cluster["load_assignment"]["endpoints"] = json!([{"lb_endpoints": lb_endpoints}]);
+    cluster
+}
+
+/// The internal listener that originates the tunnel to one replica.
+fn originate_listener(tunnel: &Tunnel) -> String {
+    format!("connect_originate_{}", tunnel.authority)
+}
+
+/// A waypoint's static bootstrap: its HBONE listener hands the service's tunnels to the
+/// internal `main_internal` listener (HTTP, stat prefix [`WAYPOINT_STATS`]), whose route
+/// balances requests round robin over one internal listener per replica, each of which
+/// tunnels to the replica's host's node proxy.
+pub fn waypoint_bootstrap(w: &Waypoint) -> Value {
+    let service_cluster = format!("service_{}", w.service);
+    let route = connect_route(&w.authority, MAIN_INTERNAL);
+    let mut listeners = vec![hbone_listener(w.hbone, &w.files, vec![route])];
+    listeners.push(json!({
+        "name": MAIN_INTERNAL,
+        "internal_listener": {},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": WAYPOINT_STATS,
+                "codec_type": "AUTO",
+                "route_config": {"name": "waypoint", "virtual_hosts": [{
+                    "name": w.service,
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": service_cluster, "timeout": "0s"}}],
+                }]},
+                "http_filters": http_filters(),
+            },
+        }]}],
+    }));
+    listeners.extend(w.replicas.iter().map(|t| {
+        json!({
+            "name": originate_listener(t),
+            "internal_listener": {},
+            "filter_chains": [tunnel_filter(t)],
+        })
+    }));
+    let originate: Vec<String> = w.replicas.iter().map(originate_listener).collect();
+    let mut clusters = vec![
+        internal_cluster(MAIN_INTERNAL, &[MAIN_INTERNAL.to_string()]),
+        internal_cluster(&service_cluster, &originate),
+    ];
+    clusters.extend(tunnel_clusters(w.replicas.iter(), &w.files));
+    json!({
+        "node": {"id": waypoint_pod(&w.service), "cluster": "waypoint"},
+        "admin": {"address": socket(w.admin)},
+        "bootstrap_extensions": [{
+            "name": "envoy.bootstrap.internal_listener",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"},
+        }],
         "static_resources": {"listeners": listeners, "clusters": clusters},
     })
 }
@@ -223,6 +351,22 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    fn tunnel(authority: &str, peer: &str, port: u16) -> Tunnel {
+        Tunnel {
+            authority: authority.into(),
+            peer: peer.into(),
+            hbone: addr(port),
+        }
+    }
+
+    fn names(list: &Value) -> Vec<&str> {
+        list.as_array()
+            .expect("a list")
+            .iter()
+            .map(|c| c["name"].as_str().expect("a name"))
+            .collect()
+    }
+
     #[test]
     fn a_node_proxy_tunnels_out_per_replica_and_terminates_by_authority() {
         let proxy = NodeProxy {
@@ -233,15 +377,11 @@ mod tests {
             outbound: vec![
                 Outbound {
                     listen: addr(21001),
-                    replica: addr(20002),
-                    host: "b".into(),
-                    hbone: addr(15108),
+                    tunnel: tunnel("127.0.0.1:20002", "ztunnel-b", 15108),
                 },
                 Outbound {
                     listen: addr(21002),
-                    replica: addr(20003),
-                    host: "b".into(),
-                    hbone: addr(15108),
+                    tunnel: tunnel("127.0.0.1:20003", "ztunnel-b", 15108),
                 },
             ],
             files: files(),
@@ -260,22 +400,64 @@ mod tests {
         let route = &hbone["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0];
         assert_eq!(route["domains"], json!(["127.0.0.1:20001"]));
         let tunnel = &listeners[1]["filter_chains"][0]["filters"][0]["typed_config"];
-        assert_eq!(tunnel["cluster"], "hbone_b");
+        assert_eq!(tunnel["cluster"], "hbone_ztunnel-b");
         assert_eq!(tunnel["tunneling_config"]["hostname"], "127.0.0.1:20002");
-        let clusters = b["static_resources"]["clusters"]
-            .as_array()
-            .expect("clusters");
-        let names: Vec<&str> = clusters
-            .iter()
-            .map(|c| c["name"].as_str().expect("a name"))
-            .collect();
+        let clusters = &b["static_resources"]["clusters"];
         assert_eq!(
-            names,
-            ["inbound_127.0.0.1:20001", "hbone_b"],
-            "one tunnel cluster per host"
+            names(clusters),
+            ["inbound_127.0.0.1:20001", "hbone_ztunnel-b"],
+            "one tunnel cluster per peer"
         );
         let san = &clusters[1]["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
             ["match_typed_subject_alt_names"][0];
         assert_eq!(san["matcher"]["exact"], "ztunnel-b");
+    }
+
+    #[test]
+    fn a_waypoint_terminates_its_service_and_tunnels_each_replica_on() {
+        let w = Waypoint {
+            service: "db".into(),
+            authority: "service-db.perf.svc.cluster.local:9080".into(),
+            admin: addr(15000),
+            hbone: addr(15008),
+            replicas: vec![
+                tunnel("127.0.0.1:20001", "ztunnel-a", 15108),
+                tunnel("127.0.0.1:20002", "ztunnel-b", 15208),
+            ],
+            files: files(),
+        };
+        let b = waypoint_bootstrap(&w);
+        assert_eq!(b["node"]["id"], "waypoint-db-0");
+        let listeners = &b["static_resources"]["listeners"];
+        assert_eq!(
+            names(listeners),
+            [
+                "hbone",
+                "main_internal",
+                "connect_originate_127.0.0.1:20001",
+                "connect_originate_127.0.0.1:20002"
+            ]
+        );
+        let accepted = &listeners[0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0];
+        assert_eq!(accepted["domains"], json!([w.authority]));
+        assert_eq!(accepted["routes"][0]["route"]["cluster"], "main_internal");
+        let http = &listeners[1]["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(http["stat_prefix"], WAYPOINT_STATS);
+        let clusters = &b["static_resources"]["clusters"];
+        assert_eq!(
+            names(clusters),
+            [
+                "main_internal",
+                "service_db",
+                "hbone_ztunnel-a",
+                "hbone_ztunnel-b"
+            ]
+        );
+        let endpoints = &clusters[1]["load_assignment"]["endpoints"][0]["lb_endpoints"];
+        assert_eq!(
+            endpoints[1]["endpoint"]["address"]["envoy_internal_address"]["server_listener_name"],
+            "connect_originate_127.0.0.1:20002"
+        );
     }
 }

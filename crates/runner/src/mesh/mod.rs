@@ -3,7 +3,8 @@
 //! architecture, with Envoy as the node proxy.
 //!
 //! # Layout
-//! - [`ambient`]: a host's node proxy (HBONE tunnels out and in), named as ztunnel.
+//! - [`ambient`]: a host's node proxy (HBONE tunnels out and in), named as ztunnel, and
+//!   a service's waypoint.
 //! - [`envoy`]: finding Envoy, and each sidecar's bootstrap (App Mesh's names).
 //! - [`certs`]: the run's CA and per-service certificates.
 //! - [`sidecar`]: starting one sidecar process and waiting until it is ready.
@@ -46,18 +47,36 @@ pub enum Layout {
     Ambient {
         /// How many hosts the replicas are spread over.
         hosts: u32,
+        /// Whether every service has a waypoint ([`ambient::Waypoint`]).
+        waypoints: bool,
     },
+}
+
+impl Layout {
+    /// The mesh it is.
+    pub fn mesh(self) -> meshload_config::Mesh {
+        match self {
+            Layout::Sidecars => meshload_config::Mesh::Envoy,
+            Layout::Ambient {
+                waypoints: false, ..
+            } => meshload_config::Mesh::Ambient,
+            Layout::Ambient {
+                waypoints: true, ..
+            } => meshload_config::Mesh::AmbientWaypoint,
+        }
+    }
 }
 
 /// The hosts the local ambient mesh spreads replicas over, unless a config says.
 pub const DEFAULT_HOSTS: u32 = 2;
 
 impl EnvoyMesh {
-    /// The same Envoy as ambient's node proxy on `hosts` hosts (HBONE is always mutual
-    /// TLS).
-    pub fn ambient(mut self, hosts: u32) -> EnvoyMesh {
+    /// The same Envoy as ambient's node proxy on `hosts` hosts, and as every service's
+    /// waypoint with `waypoints` (HBONE is always mutual TLS).
+    pub fn ambient(mut self, hosts: u32, waypoints: bool) -> EnvoyMesh {
         self.layout = Layout::Ambient {
             hosts: hosts.max(1),
+            waypoints,
         };
         self.tls = TlsMode::Mutual;
         self
