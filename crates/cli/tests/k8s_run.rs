@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{NodeProc, Prometheus, bin, json, run_dir, start_prometheus, temp_dir, write_config};
+use common::{
+    NodeProc, Prometheus, bin, json, run_dir, start_prometheus_jobs, temp_dir, write_config,
+};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -102,15 +104,30 @@ async fn handle(
             st.applied.insert(path.clone(), obj.clone());
             reply(200, &obj)
         }
-        // Every applied Deployment is ready at once.
+        // Every applied Deployment is ready at once, and so is the one istiod makes for a
+        // waypoint Gateway (of the Gateway's name).
         ("GET", p) if p.starts_with("/apis/apps/v1/namespaces/") && p.ends_with("/deployments") => {
             let namespace = p.split('/').nth(5).unwrap();
+            let within = format!("/namespaces/{namespace}/");
+            let waypoints = st
+                .applied
+                .iter()
+                .filter(|(path, o)| {
+                    path.contains(&within)
+                        && o["kind"] == "Gateway"
+                        && o["spec"]["gatewayClassName"] == "istio-waypoint"
+                })
+                .map(|(_, g)| json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "metadata": {"name": g["metadata"]["name"], "namespace": namespace},
+                                     "spec": {"replicas": 1}}))
+                .collect::<Vec<_>>();
             let ready: Vec<Value> = st
                 .applied
                 .values()
                 .filter(|o| o["kind"] == "Deployment" && o["metadata"]["namespace"] == namespace)
-                .map(|d| {
-                    let mut d = d.clone();
+                .cloned()
+                .chain(waypoints)
+                .map(|mut d| {
                     d["status"] = json!({"readyReplicas": d["spec"]["replicas"]});
                     d
                 })
@@ -341,22 +358,94 @@ fn wait_scraping(prometheus: &Prometheus) {
                 .as_millis() as i64;
             if let Ok(r) = client.query("up", now).await
                 && let meshload_promql::Value::Vector(v) = r.value
-                && v.first().is_some_and(|s| s.value == 1.0)
+                && !v.is_empty()
+                && v.iter().all(|s| s.value == 1.0)
             {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        panic!("prometheus did not scrape the node within 30 s");
+        panic!("prometheus did not scrape the node and cAdvisor within 30 s");
     });
 }
 
 /// The stand-ins for the cluster's pods: a node, the load generator (which reaches the
-/// node under its in-cluster name) and a Prometheus.
+/// node under its in-cluster name), a Prometheus, and the kubelets' cAdvisor it scrapes.
 struct Pods {
     node: NodeProc,
     loadgen: NodeProc,
     prometheus: Prometheus,
+    _cadvisor: Cadvisor,
+}
+
+/// What the cAdvisor stand-in reports: (namespace, pod, container, MiB, cores), each
+/// container's CPU counter growing at its cores from the start. An Istio ambient
+/// cluster: the node's app container, a ztunnel, the run's waypoint, and what a run must
+/// not count (another namespace's waypoint, another container of the run's namespace).
+const CONTAINERS: [(&str, &str, &str, f64, f64); 5] = [
+    ("perf", "node-0-6d4cf56db6-x7k2p", "app", 8.0, 0.1),
+    ("istio-system", "ztunnel-4xk9z", "istio-proxy", 12.0, 0.05),
+    (
+        "perf",
+        "waypoint-5d8f9c7b4-q2w3e",
+        "istio-proxy",
+        60.0,
+        0.25,
+    ),
+    ("other", "waypoint-7c6d5-abcde", "istio-proxy", 600.0, 2.0),
+    ("perf", "debug-0", "shell", 300.0, 1.0),
+];
+
+/// A stand-in for the kubelets' cAdvisor endpoint (`/metrics/cadvisor`): the series of
+/// [`CONTAINERS`], answered on loopback until dropped.
+struct Cadvisor {
+    addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cadvisor {
+    fn start() -> Cadvisor {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let started = std::time::Instant::now();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request);
+                let seconds = started.elapsed().as_secs_f64();
+                let mut body = String::new();
+                for (ns, pod, container, mib, cores) in CONTAINERS {
+                    let labels = format!(r#"namespace="{ns}",pod="{pod}",container="{container}""#);
+                    body.push_str(&format!(
+                        "container_memory_working_set_bytes{{{labels}}} {}\ncontainer_cpu_usage_seconds_total{{{labels}}} {}\n",
+                        mib * 1024.0 * 1024.0,
+                        cores * seconds
+                    ));
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Cadvisor { addr, stop }
+    }
+}
+
+impl Drop for Cadvisor {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the accept loop so that it sees the stop.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
 }
 
 /// The stand-ins, with node 0 reachable as service-0 in `namespace`.
@@ -374,12 +463,17 @@ fn pods_in(namespace: &str) -> Pods {
         ],
         &[],
     );
-    let prometheus = start_prometheus("pods", node.addr, "{pod: node-0-abcde-0}");
+    let cadvisor = Cadvisor::start();
+    let prometheus = start_prometheus_jobs(&[
+        ("pods", node.addr, "{pod: node-0-abcde-0}"),
+        ("cadvisor", cadvisor.addr, "{}"),
+    ]);
     wait_scraping(&prometheus);
     Pods {
         node,
         loadgen,
         prometheus,
+        _cadvisor: cadvisor,
     }
 }
 
@@ -628,6 +722,71 @@ fn app_mesh_runs_with_the_seeds_prometheus_and_deletes_the_mesh_too() {
         shown.contains("Backend    k8s, mesh appmesh, namespace mesh-perf, Kubernetes v1.33.1-fake, cluster second-context"),
         "{shown}"
     );
+}
+
+#[test]
+fn istio_ambient_on_a_cluster_measures_its_proxies_from_the_clusters_prometheus() {
+    let FakeRun { store, stderr, .. } = run_on_fake_cluster(
+        "k8s-ambient",
+        "perf",
+        CONFIG,
+        &[
+            "--mesh",
+            "istio-ambient",
+            "--waypoint",
+            "--prometheus-service",
+            "monitoring/prometheus:9090",
+        ],
+    );
+    assert!(
+        stderr.contains("container series (CPU, memory) copied from the cluster's Prometheus"),
+        "{stderr}"
+    );
+    let run = run_dir(&store, "k8s-qps40");
+    // The run's samples hold the preset's containers, and only those.
+    let samples = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
+    for (ns, pod, container, ..) in CONTAINERS {
+        let wanted = ns != "other" && container != "shell";
+        assert_eq!(
+            samples.contains(pod),
+            wanted,
+            "{ns}/{pod}/{container} collected: {wanted}"
+        );
+    }
+    // `results show` reads the node's and the proxies' memory and CPU from them, as for
+    // a local run: each near what cAdvisor said.
+    let out = bin()
+        .args(["results", "show", "--store", store.to_str().unwrap()])
+        .arg(run.strip_prefix(&store).unwrap())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    let row = |name: &str| -> (f64, f64) {
+        let line = shown
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {shown}"));
+        let numbers: Vec<f64> = line
+            .split_whitespace()
+            .rev()
+            .take(2)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        (numbers[1], numbers[0])
+    };
+    for (name, mib, cores) in [
+        ("0 ", 8.0, 0.1),
+        ("ztunnel (shared)", 12.0, 0.05),
+        ("waypoint (shared)", 60.0, 0.25),
+    ] {
+        let (memory, cpu) = row(name);
+        assert_eq!(memory, mib, "{name}: {shown}");
+        assert!(
+            (cpu - cores).abs() <= cores * 0.3,
+            "{name}: {cpu} cores, cAdvisor said {cores}: {shown}"
+        );
+    }
 }
 
 #[test]

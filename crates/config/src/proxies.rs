@@ -16,6 +16,9 @@ pub struct SharedProxy {
     pub role: &'static str,
     /// The label matchers of its containers' series (without braces).
     pub matchers: &'static str,
+    /// Whether it runs in the run's namespace (a waypoint), which its matchers cannot
+    /// name: on a cluster its series are collected from there only.
+    pub in_run_namespace: bool,
 }
 
 /// Where a mesh's proxies are.
@@ -34,16 +37,30 @@ pub const ENVOY_SIDECAR: &str = "envoy";
 pub const ISTIO_PROXY: &str = "istio-proxy";
 /// Linkerd's proxy container.
 pub const LINKERD_PROXY: &str = "linkerd-proxy";
+/// A node's own container, in the pods of both backends.
+pub const APP_CONTAINER: &str = "app";
+
+/// cAdvisor's working set of a container, in bytes (what the OOM killer counts).
+pub const MEMORY_SERIES: &str = "container_memory_working_set_bytes";
+/// cAdvisor's CPU time of a container, in seconds (a counter).
+pub const CPU_SERIES: &str = "container_cpu_usage_seconds_total";
+
+/// The selector of the memory and CPU series of the containers that `matchers` select.
+pub fn resource_series(matchers: &str) -> String {
+    format!(r#"{{__name__=~"{MEMORY_SERIES}|{CPU_SERIES}", {matchers}}}"#)
+}
 
 /// Istio ambient's shared proxies.
 const AMBIENT: [SharedProxy; 2] = [
     SharedProxy {
         role: "ztunnel",
         matchers: r#"namespace="istio-system", pod=~"ztunnel-.*", container="istio-proxy""#,
+        in_run_namespace: false,
     },
     SharedProxy {
         role: "waypoint",
         matchers: r#"pod=~"waypoint-.*", container="istio-proxy""#,
+        in_run_namespace: true,
     },
 ];
 
@@ -84,7 +101,7 @@ mod tests {
                 "{mesh}"
             );
             for shared in p.shared {
-                let query = format!("container_memory_working_set_bytes{{{}}}", shared.matchers);
+                let query = resource_series(shared.matchers);
                 assert!(crate::query_limits::parse(&query).is_ok(), "{query}");
             }
         }

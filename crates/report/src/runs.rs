@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::BufReader;
 
+use meshload_config::proxies::{APP_CONTAINER, CPU_SERIES, MEMORY_SERIES};
 use meshload_loadgen::FortioResult;
 use meshload_promql::{QueryOptions, Store, Value, instant_query};
 use meshload_store::RunRef;
@@ -307,7 +308,7 @@ impl Run {
                 return out;
             }
         };
-        out.nodes = resources_of(&store, "app", start, end);
+        out.nodes = resources_of(&store, APP_CONTAINER, start, end);
         let proxies = self.mesh_kind().proxies();
         if let Some(sidecar) = proxies.sidecar {
             out.sidecars = resources_of(&store, sidecar, start, end);
@@ -343,7 +344,9 @@ fn resources_of(
     end: i64,
 ) -> BTreeMap<String, NodeResources> {
     let by_node = |inner: String| {
-        format!(r#"label_replace({inner}, "node", "$1", "pod", "node-(.+)-[^-]+-[0-9]+")"#)
+        // Pods `node-<node>-<replica set>-<n>` locally, `node-<node>-<hash>-<id>` on a
+        // cluster.
+        format!(r#"label_replace({inner}, "node", "$1", "pod", "node-(.+)-[^-]+-[^-]+")"#)
     };
     let mut out = BTreeMap::new();
     let selector = format!(r#"container="{container}""#);
@@ -378,15 +381,13 @@ fn measure(
     let memory = format!(
         "max by ({by}) ({}) / (1024*1024)",
         relabel(format!(
-            "max_over_time(container_memory_working_set_bytes{{{matchers}}}[{window}])"
+            "max_over_time({MEMORY_SERIES}{{{matchers}}}[{window}])"
         ))
     );
     let seconds = ((end - start).max(1000) + 1000) as f64 / 1000.0;
     let cpu = format!(
         "sum by ({by}) ({}) / {seconds}",
-        relabel(format!(
-            "increase(container_cpu_usage_seconds_total{{{matchers}}}[{window}])"
-        ))
+        relabel(format!("increase({CPU_SERIES}{{{matchers}}}[{window}])"))
     );
     for (query, is_memory) in [(memory, true), (cpu, false)] {
         let Ok(result) = instant_query(store, &query, end, QueryOptions::default()) else {

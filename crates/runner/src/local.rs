@@ -32,8 +32,7 @@ use crate::plan::{Plan, PlannedNode};
 
 /// The `job` label of the nodes' own `/metrics`.
 pub const NODE_JOB: &str = "meshload-node";
-/// The container name of a node's process, as a pod's app container.
-pub const APP_CONTAINER: &str = "app";
+pub use meshload_config::proxies::APP_CONTAINER;
 
 /// How long a replica may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use meshload_config::proxies::{CPU_SERIES, MEMORY_SERIES};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
@@ -227,8 +228,8 @@ async fn serve_exporter(listener: TcpListener, containers: Vec<Container>) {
 }
 
 fn exposition(containers: &[Container]) -> String {
-    let mut memory = String::from("# TYPE container_memory_working_set_bytes gauge\n");
-    let mut cpu = String::from("# TYPE container_cpu_usage_seconds_total counter\n");
+    let mut memory = format!("# TYPE {MEMORY_SERIES} gauge\n");
+    let mut cpu = format!("# TYPE {CPU_SERIES} counter\n");
     for c in containers {
         let Some(sample) = meshload_process::resources::sample(c.pid as i32) else {
             continue;
@@ -238,11 +239,11 @@ fn exposition(containers: &[Container]) -> String {
             c.namespace, c.pod, c.container
         );
         memory.push_str(&format!(
-            "container_memory_working_set_bytes{{{labels}}} {}\n",
+            "{MEMORY_SERIES}{{{labels}}} {}\n",
             sample.working_set_bytes
         ));
         cpu.push_str(&format!(
-            "container_cpu_usage_seconds_total{{{labels}}} {}\n",
+            "{CPU_SERIES}{{{labels}}} {}\n",
             sample.cpu_seconds
         ));
     }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use meshload_config::proxies::{APP_CONTAINER, CPU_SERIES, MEMORY_SERIES, resource_series};
 use meshload_config::search::{SearchSpec, Threshold};
 use meshload_config::{Config, LoadTest, PrometheusSetting};
 use meshload_loadgen::FortioResult;
@@ -741,6 +742,20 @@ async fn run_test<B: Backend>(
         ));
     }
     let (metrics, query_window) = measure(ctx, &fortio, window, stop).await;
+    if ctx.deployment.containers.is_empty() && ctx.answerer.scrapes_by_itself() {
+        let note = match collect_containers(ctx, mesh_of(backend), query_window, stop).await {
+            Ok(0) => format!(
+                "{}: the cluster's Prometheus has no {MEMORY_SERIES} or {CPU_SERIES} of the run's containers (is cAdvisor scraped?): no CPU or memory figures",
+                test.name
+            ),
+            Ok(n) => format!(
+                "{}: {n} container series (CPU, memory) copied from the cluster's Prometheus",
+                test.name
+            ),
+            Err(e) => format!("{}: container CPU and memory: {e}", test.name),
+        };
+        observer.phase(&note);
+    }
     for m in &metrics {
         if let Err(e) = &m.series {
             // Named, so that a metric that timed out or was refused is found at once.
@@ -983,6 +998,62 @@ async fn measure(
         });
     }
     (metrics, window)
+}
+
+/// The most points a range query asks a Prometheus for per series (Prometheus refuses
+/// more than 11,000).
+const MAX_POINTS: i64 = 10_000;
+
+/// On a cluster nothing is sampled here: the containers' CPU and memory are cAdvisor's
+/// series in the cluster's Prometheus. Copies those of the nodes' app containers and of
+/// the mesh's proxies (its preset: sidecars in the run's namespace, ztunnel, waypoints)
+/// over the test's window into the run's samples, at the scrape interval, so that the
+/// stored run answers the report's and the mesh cost's figures as a local run does.
+/// Returns how many series were copied.
+async fn collect_containers(
+    ctx: &TestContext<'_>,
+    mesh: meshload_config::Mesh,
+    window: QueryWindow,
+    stop: &StopSignal,
+) -> Result<usize, String> {
+    let namespace = &ctx.config.namespace;
+    let proxies = mesh.proxies();
+    let containers: Vec<&str> = std::iter::once(APP_CONTAINER)
+        .chain(proxies.sidecar)
+        .collect();
+    let mut selectors = vec![resource_series(&format!(
+        r#"namespace="{namespace}", container=~"{}""#,
+        containers.join("|")
+    ))];
+    for shared in proxies.shared {
+        selectors.push(resource_series(&match shared.in_run_namespace {
+            true => format!(r#"{}, namespace="{namespace}""#, shared.matchers),
+            false => shared.matchers.to_string(),
+        }));
+    }
+    // From a few scrapes before the start (a counter's increase needs the one before).
+    let interval = (ctx.config.scrape_interval.as_millis() as i64).max(1000);
+    let start = window.start - 3 * interval;
+    let step = interval.max((window.end - start) / MAX_POINTS + 1);
+    let range = QueryWindow {
+        start,
+        end: window.end,
+        step,
+    };
+    let mut copied = Vec::new();
+    for selector in &selectors {
+        copied.extend(ctx.answerer.range(selector, range, stop).await?);
+    }
+    let mut store = ctx
+        .samples
+        .lock()
+        .expect("the store lock is never poisoned");
+    for series in &copied {
+        for (t, v) in &series.points {
+            store.append(&series.labels, *t, *v);
+        }
+    }
+    Ok(copied.len())
 }
 
 /// What one test stores beside its summary.

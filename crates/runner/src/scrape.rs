@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use meshload_config::proxies::{CPU_SERIES, MEMORY_SERIES};
 use meshload_promql::Store;
 use meshload_promql::exposition::{self, Format};
 use meshload_promql::labels::{Labels, METRIC_NAME};
@@ -219,12 +220,9 @@ fn record_process(store: &mut Store, sampled: &mut Sampled, now: i64) {
         return;
     };
     let values = [
-        (
-            "container_memory_working_set_bytes",
-            sample.working_set_bytes as f64,
-        ),
+        (MEMORY_SERIES, sample.working_set_bytes as f64),
         ("container_memory_rss", sample.resident_bytes as f64),
-        ("container_cpu_usage_seconds_total", sample.cpu_seconds),
+        (CPU_SERIES, sample.cpu_seconds),
     ];
     let mut ids = Vec::with_capacity(values.len());
     for (name, value) in values {

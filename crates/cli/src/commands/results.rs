@@ -258,13 +258,41 @@ pub fn show(args: &ResultsShowArgs) -> anyhow::Result<ExitCode> {
     if let Some(warning) = &read.warning {
         eprintln!("meshload: warning: {warning}");
     }
-    let resources = read.nodes;
-    if !resources.is_empty() {
-        writeln!(out, "Nodes      max memory MiB   CPU cores")?;
-        for (node, r) in &resources {
+    let proxies = read
+        .sidecars
+        .iter()
+        .map(|(node, r)| (format!("{node}'s sidecars"), r))
+        .chain(
+            read.shared
+                .iter()
+                .map(|(role, r)| (format!("{role} (shared)"), r)),
+        );
+    let tables = [
+        (
+            "Nodes",
+            read.nodes.iter().map(|(n, r)| (n.clone(), r)).collect(),
+        ),
+        ("Proxies", proxies.collect::<Vec<_>>()),
+    ];
+    let width = tables
+        .iter()
+        .flat_map(|(_, rows)| rows.iter().map(|(n, _)| n.len()))
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    for (title, rows) in tables {
+        if rows.is_empty() {
+            continue;
+        }
+        writeln!(
+            out,
+            "{title:<width$} max memory MiB   CPU cores",
+            width = width + 2
+        )?;
+        for (name, r) in rows {
             writeln!(
                 out,
-                "  {node:<16} {:>12.1} {:>11.3}",
+                "  {name:<width$} {:>14.1} {:>11.3}",
                 r.max_memory_mib, r.cpu_cores
             )?;
         }

@@ -280,11 +280,21 @@ impl Drop for Prometheus {
 /// Starts Prometheus scraping `target` every second as job `job`, with `labels` (YAML
 /// flow mapping, e.g. `{pod: node-0-abcde-0}`) on its series.
 pub fn start_prometheus(job: &str, target: SocketAddr, labels: &str) -> Prometheus {
+    start_prometheus_jobs(&[(job, target, labels)])
+}
+
+/// Starts Prometheus scraping every (job, target, labels) every second.
+pub fn start_prometheus_jobs(jobs: &[(&str, SocketAddr, &str)]) -> Prometheus {
     // One folder per server: tests run in parallel.
-    let dir = temp_dir(&format!("prometheus-{}", target.port()));
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n        labels: {labels}\n"
+    let dir = temp_dir(&format!("prometheus-{}", jobs[0].1.port()));
+    let mut config = String::from(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
     );
+    for (job, target, labels) in jobs {
+        config.push_str(&format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n        labels: {labels}\n"
+        ));
+    }
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let child = Command::new("prometheus")
