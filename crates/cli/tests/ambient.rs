@@ -184,6 +184,13 @@ fn four_arms_in_one_command_cost_sidecars_and_shared_proxies_apart() {
     };
     assert_eq!(costs.len(), 3, "one entry per arm against none: {doc}");
     let has = |names: &[String], name: &str| names.iter().any(|n| n == name);
+    // Every arm's proxies together, one figure to set the arms side by side.
+    for mesh in ["envoy", "ambient", "ambient-waypoint"] {
+        let names = figures(mesh);
+        for total in ["mesh_memory", "mesh_cpu", "mesh_cpu_per_krps"] {
+            assert!(has(&names, total), "{total} of {mesh}: {names:?}");
+        }
+    }
     let sidecars = figures("envoy");
     assert!(has(&sidecars, "envoy_cpu:db"), "{sidecars:?}");
     assert!(

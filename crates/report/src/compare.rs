@@ -17,6 +17,16 @@ use crate::runs::Run;
 const SIDECAR: &str = "envoy_";
 /// The prefix of a shared proxy's figures (`shared_cpu:ztunnel`).
 const SHARED: &str = "shared_";
+/// The prefix of the figures of all the mesh's proxies together (`mesh_cpu`).
+const MESH: &str = "mesh_";
+/// The prefixes of proxies' figures: a proxy that only one arm has costs nothing in the
+/// other.
+const PROXIES: [&str; 3] = [SIDECAR, SHARED, MESH];
+
+/// A proxy figure's measure without its prefix (`cpu:db` of `envoy_cpu:db`).
+fn proxy_measure(key: &str) -> Option<&str> {
+    PROXIES.iter().find_map(|p| key.strip_prefix(p))
+}
 
 /// One compared figure: the contract of `run --json` (`mesh_cost[].figures[]`) and
 /// `compare --json` (`figures[]`).
@@ -159,6 +169,26 @@ fn run_values(run: &Run, warnings: &mut Vec<String>) -> Vec<(String, String, f64
             }
         }
     }
+    if let Some(r) = resources.proxies {
+        let what = "all the mesh's proxies";
+        push(
+            format!("{MESH}memory"),
+            format!("{what} memory MiB (each one's max, summed)"),
+            Some(r.max_memory_mib),
+        );
+        push(
+            format!("{MESH}cpu"),
+            format!("{what} CPU cores"),
+            Some(r.cpu_cores),
+        );
+        if krps > 0.0 {
+            push(
+                format!("{MESH}cpu_per_krps"),
+                format!("{what} CPU cores per 1,000 req/s"),
+                Some(r.cpu_cores / krps),
+            );
+        }
+    }
     out
 }
 
@@ -234,7 +264,7 @@ pub fn compare(a: &[Run], b: &[Run], paired: bool) -> Comparison {
             // A sidecar that only one arm has costs nothing in the other.
             let absent = |v: &BTreeMap<String, Vec<f64>>, runs: &[Run]| match v.get(&key) {
                 Some(v) => v.clone(),
-                None if key.starts_with(SIDECAR) || key.starts_with(SHARED) => {
+                None if proxy_measure(&key).is_some() => {
                     vec![0.0; runs.len()]
                 }
                 None => vec![f64::NAN; runs.len()],
@@ -514,10 +544,7 @@ fn resource_points(runs: &[&Run]) -> BTreeMap<(String, String), Vec<(f64, f64)>>
     for run in runs {
         let krps = run.fortio.actual_qps / 1000.0;
         for (key, label, v) in run_values(run, &mut Vec::new()) {
-            let resource = key
-                .strip_prefix(SIDECAR)
-                .or_else(|| key.strip_prefix(SHARED))
-                .unwrap_or(&key);
+            let resource = proxy_measure(&key).unwrap_or(&key);
             if Key::Memory.bounds(resource) || Key::Cpu.bounds(resource) {
                 points.entry((key, label)).or_default().push((krps, v));
             }

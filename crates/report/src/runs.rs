@@ -318,6 +318,14 @@ impl Run {
                 out.shared.insert(shared.role.to_string(), r);
             }
         }
+        // The nodes' sidecars (not the load generator's) and the shared proxies.
+        let every: Vec<String> = proxies
+            .sidecar
+            .map(|c| format!(r#"container="{c}", pod=~"{NODE_POD}""#))
+            .into_iter()
+            .chain(proxies.shared.iter().map(|s| s.matchers.to_string()))
+            .collect();
+        out.proxies = all_proxies(&store, &every, start, end);
         out
     }
 }
@@ -332,9 +340,16 @@ pub struct Resources {
     /// The proxies pods share (ambient's `ztunnel` and `waypoint`), by role: the largest
     /// working set of any one, and the CPU of all.
     pub shared: BTreeMap<String, NodeResources>,
+    /// All the mesh's proxies together (the nodes' sidecars and the shared ones): the sum
+    /// of each one's largest working set, and the CPU of all. `None` without a mesh.
+    pub proxies: Option<NodeResources>,
     /// Why the figures may be incomplete (bad lines skipped, or no samples at all).
     pub warning: Option<String>,
 }
+
+/// A node's pods: `node-<node>-<replica set>-<n>` locally, `node-<node>-<hash>-<id>` on a
+/// cluster; the node is the first group.
+const NODE_POD: &str = "node-(.+)-[^-]+-[^-]+";
 
 /// Memory and CPU of `container` per node, over `start..end`.
 fn resources_of(
@@ -343,14 +358,11 @@ fn resources_of(
     start: i64,
     end: i64,
 ) -> BTreeMap<String, NodeResources> {
-    let by_node = |inner: String| {
-        // Pods `node-<node>-<replica set>-<n>` locally, `node-<node>-<hash>-<id>` on a
-        // cluster.
-        format!(r#"label_replace({inner}, "node", "$1", "pod", "node-(.+)-[^-]+-[^-]+")"#)
-    };
+    let by_node =
+        |inner: String| format!(r#"label_replace({inner}, "node", "$1", "pod", "{NODE_POD}")"#);
     let mut out = BTreeMap::new();
     let selector = format!(r#"container="{container}""#);
-    for (node, r) in measure(store, &selector, "node", by_node, start, end) {
+    for (node, r) in measure(store, &selector, ("max", "node"), by_node, start, end) {
         if !node.is_empty() {
             out.insert(node, r);
         }
@@ -361,17 +373,32 @@ fn resources_of(
 /// Memory and CPU of the containers that `matchers` select, together, over `start..end`:
 /// the largest working set of any of them and the CPU of all.
 fn shared_resources(store: &Store, matchers: &str, start: i64, end: i64) -> Option<NodeResources> {
-    measure(store, matchers, "", |inner| inner, start, end)
+    measure(store, matchers, ("max", ""), |inner| inner, start, end)
         .into_values()
         .next()
 }
 
-/// The largest working set (MiB) and the CPU (cores) of the containers `matchers` select,
-/// by the label `by` (after `relabel`; `""` for all together).
+/// Every proxy of a mesh together (`proxies`: each one's matchers): the sum of each
+/// one's largest working set, and the CPU of all; `None` without any.
+fn all_proxies(store: &Store, proxies: &[String], start: i64, end: i64) -> Option<NodeResources> {
+    let each = proxies.iter().filter_map(|matchers| {
+        measure(store, matchers, ("sum", ""), |inner| inner, start, end)
+            .into_values()
+            .next()
+    });
+    each.reduce(|a, b| NodeResources {
+        max_memory_mib: a.max_memory_mib + b.max_memory_mib,
+        cpu_cores: a.cpu_cores + b.cpu_cores,
+    })
+}
+
+/// The working sets (MiB, the largest of each, aggregated by `memory`: `max` or `sum`)
+/// and the CPU (cores) of the containers `matchers` select, by the label `by` (after
+/// `relabel`; `""` for all together).
 fn measure(
     store: &Store,
     matchers: &str,
-    by: &str,
+    (memory, by): (&str, &str),
     relabel: impl Fn(String) -> String,
     start: i64,
     end: i64,
@@ -379,7 +406,7 @@ fn measure(
     let mut out: BTreeMap<String, NodeResources> = BTreeMap::new();
     let window = format!("{}ms", (end - start).max(1000) + 1000);
     let memory = format!(
-        "max by ({by}) ({}) / (1024*1024)",
+        "{memory} by ({by}) ({}) / (1024*1024)",
         relabel(format!(
             "max_over_time({MEMORY_SERIES}{{{matchers}}}[{window}])"
         ))
@@ -480,5 +507,17 @@ mod tests {
             .expect("Istio has sidecars");
         let sidecars = resources_of(&store, sidecar, 0, 10_000);
         assert_eq!(sidecars.keys().collect::<Vec<_>>(), ["a"]);
+        // Together: each proxy's own largest working set, summed.
+        let every: Vec<String> = ambient
+            .shared
+            .iter()
+            .map(|p| p.matchers.to_string())
+            .collect();
+        let all = all_proxies(&store, &every, 0, 10_000).expect("proxies");
+        assert!(
+            (all.max_memory_mib - (12.0 + 14.0 + 60.0)).abs() < 1e-9,
+            "{all:?}"
+        );
+        assert!((all.cpu_cores - 0.37).abs() < 0.06, "{all:?}");
     }
 }

@@ -266,7 +266,8 @@ pub fn show(args: &ResultsShowArgs) -> anyhow::Result<ExitCode> {
             read.shared
                 .iter()
                 .map(|(role, r)| (format!("{role} (shared)"), r)),
-        );
+        )
+        .chain(read.proxies.iter().map(|r| ("all, summed".to_string(), r)));
     let tables = [
         (
             "Nodes",
