@@ -450,3 +450,72 @@ fn the_load_generator_and_the_nodes_are_pinned_apart() {
     assert!(err.contains("CPU 1023 is not one"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The timestamps of the `up` samples of a stored run's samples (every target's).
+fn up_times(run: &std::path::Path) -> Vec<i64> {
+    let text = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
+    let mut times: Vec<i64> = text
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|s| s["labels"]["__name__"] == "up")
+        .flat_map(|s| {
+            s["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p[0].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    times.sort();
+    times
+}
+
+#[test]
+fn an_idle_arm_is_not_scraped_while_another_arm_is_loaded() {
+    let dir = temp_dir("repeat-idle");
+    let config = one_node(&dir, r#""test_name": "idle", "qps": 50, "t": "3s""#);
+    let store = dir.join("store");
+    let out = run_config(&config, &store, &["--mesh", "none,none", "--json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dir_of = |arm: &str| {
+        let test = doc["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["series"]["arm"] == arm)
+            .unwrap();
+        std::path::PathBuf::from(test["run_dir"].as_str().unwrap())
+    };
+    let (first, second) = (dir_of("none"), dir_of("none#2"));
+    let window = |run: &std::path::Path| {
+        let m = common::json(&run.join("metadata.json"));
+        (
+            m["start_ms"].as_i64().unwrap(),
+            m["end_ms"].as_i64().unwrap(),
+        )
+    };
+    let (start, end) = window(&first);
+    // The second arm's samples reach back over the first arm's test: it was not scraped
+    // during it (scraped every second, it would have been 3 times).
+    let during: Vec<i64> = up_times(&second)
+        .into_iter()
+        .filter(|t| *t > start && *t < end)
+        .collect();
+    assert!(during.is_empty(), "scraped while idle at {during:?}");
+    // ...and was scraped through its own test, from its start.
+    let (start, end) = window(&second);
+    let own = up_times(&second);
+    assert!(own.iter().any(|t| *t <= start), "a scrape before its start");
+    assert!(
+        own.iter().filter(|t| **t > start && **t < end).count() >= 2,
+        "{own:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

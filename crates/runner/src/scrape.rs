@@ -27,6 +27,7 @@ pub type SharedStore = Arc<Mutex<Store>>;
 pub struct Scraper {
     store: SharedStore,
     stop: watch::Sender<bool>,
+    paused: watch::Sender<bool>,
     now: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -37,14 +38,26 @@ impl Scraper {
     pub fn start(deployment: &Deployment, interval: Duration) -> Scraper {
         let store = SharedStore::default();
         let (stop, stopped) = watch::channel(false);
+        let (paused, pause) = watch::channel(false);
         let (now, requests) = tokio::sync::mpsc::channel(4);
         let scrape_loop = ScrapeLoop::new(deployment, store.clone(), interval);
-        let task = tokio::spawn(scrape_loop.run(stopped, requests));
+        let task = tokio::spawn(scrape_loop.run(stopped, pause, requests));
         Scraper {
             store,
             stop,
+            paused,
             now,
             task,
+        }
+    }
+
+    /// Pauses the scheduled scrapes (while another arm's test runs: scraping an idle arm
+    /// would only disturb it) or resumes them; [`Scraper::scrape_now`] works either way.
+    /// Resuming scrapes at once, so that the next test starts with fresh samples.
+    pub async fn set_paused(&self, paused: bool) {
+        let was = self.paused.send_replace(paused);
+        if was && !paused {
+            self.scrape_now().await;
         }
     }
 
@@ -121,13 +134,18 @@ impl ScrapeLoop {
     async fn run(
         mut self,
         mut stopped: watch::Receiver<bool>,
+        paused: watch::Receiver<bool>,
         mut requests: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     ) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
-                _ = ticker.tick() => self.scrape_all().await,
+                _ = ticker.tick() => {
+                    if !*paused.borrow() {
+                        self.scrape_all().await;
+                    }
+                }
                 Some(done) = requests.recv() => {
                     self.scrape_all().await;
                     let _ = done.send(());
@@ -146,22 +164,35 @@ impl ScrapeLoop {
             .iter()
             .map(|t| get(client, t.target.url(), timeout));
         let answers = futures_util::future::join_all(fetches).await;
-        let mut store = lock_store(&self.store);
-        for (target, answer) in self.targets.iter_mut().zip(answers) {
-            let scraped = match answer {
-                Ok((200, content_type, body)) => {
-                    let text = String::from_utf8_lossy(&body);
-                    exposition::parse(&text, Format::from_content_type(&content_type))
-                        .map_err(|e| e.to_string())
-                }
-                Ok((status, _, _)) => Err(format!("status {status}")),
-                Err(e) => Err(e),
-            };
-            record_scrape(&mut store, target, scraped, now);
-        }
-        for container in &mut self.containers {
-            record_process(&mut store, container, now);
-        }
+        // Parsing and storing a round (an Envoy's stats run to thousands of series) takes
+        // milliseconds of CPU: on a blocking thread, so that the runtime's workers, which
+        // drive the load, are not held for it.
+        let mut targets = std::mem::take(&mut self.targets);
+        let mut containers = std::mem::take(&mut self.containers);
+        let store = self.store.clone();
+        let record = move || {
+            let mut store = store.lock().expect("the store lock is never poisoned");
+            for (target, answer) in targets.iter_mut().zip(answers) {
+                let scraped = match answer {
+                    Ok((200, content_type, body)) => {
+                        let text = String::from_utf8_lossy(&body);
+                        exposition::parse(&text, Format::from_content_type(&content_type))
+                            .map_err(|e| e.to_string())
+                    }
+                    Ok((status, _, _)) => Err(format!("status {status}")),
+                    Err(e) => Err(e),
+                };
+                record_scrape(&mut store, target, scraped, now);
+            }
+            for container in &mut containers {
+                record_process(&mut store, container, now);
+            }
+            drop(store);
+            (targets, containers)
+        };
+        (self.targets, self.containers) = tokio::task::spawn_blocking(record)
+            .await
+            .expect("recording a scrape does not panic");
     }
 }
 
@@ -237,20 +268,6 @@ fn record_process(store: &mut Store, sampled: &mut Sampled, now: i64) {
         ids.push(id);
     }
     sampled.series = ids;
-}
-
-/// The store, waited for without stalling the runtime: a metric query can hold it for a
-/// long time (on a blocking thread), and a worker parked on the lock would keep the
-/// tasks queued behind it (Ctrl-C and SIGTERM handling among them) from running.
-fn lock_store(store: &SharedStore) -> std::sync::MutexGuard<'_, Store> {
-    if let Ok(guard) = store.try_lock() {
-        return guard;
-    }
-    let wait = || store.lock().expect("the store lock is never poisoned");
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-        _ => wait(),
-    }
 }
 
 fn now_ms() -> i64 {
